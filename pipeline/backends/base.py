@@ -1,0 +1,56 @@
+"""The one small protocol every inference backend implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pipeline.errors import BackendError
+from pipeline.prompts import Message
+from pipeline.space import InferenceSettings
+
+__all__ = ["Backend", "Generation", "RequestFailed"]
+
+
+class RequestFailed(BackendError):
+    """One request failed (timed out, was refused); the trial records it and goes on."""
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What one request returned and how long each part took, in milliseconds.
+
+    ``latency_ms`` is our own wall clock around the whole call. ``prefill_ms`` and ``decode_ms`` are the
+    engine's own timings of prompt evaluation and of generating the tokens after the first.
+    """
+
+    text: str
+    latency_ms: float
+    ttft_ms: float | None
+    prefill_ms: float | None
+    decode_ms: float | None
+    prompt_tokens: int | None
+    prompt_eval_tokens: int | None
+    output_tokens: int
+    decode_tokens: int | None
+    truncated: bool
+
+
+class Backend(Protocol):
+    name: str
+
+    def describe(self) -> dict[str, str]:
+        """Tags that identify the engine and model of this backend (recorded on every run)."""
+
+    def start_trial(self, num_ctx: int) -> float | None:
+        """Make the model ready for a trial at ``num_ctx``; return the seconds a (re)load took, or None."""
+
+    def count_prompt_tokens(self, messages: list[Message]) -> int:
+        """Tokens of the prompt these messages render to, as the engine counts them."""
+
+    def generate(self, messages: list[Message], settings: InferenceSettings, *,
+                 schema: dict[str, Any]) -> Generation:
+        """Answer one chat request, streaming; raise RequestFailed when only this request failed."""
+
+    def close(self) -> None:
+        """Release the engine."""

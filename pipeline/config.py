@@ -1,0 +1,391 @@
+"""Study configuration: one YAML file loaded once into validated dataclasses.
+
+Everything a study needs is read here; the rest of the pipeline receives typed values and never looks at raw
+YAML. Relative paths in a config file are resolved against the file's own folder.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from pipeline.errors import ConfigError, did_you_mean
+from pipeline.scoring import METRICS
+
+__all__ = [
+    "BACKENDS",
+    "FORMATS",
+    "PARAMETERS",
+    "SAMPLERS",
+    "SELECTIONS",
+    "Constraint",
+    "EngineConfig",
+    "EvaluationConfig",
+    "Objective",
+    "ParamSpec",
+    "StudyConfig",
+    "StudySection",
+    "TrackingConfig",
+    "load_config",
+]
+
+Direction = Literal["maximize", "minimize"]
+BACKENDS = ("embedded",)
+SAMPLERS = ("tpe", "nsga2", "random")
+SELECTIONS = ("static", "by_action")
+FORMATS = ("off", "json", "schema")
+
+# The tunable inference settings: Ollama's option names verbatim, plus the prompt-side knobs.
+# name -> (type, default spec, lowest allowed value or allowed strings)
+PARAMETERS: dict[str, tuple[type, Any, Any]] = {
+    "num_ctx": (int, {"choices": [512, 1024, 2048]}, 64),
+    "num_predict": (int, {"choices": [48, 96, 160]}, 1),
+    "temperature": (float, {"low": 0.0, "high": 1.0}, 0.0),
+    "top_p": (float, {"low": 0.5, "high": 1.0}, 0.0),
+    "top_k": (int, {"low": 1, "high": 100}, 0),
+    "few_shot": (int, {"low": 0, "high": 5}, 0),
+    "prompt_variant": (str, {"choices": ["verbose", "compact", "minimal"]}, None),
+    "example_selection": (str, {"choices": list(SELECTIONS)}, SELECTIONS),
+    "format": (str, {"choices": list(FORMATS)}, FORMATS),
+}
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """How one setting is searched: a fixed value, a list of choices, or a numeric range."""
+
+    name: str
+    kind: Literal["fixed", "categorical", "int", "float"]
+    choices: tuple[Any, ...] = ()
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str
+    direction: Direction
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """An SLA limit on a trial metric; a trial breaking it is infeasible."""
+
+    metric: str
+    max: float | None = None
+    min: float | None = None
+
+    def violation(self, value: float) -> float:
+        """Optuna's convention: ``<= 0`` is feasible, the size of a positive value is how far off it is."""
+        if self.max is not None:
+            return value - self.max
+        return self.min - value  # type: ignore[operator]
+
+    def describe(self) -> str:
+        return f"{self.metric} <= {self.max:g}" if self.max is not None else f"{self.metric} >= {self.min:g}"
+
+
+@dataclass(frozen=True)
+class StudySection:
+    name: str = "task_api"
+    trials: int = 12
+    seed: int = 42
+    sampler: str = "tpe"
+    storage: str | None = None
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    backend: str = "embedded"
+    model: Path | None = None
+    threads: int | None = None
+    warmup_requests: int = 2
+    request_timeout_s: float = 120.0
+    context_margin: float = 0.1
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    split: str = "dev"
+    limit: int | None = 20
+    repetitions: int = 1
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    tracking_uri: str | None = None
+    experiment_name: str = "task_api"
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    path: Path
+    experiment: Path
+    prompts: Path
+    study: StudySection = field(default_factory=StudySection)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    objectives: tuple[Objective, ...] = ()
+    constraints: tuple[Constraint, ...] = ()
+    search_space: dict[str, ParamSpec] = field(default_factory=dict)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def with_overrides(self, **sections: dict[str, Any]) -> StudyConfig:
+        """Return a copy with some section fields replaced (command-line values), validated like the file."""
+        where = "command line"
+        changed: dict[str, Any] = {}
+        for section, values in sections.items():
+            values = {k: v for k, v in values.items() if v is not None}
+            if not values:
+                continue
+            current = getattr(self, section)
+            checked = _check_fields(values, type(current), f"{where} ({section})")
+            if checked.get("model") is not None:  # a path on the command line is relative to the shell's folder
+                checked["model"] = Path(checked["model"]).resolve()
+            changed[section] = replace(current, **checked)
+        return replace(self, **changed)
+
+
+DEFAULT_OBJECTIVES = (
+    Objective("schema_valid_rate", "maximize"),
+    Objective("latency_p95_ms", "minimize"),
+)
+
+_TOP_LEVEL = ("study", "experiment", "prompts", "engine", "evaluation", "objectives", "constraints",
+              "search_space", "tracking")
+
+
+def load_config(path: str | Path) -> StudyConfig:
+    """Load and validate a study config file.
+
+    Returns:
+        The validated :class:`StudyConfig`, paths resolved against the file's folder.
+
+    Raises:
+        ConfigError: the file is missing, is not YAML, or has an unknown key, a wrong type or a bad range.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found: pass an existing YAML file, e.g. configs/task_api.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{line}: not valid YAML ({exc.problem}); fix the syntax") from exc
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc}); fix the syntax") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections ({', '.join(_TOP_LEVEL)})")
+    where = str(path)
+    _reject_unknown(raw, _TOP_LEVEL, where)
+    base = path.resolve().parent
+
+    def folder(key: str, default: str) -> Path:
+        value = raw.get(key, default)
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{where}: '{key}' must be a folder path (string), got {value!r}")
+        resolved = (base / value).resolve()
+        if not resolved.is_dir():
+            raise ConfigError(f"{where}: '{key}' folder {resolved} not found; point it at an existing folder")
+        return resolved
+
+    study = StudySection(**_check_fields(raw.get("study"), StudySection, f"{where} (study)"))
+    engine_values = _check_fields(raw.get("engine"), EngineConfig, f"{where} (engine)")
+    if engine_values.get("model") is not None:
+        engine_values["model"] = (base / engine_values["model"]).resolve()
+    return StudyConfig(
+        path=path.resolve(),
+        experiment=folder("experiment", "../experiments/task_api"),
+        prompts=folder("prompts", "../prompts/task_api"),
+        study=study,
+        engine=EngineConfig(**engine_values),
+        evaluation=EvaluationConfig(**_check_fields(raw.get("evaluation"), EvaluationConfig,
+                                                    f"{where} (evaluation)")),
+        objectives=_objectives(raw.get("objectives"), where),
+        constraints=_constraints(raw.get("constraints"), where),
+        search_space=_search_space(raw.get("search_space"), where),
+        tracking=TrackingConfig(**_check_fields(raw.get("tracking"), TrackingConfig, f"{where} (tracking)")),
+    )
+
+
+def _reject_unknown(raw: dict[str, Any], known: tuple[str, ...] | list[str], where: str) -> None:
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key {key!r}.{did_you_mean(str(key), known)} "
+                              f"Known keys: {', '.join(known)}")
+
+
+# Field name -> (accepted Python types, rule) for each simple section.
+_FIELD_RULES: dict[str, tuple[tuple[type, ...], str]] = {
+    "name": ((str,), "name"),
+    "trials": ((int,), "positive"),
+    "seed": ((int,), "non_negative"),
+    "sampler": ((str,), "sampler"),
+    "storage": ((str, type(None)), "any"),
+    "backend": ((str,), "backend"),
+    "model": ((str, type(None)), "any"),
+    "threads": ((int, type(None)), "positive"),
+    "warmup_requests": ((int,), "non_negative"),
+    "request_timeout_s": ((int, float), "positive"),
+    "context_margin": ((int, float), "fraction"),
+    "split": ((str,), "split"),
+    "limit": ((int, type(None)), "positive"),
+    "repetitions": ((int,), "positive"),
+    "tracking_uri": ((str, type(None)), "any"),
+    "experiment_name": ((str,), "name"),
+}
+
+
+def _check_fields(raw: Any, section: type, where: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be a mapping of keys to values, got {type(raw).__name__}")
+    known = [f for f in section.__dataclass_fields__]
+    _reject_unknown(raw, known, where)
+    checked = {}
+    for key, value in raw.items():
+        types, rule = _FIELD_RULES[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            wanted = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise ConfigError(f"{where}: '{key}' must be {wanted}, got {value!r}")
+        _check_rule(key, value, rule, where)
+        checked[key] = float(value) if float in types and value is not None else value
+    return checked
+
+
+def _check_rule(key: str, value: Any, rule: str, where: str) -> None:
+    if value is None or rule == "any":
+        return
+    problem = {
+        "positive": value <= 0 if not isinstance(value, str) else False,
+        "non_negative": value < 0 if not isinstance(value, str) else False,
+        "fraction": not 0 <= value < 1 if not isinstance(value, str) else False,
+        "name": isinstance(value, str) and not value.strip(),
+    }.get(rule, False)
+    if problem:
+        wanted = {"positive": "greater than 0", "non_negative": "0 or more", "fraction": "in [0, 1)",
+                  "name": "a non-empty string"}[rule]
+        raise ConfigError(f"{where}: '{key}' must be {wanted}, got {value!r}")
+    options = {"sampler": SAMPLERS, "backend": BACKENDS, "split": ("dev", "holdout")}.get(rule)
+    if options is not None and value not in options:
+        raise ConfigError(f"{where}: '{key}' is {value!r}, not one of {', '.join(options)}."
+                          f"{did_you_mean(value, options)}")
+
+
+def _objectives(raw: Any, where: str) -> tuple[Objective, ...]:
+    if raw is None:
+        return DEFAULT_OBJECTIVES
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{where}: 'objectives' must be a non-empty list of {{metric, direction}}")
+    objectives = []
+    for i, item in enumerate(raw):
+        spot = f"{where} (objectives[{i}])"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{spot}: must be a mapping with 'metric' and 'direction'")
+        _reject_unknown(item, ("metric", "direction"), spot)
+        metric = _metric(item.get("metric"), spot)
+        direction = item.get("direction", METRICS[metric])
+        if direction not in ("maximize", "minimize"):
+            raise ConfigError(f"{spot}: 'direction' must be maximize or minimize, got {direction!r}")
+        objectives.append(Objective(metric, direction))
+    names = [o.metric for o in objectives]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}: 'objectives' lists a metric twice ({', '.join(names)}); list each once")
+    return tuple(objectives)
+
+
+def _constraints(raw: Any, where: str) -> tuple[Constraint, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: 'constraints' must map a metric to {{max: X}} or {{min: Y}}")
+    constraints = []
+    for metric, limit in raw.items():
+        spot = f"{where} (constraints.{metric})"
+        _metric(metric, spot)
+        if not isinstance(limit, dict) or len(limit) != 1 or next(iter(limit)) not in ("max", "min"):
+            raise ConfigError(f"{spot}: must be exactly one of {{max: X}} or {{min: Y}}, got {limit!r}")
+        (bound, value), = limit.items()
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{spot}: '{bound}' must be a finite number, got {value!r}")
+        constraints.append(Constraint(metric, **{bound: float(value)}))
+    return tuple(constraints)
+
+
+def _metric(name: Any, where: str) -> str:
+    if name not in METRICS:
+        raise ConfigError(f"{where}: unknown metric {name!r}.{did_you_mean(str(name), METRICS)} "
+                          f"Known metrics: {', '.join(METRICS)}")
+    return name
+
+
+def _search_space(raw: Any, where: str) -> dict[str, ParamSpec]:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: 'search_space' must map setting names to a value, choices or a range")
+    _reject_unknown(raw, list(PARAMETERS), f"{where} (search_space)")
+    return {name: _param_spec(name, raw.get(name, default), f"{where} (search_space.{name})")
+            for name, (_, default, _) in PARAMETERS.items()}
+
+
+def _param_spec(name: str, raw: Any, where: str) -> ParamSpec:
+    kind_type, _, allowed = PARAMETERS[name]
+    if not isinstance(raw, dict):
+        return ParamSpec(name, "fixed", (_value(name, raw, where),))
+    if "choices" in raw:
+        _reject_unknown(raw, ("choices",), where)
+        choices = raw["choices"]
+        if not isinstance(choices, list) or not choices:
+            raise ConfigError(f"{where}: 'choices' must be a non-empty list, got {choices!r}")
+        values = tuple(_value(name, c, where) for c in choices)
+        if len(set(values)) != len(values):
+            raise ConfigError(f"{where}: 'choices' repeats a value ({choices!r}); list each once")
+        return ParamSpec(name, "categorical", values)
+    if kind_type is str:
+        raise ConfigError(f"{where}: a text setting takes a value or {{choices: [...]}}, not a range")
+    _reject_unknown(raw, ("low", "high", "step", "log"), where)
+    if "low" not in raw or "high" not in raw:
+        raise ConfigError(f"{where}: a range needs both 'low' and 'high' (or use 'choices')")
+    low, high = _value(name, raw["low"], where), _value(name, raw["high"], where)
+    if low > high:
+        raise ConfigError(f"{where}: inverted range, low {low} > high {high}; swap them")
+    step = raw.get("step")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0):
+        raise ConfigError(f"{where}: 'step' must be a number greater than 0, got {step!r}")
+    log = raw.get("log", False)
+    if not isinstance(log, bool):
+        raise ConfigError(f"{where}: 'log' must be true or false, got {log!r}")
+    if log and (low <= 0 or step is not None):
+        raise ConfigError(f"{where}: a log range needs low > 0 and no step")
+    kind = "int" if kind_type is int else "float"
+    return ParamSpec(name, kind, low=low, high=high, step=step, log=log)
+
+
+def _value(name: str, value: Any, where: str) -> Any:
+    kind_type, _, allowed = PARAMETERS[name]
+    if name == "format" and value is False:  # YAML 1.1 reads a bare `off` as false
+        value = "off"
+    if kind_type is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, kind_type):
+        raise ConfigError(f"{where}: expected {kind_type.__name__}, got {value!r}")
+    if kind_type is str:
+        if isinstance(allowed, tuple) and value not in allowed:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(allowed)}.{did_you_mean(value, allowed)}")
+        return value
+    if not math.isfinite(value) or value < allowed:
+        raise ConfigError(f"{where}: {value!r} is out of range; use a value >= {allowed}")
+    if name == "top_p" and value > 1:
+        raise ConfigError(f"{where}: top_p {value!r} is out of range; use a value in (0, 1]")
+    return value

@@ -1,0 +1,207 @@
+"""Scoring: pure functions from answers and timings to numbers.
+
+Per request, :func:`score_answer` parses an answer (code fences tolerated), validates it against the
+experiment's JSON schema and compares it with the expected answer. Per trial, :func:`summarize` turns the
+request records into the metrics that MLflow records and Optuna optimises.
+
+Strings are compared after case folding and collapsing white space; numbers and booleans exactly.
+Latency percentiles use numpy's default linear interpolation over the timed requests only: warm-up calls
+and model loads are never among them, and failed requests are counted apart.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from jsonschema.protocols import Validator
+
+__all__ = ["METRICS", "AnswerScore", "RequestRecord", "parse_answer", "score_answer", "summarize"]
+
+# Every trial metric, with the direction in which it is better.
+METRICS: dict[str, str] = {
+    "schema_valid_rate": "maximize",
+    "parse_rate": "maximize",
+    "action_accuracy": "maximize",
+    "exact_match_rate": "maximize",
+    "field_accuracy": "maximize",
+    "latency_p50_ms": "minimize",
+    "latency_p95_ms": "minimize",
+    "latency_p99_ms": "minimize",
+    "latency_mean_ms": "minimize",
+    "ttft_p50_ms": "minimize",
+    "ttft_p95_ms": "minimize",
+    "prefill_ms_mean": "minimize",
+    "decode_ms_mean": "minimize",
+    "decode_tokens_per_s": "maximize",
+    "output_tokens_mean": "minimize",
+    "prompt_tokens_estimated": "minimize",
+    "prompt_tokens_engine": "minimize",
+    "truncated_answers": "minimize",
+    "failed_requests": "minimize",
+    "model_loads": "minimize",
+    "model_load_ms": "minimize",
+}
+
+_FENCE = re.compile(r"^\s*```[a-zA-Z0-9_-]*\s*\n?(.*?)\n?\s*```\s*$", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class AnswerScore:
+    parsed: bool
+    schema_valid: bool
+    action_correct: bool
+    params_exact: bool
+    field_accuracy: float
+    exact_match: bool
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One timed request: what was asked, what came back, how it scored and how long it took."""
+
+    request_id: str
+    request: str
+    expected: dict[str, Any]
+    answer: str
+    score: AnswerScore
+    latency_ms: float
+    ttft_ms: float | None
+    prefill_ms: float | None
+    decode_ms: float | None
+    decode_tokens: int | None
+    prompt_tokens_estimated: int
+    prompt_tokens_engine: int | None
+    output_tokens: int
+    truncated: bool
+    failed: bool = False
+
+
+def parse_answer(text: str) -> Any:
+    """Parse a model answer as JSON, tolerating code fences and text around one JSON object.
+
+    Returns:
+        The parsed value.
+
+    Raises:
+        ValueError: no JSON value could be read from the text.
+    """
+    stripped = text.strip()
+    fenced = _FENCE.match(stripped)
+    if fenced:
+        stripped = fenced.group(1).strip()
+    try:
+        return json.loads(stripped)
+    except json.JSONDecodeError:
+        start = stripped.find("{")
+        if start < 0:
+            raise ValueError("no JSON object in the answer") from None
+        try:
+            value, _ = json.JSONDecoder().raw_decode(stripped[start:])
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"invalid JSON: {exc.msg}") from None
+        return value
+
+
+def _normalize(value: Any) -> Any:
+    if isinstance(value, str):
+        return " ".join(value.split()).casefold()
+    if isinstance(value, dict):
+        return {k: _normalize(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_normalize(v) for v in value]
+    return value
+
+
+def _flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def score_answer(text: str, expected: dict[str, Any], validator: Validator) -> AnswerScore:
+    """Score one answer against the schema and the expected answer.
+
+    ``field_accuracy`` is the share of parameter fields (nested ones flattened, e.g. ``fields.due``) present
+    in either answer that hold equal values in both; an answer that is not an object scores 0.
+    """
+    try:
+        answer = parse_answer(text)
+    except ValueError as exc:
+        return AnswerScore(False, False, False, False, 0.0, False, str(exc))
+    errors = sorted(validator.iter_errors(answer), key=lambda e: e.path)
+    error = errors[0].message[:200] if errors else ""
+    if not isinstance(answer, dict):
+        return AnswerScore(True, not errors, False, False, 0.0, False, error or "answer is not an object")
+    normalized, wanted = _normalize(answer), _normalize(expected)
+    got_params = normalized.get("params") if isinstance(normalized.get("params"), dict) else {}
+    got, want = _flatten(got_params), _flatten(wanted["params"])
+    keys = set(got) | set(want)
+    matched = sum(1 for k in keys if k in got and k in want and got[k] == want[k])
+    return AnswerScore(
+        parsed=True,
+        schema_valid=not errors,
+        action_correct=normalized.get("action") == wanted["action"],
+        params_exact=got_params == wanted["params"],
+        field_accuracy=matched / len(keys) if keys else 1.0,
+        exact_match=normalized == wanted,
+        error=error,
+    )
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else float("nan")
+
+
+def summarize(records: list[RequestRecord], *, model_loads: int = 0, model_load_ms: float = 0.0) -> dict[str, float]:
+    """Aggregate the request records of one trial into its metrics (see :data:`METRICS`).
+
+    Quality rates are over all requests, a failed request counting as wrong. Latency statistics are over the
+    requests that completed; a trial with none reports NaN for them.
+    """
+    n = len(records)
+    done = [r for r in records if not r.failed]
+    latencies = [r.latency_ms for r in done]
+    ttfts = [r.ttft_ms for r in done if r.ttft_ms is not None]
+    decoded = [r for r in done if r.decode_ms is not None and r.decode_tokens is not None]
+    decode_ms = [r.decode_ms for r in decoded]
+    decode_tokens = sum(r.decode_tokens for r in decoded)
+
+    def rate(flag: str) -> float:
+        return sum(getattr(r.score, flag) for r in records) / n if n else 0.0
+
+    return {
+        "schema_valid_rate": rate("schema_valid"),
+        "parse_rate": rate("parsed"),
+        "action_accuracy": rate("action_correct"),
+        "exact_match_rate": rate("exact_match"),
+        "field_accuracy": sum(r.score.field_accuracy for r in records) / n if n else 0.0,
+        "latency_p50_ms": _percentile(latencies, 50),
+        "latency_p95_ms": _percentile(latencies, 95),
+        "latency_p99_ms": _percentile(latencies, 99),
+        "latency_mean_ms": _mean(latencies),
+        "ttft_p50_ms": _percentile(ttfts, 50),
+        "ttft_p95_ms": _percentile(ttfts, 95),
+        "prefill_ms_mean": _mean([r.prefill_ms for r in done if r.prefill_ms is not None]),
+        "decode_ms_mean": _mean(decode_ms),
+        "decode_tokens_per_s": decode_tokens / (sum(decode_ms) / 1000) if sum(decode_ms) > 0 else float("nan"),
+        "output_tokens_mean": _mean([r.output_tokens for r in done]),
+        "prompt_tokens_estimated": _mean([r.prompt_tokens_estimated for r in records]),
+        "prompt_tokens_engine": _mean([r.prompt_tokens_engine for r in done if r.prompt_tokens_engine is not None]),
+        "truncated_answers": float(sum(r.truncated for r in done)),
+        "failed_requests": float(n - len(done)),
+        "model_loads": float(model_loads),
+        "model_load_ms": float(model_load_ms),
+    }

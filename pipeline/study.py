@@ -1,0 +1,309 @@
+"""A study: Optuna's ask → evaluate → tell loop over inference settings, tracked in MLflow.
+
+Everything that can be wrong with the input is checked before the Optuna storage or MLflow is touched;
+after that, each trial is a nested MLflow run and an Optuna trial, and the front is attached to the parent.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+
+import pipeline
+from pipeline import pareto
+from pipeline.backends.base import Backend
+from pipeline.backends.embedded import EmbeddedBackend
+from pipeline.config import StudyConfig
+from pipeline.errors import BackendError, ConfigError, DataError
+from pipeline.experiment import Example, Experiment, load_experiment
+from pipeline.prompts import PromptLibrary, load_prompts
+from pipeline.runner import TrialOutcome, run_trial
+from pipeline.scoring import RequestRecord, summarize
+from pipeline.space import suggest
+from pipeline.tracking import StudyTracker, resolve_tracking_uri, sqlite_folder
+
+__all__ = ["PreparedStudy", "StudyReport", "prepare_study", "run_study"]
+
+CONTEXT_FIT = "context_fit"
+
+
+@dataclass
+class PreparedStudy:
+    """A checked config with everything loaded: nothing has been written yet."""
+
+    config: StudyConfig
+    experiment: Experiment
+    prompts: PromptLibrary
+    examples: list[Example]
+    backend: Backend
+    tracking_uri: str
+    storage_url: str
+
+
+@dataclass
+class StudyReport:
+    study_name: str
+    storage_url: str
+    tracking_uri: str
+    parent_run_id: str
+    run_url: str
+    trials: pd.DataFrame
+    front: pd.DataFrame
+    new_trials: int
+
+
+def prepare_study(config: StudyConfig, *, tracking_uri: str | None = None) -> PreparedStudy:
+    """Load and cross-check the experiment, prompts, search space and model.
+
+    Raises:
+        InputError: anything in the input is wrong; nothing has been recorded.
+    """
+    experiment = load_experiment(config.experiment)
+    prompts = load_prompts(config.prompts, experiment.validator())
+    space = config.search_space
+    for variant in space["prompt_variant"].choices:
+        prompts.check_variant(variant, f"{config.path} (search_space.prompt_variant)")
+    few_shot = space["few_shot"]
+    most = max(few_shot.choices) if few_shot.choices else few_shot.high
+    if most > len(prompts.examples):
+        raise ConfigError(f"{config.path} (search_space.few_shot): asks for up to {most} examples but "
+                          f"{prompts.folder / 'examples.jsonl'} has {len(prompts.examples)}; lower it or add examples")
+    examples = experiment.split(config.evaluation.split, config.evaluation.limit)
+    if not examples:
+        raise DataError(f"{experiment.dataset_path}: no examples in split {config.evaluation.split!r}; "
+                        "label some or choose another split")
+    if config.engine.backend != "embedded":
+        raise ConfigError(f"backend {config.engine.backend!r} is not available; use embedded")
+    backend = EmbeddedBackend(config.engine.model, threads=config.engine.threads)
+    uri = resolve_tracking_uri(tracking_uri, config.tracking.tracking_uri)
+    storage = config.study.storage or _default_storage(uri)
+    return PreparedStudy(config, experiment, prompts, examples, backend, uri, storage)
+
+
+def _default_storage(tracking_uri: str) -> str:
+    folder = sqlite_folder(tracking_uri) or Path.cwd()
+    return f"sqlite:///{folder / 'optuna.db'}"
+
+
+def _definition(prepared: PreparedStudy) -> dict[str, str]:
+    """What makes two invocations the same study; an existing study must match it to be extended."""
+    config, backend = prepared.config, prepared.backend
+    description = backend.describe()
+    return {
+        "objectives": ",".join(f"{o.metric}:{o.direction}" for o in config.objectives),
+        "constraints": ",".join(c.describe() for c in config.constraints) or "none",
+        "search_space": json.dumps({n: {k: v for k, v in asdict(s).items() if v not in (None, (), False)}
+                                    for n, s in config.search_space.items()}, sort_keys=True),
+        "experiment": prepared.experiment.name,
+        "dataset_digest": prepared.experiment.digest[:20],
+        "split": config.evaluation.split,
+        "limit": str(config.evaluation.limit),
+        "requests_per_trial": str(len(prepared.examples) * config.evaluation.repetitions),
+        "repetitions": str(config.evaluation.repetitions),
+        "warmup_requests": str(config.engine.warmup_requests),
+        "backend": backend.name,
+        "model": description["model"],
+        "model_sha256": description["model_sha256"],
+        "sampler": config.study.sampler,
+        "seed": str(config.study.seed),
+    }
+
+
+def _environment_tags(backend: Backend, config: StudyConfig) -> dict[str, str]:
+    return {**backend.describe(), "cpu": _cpu_model(), "package_version": pipeline.__version__,
+            "git_commit": _git_commit(config.path.parent), "backend": backend.name}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_commit(folder: Path) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def _sampler(config: StudyConfig, offset: int) -> optuna.samplers.BaseSampler:
+    # A resumed study gets a different seed, so a random sampler does not repeat the settings it tried.
+    seed = config.study.seed + offset
+    if config.study.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=10)
+    if config.study.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=6)
+
+
+def _open_study(prepared: PreparedStudy, definition: dict[str, str]) -> optuna.Study:
+    config = prepared.config
+    name = config.study.name
+    directions = [o.direction for o in config.objectives]
+    storage = prepared.storage_url
+    try:
+        existing = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        existing = None
+    if existing is not None:
+        before = existing.user_attrs.get("definition", {})
+        changed = [k for k in definition if before.get(k) != definition[k]]
+        if changed:
+            key = changed[0]
+            raise ConfigError(f"study {name!r} in {storage} was run with {key}={before.get(key)!r}, this config "
+                              f"gives {definition[key]!r}: restore the setting or set study.name to a new study")
+        offset = len(existing.trials)
+    else:
+        offset = 0
+    study = optuna.create_study(study_name=name, storage=storage, directions=directions, load_if_exists=True,
+                                sampler=_sampler(config, offset))
+    if existing is None:
+        study.set_user_attr("definition", definition)
+    return study
+
+
+def _requests_frame(records: list[RequestRecord]) -> pd.DataFrame:
+    rows = []
+    for r in records:
+        row = {"request_id": r.request_id, "request": r.request, "expected": json.dumps(r.expected),
+               "answer": r.answer}
+        row.update(asdict(r.score))
+        row.update({k: getattr(r, k) for k in ("latency_ms", "ttft_ms", "prefill_ms", "decode_ms", "decode_tokens",
+                                               "prompt_tokens_estimated", "prompt_tokens_engine", "output_tokens",
+                                               "truncated", "failed")})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def run_study(prepared: PreparedStudy, *, trials: int, console: Console | None = None) -> StudyReport:
+    """Run ``trials`` more trials of the study and attach its front to the parent run.
+
+    Returns:
+        Where everything was recorded, every completed trial, and the front.
+
+    Raises:
+        InputError: the study exists with another definition (nothing recorded).
+        PipelineError: MLflow or the engine failed.
+    """
+    config, backend = prepared.config, prepared.backend
+    console = console or Console(stderr=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    definition = _definition(prepared)
+    study = _open_study(prepared, definition)
+    tracker = StudyTracker.open(tracking_uri=prepared.tracking_uri, experiment_name=config.tracking.experiment_name,
+                                run_name=config.study.name, resume_run_id=study.user_attrs.get("mlflow_parent_run_id"))
+    study.set_user_attr("mlflow_parent_run_id", tracker.parent_run_id)
+    env_tags = _environment_tags(backend, config)
+    dataset = pd.DataFrame([{"id": e.id, "request": e.request, "expected": json.dumps(e.expected)}
+                            for e in prepared.examples])
+    tracker.log_study(params={f"study.{k}": v for k, v in definition.items()},
+                      tags={**env_tags, "study": config.study.name, "optuna_storage": prepared.storage_url,
+                            "config": str(config.path)},
+                      dataset=dataset, dataset_name=f"{prepared.experiment.name}-{config.evaluation.split}",
+                      dataset_source=str(prepared.experiment.dataset_path), split=config.evaluation.split,
+                      digest=prepared.experiment.digest)
+    validator = prepared.experiment.validator()
+    per_trial = len(prepared.examples) * config.evaluation.repetitions
+    before = len(study.trials)
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False) as progress:
+        trial_task = progress.add_task("trials", total=trials)
+        request_task = progress.add_task("requests", total=per_trial)
+
+        def objective(trial: optuna.Trial) -> list[float]:
+            settings = suggest(trial, config.search_space, seed=config.study.seed)
+            run_id = tracker.start_trial(trial.number, params=settings.as_params(),
+                                         tags={**env_tags, "study": config.study.name})
+            trial.set_user_attr("mlflow_run_id", run_id)
+            progress.reset(request_task, total=per_trial, description=f"trial {trial.number} requests")
+            try:
+                outcome = run_trial(settings, prepared.examples, prompts=prepared.prompts, backend=backend,
+                                    validator=validator, schema=prepared.experiment.schema,
+                                    warmup=config.engine.warmup_requests, repetitions=config.evaluation.repetitions,
+                                    margin=config.engine.context_margin,
+                                    on_request=lambda: progress.advance(request_task))
+                values = _tell_values(trial, outcome, config)
+            except BaseException as exc:
+                tracker.fail_trial(run_id, f"{type(exc).__name__}: {exc}")
+                raise
+            metrics = trial.user_attrs["metrics"]
+            tags = {"feasible": str(all(v <= 0 for v in trial.constraints.values())).lower()}
+            if outcome.infeasible:
+                tags["infeasible"] = outcome.infeasible
+            tracker.finish_trial(run_id, metrics=metrics, tags=tags, requests=_requests_frame(outcome.records))
+            return values
+
+        status = "FAILED"
+        try:
+            study.optimize(objective, n_trials=trials, catch=(BackendError,),
+                           callbacks=[lambda *_: progress.advance(trial_task)])
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            report = _finish(study, tracker, prepared, status, new_trials=len(study.trials) - before)
+    return report
+
+
+def _tell_values(trial: optuna.Trial, outcome: TrialOutcome, config: StudyConfig) -> list[float]:
+    """Set the trial's metrics and constraints; return its objective values.
+
+    A setting that cannot fit the context is not run: it gets the worst values (0 for a maximised metric, the
+    request timeout for a minimised one) and a violated ``context_fit`` constraint, so it is never on the front.
+    """
+    if outcome.infeasible:
+        penalty = config.engine.request_timeout_s * 1000
+        metrics = {o.metric: 0.0 if o.direction == "maximize" else penalty for o in config.objectives}
+        trial.set_user_attr("infeasible", outcome.infeasible)
+        trial.set_constraint(CONTEXT_FIT, 1.0)
+        for constraint in config.constraints:
+            trial.set_constraint(constraint.metric, 0.0)
+    else:
+        if all(r.failed for r in outcome.records):
+            raise BackendError(f"all {len(outcome.records)} requests failed: {outcome.records[0].score.error}")
+        metrics = summarize(outcome.records, model_loads=outcome.model_loads, model_load_ms=outcome.model_load_ms)
+        trial.set_constraint(CONTEXT_FIT, 0.0)
+        for constraint in config.constraints:
+            trial.set_constraint(constraint.metric, constraint.violation(metrics[constraint.metric]))
+    trial.set_user_attr("metrics", metrics)
+    return [metrics[o.metric] for o in config.objectives]
+
+
+def _finish(study: optuna.Study, tracker: StudyTracker, prepared: PreparedStudy, status: str, *,
+            new_trials: int) -> StudyReport:
+    config = prepared.config
+    trials = pareto.trials_frame(study, config.objectives)
+    front = pareto.front_frame(trials, config.objectives)
+    with tempfile.TemporaryDirectory() as folder:
+        plot = pareto.plot_front(trials, config.objectives, Path(folder) / "pareto_front.png",
+                                 title=f"{config.study.name}: Pareto front")
+        if not trials.empty:
+            states = [t.state for t in study.trials]
+            tracker.log_front(trials=trials, front=front, plot=plot, metrics={
+                "front_size": len(front),
+                "trials_complete": states.count(optuna.trial.TrialState.COMPLETE),
+                "trials_failed": states.count(optuna.trial.TrialState.FAIL),
+                "trials_infeasible": int((~trials["feasible"]).sum())})
+    tracker.finish(status)
+    return StudyReport(config.study.name, prepared.storage_url, prepared.tracking_uri, tracker.parent_run_id,
+                       tracker.run_url(), trials, front, new_trials)
+

@@ -1,0 +1,162 @@
+"""Tracking: one MLflow parent run per study, one nested run per trial.
+
+All logging goes through an explicit ``MlflowClient`` and run ids, never the thread-local active run, so that
+trials may run on several threads. The parent is, in this order: the run ``mlflow run`` started
+(``MLFLOW_RUN_ID``), the run that earlier invocations of the same study used, or a new run.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID
+
+from pipeline.errors import ConfigError, PipelineError
+
+__all__ = ["DEFAULT_TRACKING_URI", "StudyTracker", "resolve_tracking_uri", "sqlite_folder"]
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+_MAX_BATCH = 100  # MLflow's limit of params per log_batch call
+
+
+def resolve_tracking_uri(explicit: str | None, configured: str | None) -> str:
+    """Command line, then ``MLFLOW_TRACKING_URI``, then the config file, then ``sqlite:///mlflow.db``."""
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or configured or DEFAULT_TRACKING_URI
+
+
+def sqlite_folder(uri: str) -> Path | None:
+    """The folder of a ``sqlite:///`` database file, or None for other stores."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):]).resolve().parent
+
+
+class StudyTracker:
+    """Writes a study to MLflow: the parent run and its trial runs."""
+
+    def __init__(self, client: MlflowClient, parent_run_id: str, experiment_id: str) -> None:
+        self.client = client
+        self.parent_run_id = parent_run_id
+        self.experiment_id = experiment_id
+
+    @classmethod
+    def open(cls, *, tracking_uri: str, experiment_name: str, run_name: str,
+             resume_run_id: str | None) -> StudyTracker:
+        """Find or create the parent run of a study and mark it RUNNING.
+
+        Raises:
+            PipelineError: the tracking store cannot be reached.
+        """
+        mlflow.set_tracking_uri(tracking_uri)
+        client = MlflowClient(tracking_uri)
+        try:
+            launched = os.environ.get("MLFLOW_RUN_ID")
+            for run_id in (launched, resume_run_id):
+                run = _existing_run(client, run_id)
+                if run is not None:
+                    client.update_run(run.info.run_id, status="RUNNING")
+                    return cls(client, run.info.run_id, run.info.experiment_id)
+            experiment_id = _experiment_id(client, experiment_name, tracking_uri)
+            run = client.create_run(experiment_id, run_name=run_name, tags={"study": run_name, "kind": "study"})
+        except MlflowException as exc:
+            raise PipelineError(f"MLflow tracking store {tracking_uri} failed: {exc.message}") from exc
+        return cls(client, run.info.run_id, experiment_id)
+
+    def run_url(self) -> str:
+        uri = mlflow.get_tracking_uri()
+        prefix = uri if urlparse(uri).scheme in ("http", "https") else "http://127.0.0.1:5000"
+        return f"{prefix}/#/experiments/{self.experiment_id}/runs/{self.parent_run_id}"
+
+    def log_study(self, *, params: Mapping[str, Any], tags: Mapping[str, str], dataset: pd.DataFrame,
+                  dataset_name: str, dataset_source: str, split: str, digest: str) -> None:
+        """Record what the study is: its definition as params, the environment as tags, the dataset as input."""
+        self._log_batch(self.parent_run_id, params=params, tags=tags)
+        with warnings.catch_warnings():  # a local path matches two equivalent source types; either is right
+            warnings.simplefilter("ignore", UserWarning)
+            data = mlflow.data.from_pandas(dataset, source=dataset_source, name=dataset_name, digest=digest[:20])
+        self.client.log_inputs(self.parent_run_id, datasets=[
+            DatasetInput(data._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, split)])])
+
+    def start_trial(self, number: int, *, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
+        """Create the nested run of a trial with its settings; return its run id."""
+        run = self.client.create_run(
+            self.experiment_id, run_name=f"trial-{number:03d}",
+            tags={MLFLOW_PARENT_RUN_ID: self.parent_run_id, "optuna.trial_number": str(number), **tags})
+        self._log_batch(run.info.run_id, params=params)
+        return run.info.run_id
+
+    def finish_trial(self, run_id: str, *, metrics: Mapping[str, float], tags: Mapping[str, str],
+                     requests: pd.DataFrame | None) -> None:
+        """Log a finished trial's metrics, tags and request table, and close its run as FINISHED."""
+        self._log_batch(run_id, metrics=metrics, tags=tags)
+        if requests is not None and not requests.empty:
+            self.client.log_table(run_id, data=requests, artifact_file="requests.json")
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def fail_trial(self, run_id: str, reason: str) -> None:
+        """Close a trial's run as FAILED, with the reason as a tag."""
+        self.client.set_tag(run_id, "failure", reason[:5000])
+        self.client.set_terminated(run_id, "FAILED")
+
+    def log_front(self, *, trials: pd.DataFrame, front: pd.DataFrame, plot: Path | None,
+                  metrics: Mapping[str, float]) -> None:
+        """Attach the Pareto front to the parent and tag every trial run ``pareto=true|false``."""
+        on_front = set(front["mlflow_run_id"].dropna())
+        for run_id in trials["mlflow_run_id"].dropna():
+            self.client.set_tag(run_id, "pareto", str(run_id in on_front).lower())
+        self.client.log_text(self.parent_run_id, trials.to_csv(index=False), "trials.csv")
+        self.client.log_text(self.parent_run_id, front.to_csv(index=False), "pareto_front.csv")
+        if not front.empty:
+            self.client.log_table(self.parent_run_id, data=front, artifact_file="pareto_front.json")
+        if plot is not None:
+            self.client.log_artifact(self.parent_run_id, str(plot))
+        self._log_batch(self.parent_run_id, metrics=metrics,
+                        tags={"pareto_trials": ",".join(str(n) for n in front["number"])})
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.parent_run_id, status)
+
+    def _log_batch(self, run_id: str, *, params: Mapping[str, Any] = {}, metrics: Mapping[str, float] = {},
+                   tags: Mapping[str, str] = {}) -> None:
+        now = int(time.time() * 1000)
+        param_list = [Param(k, str(v)) for k, v in params.items()]
+        metric_list = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+        tag_list = [RunTag(k, str(v)) for k, v in tags.items()]
+        for start in range(0, max(len(param_list), len(metric_list), len(tag_list), 1), _MAX_BATCH):
+            end = start + _MAX_BATCH
+            self.client.log_batch(run_id, metrics=metric_list[start:end], params=param_list[start:end],
+                                  tags=tag_list[start:end])
+
+
+def _existing_run(client: MlflowClient, run_id: str | None) -> Any:
+    if not run_id:
+        return None
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        return None
+    return run if run.info.lifecycle_stage == "active" else None
+
+
+def _experiment_id(client: MlflowClient, name: str, tracking_uri: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage != "active":
+            raise ConfigError(f"MLflow experiment {name!r} is deleted: restore it (mlflow experiments restore) "
+                              "or set tracking.experiment_name to another name")
+        return experiment.experiment_id
+    folder = sqlite_folder(tracking_uri)
+    # Keep artifacts beside a sqlite store instead of in whatever folder the command ran from.
+    location = (folder / "mlartifacts").as_uri() if folder is not None else None
+    return client.create_experiment(name, artifact_location=location)

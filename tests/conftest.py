@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+EXPERIMENT = ROOT / "experiments" / "task_api"
+PROMPTS = ROOT / "prompts" / "task_api"
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test runs in its own folder with no MLflow settings inherited from the shell."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def smoke_config(**changes: Any) -> dict[str, Any]:
+    """The smoke config as a dict, with absolute paths and top-level sections updated by ``changes``."""
+    raw = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
+    raw["experiment"] = str(EXPERIMENT)
+    raw["prompts"] = str(PROMPTS)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw[key] = {**raw[key], **value}
+        else:
+            raw[key] = value
+    return raw
+
+
+@pytest.fixture
+def write_config(tmp_path: Path):
+    def write(raw: dict[str, Any] | str, name: str = "study.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(raw if isinstance(raw, str) else yaml.safe_dump(raw, sort_keys=False))
+        return path
+
+    return write
+
+
+def files_under(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+os.environ.setdefault("MPLBACKEND", "Agg")

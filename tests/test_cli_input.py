@@ -1,0 +1,82 @@
+"""Bad input on the command line: one line naming the problem, exit code 2, nothing written."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import main
+from tests.conftest import EXPERIMENT, PROMPTS, files_under, smoke_config
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exited:
+        raise SystemExit(main(["study", *args]))
+    return exited.value.code, capsys.readouterr().err
+
+
+def assert_rejected(capsys, tmp_path: Path, args: list[str], message: str) -> None:
+    before = files_under(tmp_path)
+    code, err = run_cli(capsys, *args)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert message in lines[0]
+    # nothing recorded: no MLflow store, no Optuna storage, no artifacts
+    assert files_under(tmp_path) == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--trials", "0"], "argument --trials: 0 must be 1 or more"),
+    (["--trials", "2.5"], "argument --trials: '2.5' is not a whole number"),
+    (["--backend", "vllm"], "argument --backend: invalid choice: 'vllm'"),
+    (["--sampler", "grid"], "argument --sampler: invalid choice: 'grid'"),
+    (["--limit", "-3"], "argument --limit: -3 must be 1 or more"),
+    (["--config", "missing.yaml"], "config file missing.yaml not found"),
+])
+def test_bad_command_line_values(capsys, tmp_path, args, message):
+    assert_rejected(capsys, tmp_path, args, message)
+
+
+def test_bad_config_file(capsys, tmp_path, write_config):
+    path = write_config(smoke_config(search_space={"few_shot": {"low": 4, "high": 1}}))
+    assert_rejected(capsys, tmp_path, ["--config", str(path)], "inverted range, low 4 > high 1")
+
+
+def test_unknown_prompt_variant_in_the_space(capsys, tmp_path, write_config):
+    path = write_config(smoke_config(search_space={"prompt_variant": {"choices": ["compact", "verbos"]}}))
+    assert_rejected(capsys, tmp_path, ["--config", str(path)],
+                    "unknown prompt variant 'verbos'. Did you mean 'verbose'?")
+
+
+def test_more_shots_than_the_pool_holds(capsys, tmp_path, write_config):
+    path = write_config(smoke_config(search_space={"few_shot": {"low": 0, "high": 40}}))
+    assert_rejected(capsys, tmp_path, ["--config", str(path)], "asks for up to 40 examples but")
+
+
+def test_dataset_line_violating_the_schema(capsys, tmp_path, write_config):
+    experiment = Path(shutil.copytree(EXPERIMENT, tmp_path / "exp"))
+    with (experiment / "dataset.jsonl").open("a") as handle:
+        handle.write('{"id": "x1", "split": "dev", "request": "hi", "expected": {"action": "create_task", '
+                     '"params": {}, "success": true}}\n')
+    path = write_config(smoke_config(experiment=str(experiment)))
+    assert_rejected(capsys, tmp_path, ["--config", str(path)], "dataset.jsonl:101: expected answer violates")
+
+
+def test_unreadable_model_file(capsys, tmp_path):
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"not a model")
+    config = str(Path(__file__).parent.parent / "configs" / "smoke.yaml")
+    assert_rejected(capsys, tmp_path, ["--config", config, "--model", str(fake)],
+                    f"model file {fake} is not a GGUF file")
+    assert_rejected(capsys, tmp_path, ["--config", config, "--model", str(tmp_path / "none.gguf")],
+                    "cannot be read (No such file or directory)")
+
+
+def test_prompt_folder_without_examples(capsys, tmp_path, write_config):
+    prompts = Path(shutil.copytree(PROMPTS, tmp_path / "prompts"))
+    (prompts / "examples.jsonl").unlink()
+    path = write_config(smoke_config(prompts=str(prompts)))
+    assert_rejected(capsys, tmp_path, ["--config", str(path)], "examples.jsonl not found")
