@@ -6,11 +6,12 @@ import argparse
 import logging
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
 from rich.console import Console
+from rich.progress import Progress, TaskID
 from rich.table import Table
 
 from pipeline.config import BACKENDS, SAMPLERS, load_config
@@ -62,7 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--config", type=Path, default=Path("configs/task_api.yaml"), help="study config YAML")
     study.add_argument("--trials", type=_positive_int, help="trials to add in this run (default: the config's)")
     study.add_argument("--backend", choices=BACKENDS, help="inference backend (default: the config's)")
-    study.add_argument("--model", help="GGUF model file (default: the bundled SmolLM2-135M-Instruct)")
+    study.add_argument("--model", help="the model: an Ollama model name (ollama, auto) or a GGUF file (embedded; "
+                                       "default: the bundled SmolLM2-135M-Instruct)")
+    study.add_argument("--host", help="Ollama server URL (default: $OLLAMA_HOST or http://127.0.0.1:11434)")
+    study.add_argument("--pull", action="store_true", default=None,
+                       help="pull the Ollama model when the server does not have it")
     study.add_argument("--study-name", help="Optuna study name, also the MLflow parent run name")
     study.add_argument("--storage", help="Optuna storage URL (default: sqlite optuna.db next to mlflow.db)")
     study.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
@@ -80,13 +85,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.WARNING)
     prepared = None
     try:
-        config = load_config(args.config).with_overrides(
+        config = load_config(args.config)
+        backend = args.backend or config.engine.backend
+        model_key = "gguf" if backend == "embedded" else "ollama_model"
+        config = config.with_overrides(
             study={"name": args.study_name, "storage": args.storage, "sampler": args.sampler, "seed": args.seed},
-            engine={"backend": args.backend, "model": args.model},
+            # empty values (an MLproject parameter left at its default) mean "not given"
+            engine={"backend": args.backend, model_key: args.model or None, "host": args.host or None,
+                    "pull": args.pull},
             evaluation={"limit": args.limit},
             tracking={"experiment_name": args.experiment_name},
         )
-        prepared = prepare_study(config, tracking_uri=args.tracking_uri)
+        with Progress(console=console, transient=True) as pulls:
+            prepared = prepare_study(config, tracking_uri=args.tracking_uri, on_pull=_pull_progress(pulls))
+        console.print(f"backend: {prepared.backend_choice}", highlight=False, soft_wrap=True)
         report = run_study(prepared, trials=args.trials or config.study.trials, console=console)
     except PipelineError as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
@@ -99,6 +111,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             prepared.backend.close()
     _print_report(report)
     return 0
+
+
+def _pull_progress(progress: Progress) -> Callable[[str, int | None, int | None], None]:
+    tasks: dict[str, TaskID] = {}
+
+    def update(status: str, completed: int | None, total: int | None) -> None:
+        if status not in tasks:
+            tasks[status] = progress.add_task(f"ollama pull: {status}", total=total)
+        progress.update(tasks[status], completed=completed or 0, total=total)
+
+    return update
 
 
 def _print_report(report: StudyReport) -> None:

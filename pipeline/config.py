@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 Direction = Literal["maximize", "minimize"]
-BACKENDS = ("embedded",)
+BACKENDS = ("embedded", "ollama", "auto")
 SAMPLERS = ("tpe", "nsga2", "random")
 SELECTIONS = ("static", "by_action")
 FORMATS = ("off", "json", "schema")
@@ -98,15 +98,22 @@ class StudySection:
     seed: int = 42
     sampler: str = "tpe"
     storage: str | None = None
+    batch: int = 4
+    max_consecutive_failures: int = 3
 
 
 @dataclass(frozen=True)
 class EngineConfig:
     backend: str = "embedded"
-    model: Path | None = None
+    gguf: Path | None = None
+    ollama_model: str | None = None
+    host: str | None = None
+    keep_alive: str = "30m"
+    pull: bool = False
     threads: int | None = None
     warmup_requests: int = 2
     request_timeout_s: float = 120.0
+    reload_threshold_ms: float = 250.0
     context_margin: float = 0.1
 
 
@@ -146,8 +153,8 @@ class StudyConfig:
                 continue
             current = getattr(self, section)
             checked = _check_fields(values, type(current), f"{where} ({section})")
-            if checked.get("model") is not None:  # a path on the command line is relative to the shell's folder
-                checked["model"] = Path(checked["model"]).resolve()
+            if checked.get("gguf") is not None:  # a path on the command line is relative to the shell's folder
+                checked["gguf"] = Path(checked["gguf"]).resolve()
             changed[section] = replace(current, **checked)
         return replace(self, **changed)
 
@@ -200,8 +207,8 @@ def load_config(path: str | Path) -> StudyConfig:
 
     study = StudySection(**_check_fields(raw.get("study"), StudySection, f"{where} (study)"))
     engine_values = _check_fields(raw.get("engine"), EngineConfig, f"{where} (engine)")
-    if engine_values.get("model") is not None:
-        engine_values["model"] = (base / engine_values["model"]).resolve()
+    if engine_values.get("gguf") is not None:
+        engine_values["gguf"] = (base / engine_values["gguf"]).resolve()
     return StudyConfig(
         path=path.resolve(),
         experiment=folder("experiment", "../experiments/task_api"),
@@ -231,11 +238,18 @@ _FIELD_RULES: dict[str, tuple[tuple[type, ...], str]] = {
     "seed": ((int,), "non_negative"),
     "sampler": ((str,), "sampler"),
     "storage": ((str, type(None)), "any"),
+    "batch": ((int,), "positive"),
+    "max_consecutive_failures": ((int,), "positive"),
     "backend": ((str,), "backend"),
-    "model": ((str, type(None)), "any"),
+    "gguf": ((str, type(None)), "any"),
+    "ollama_model": ((str, type(None)), "name"),
+    "host": ((str, type(None)), "name"),
+    "keep_alive": ((str,), "name"),
+    "pull": ((bool,), "any"),
     "threads": ((int, type(None)), "positive"),
     "warmup_requests": ((int,), "non_negative"),
     "request_timeout_s": ((int, float), "positive"),
+    "reload_threshold_ms": ((int, float), "positive"),
     "context_margin": ((int, float), "fraction"),
     "split": ((str,), "split"),
     "limit": ((int, type(None)), "positive"),
@@ -255,7 +269,7 @@ def _check_fields(raw: Any, section: type, where: str) -> dict[str, Any]:
     checked = {}
     for key, value in raw.items():
         types, rule = _FIELD_RULES[key]
-        if isinstance(value, bool) or not isinstance(value, types):
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             wanted = " or ".join("null" if t is type(None) else t.__name__ for t in types)
             raise ConfigError(f"{where}: '{key}' must be {wanted}, got {value!r}")
         _check_rule(key, value, rule, where)

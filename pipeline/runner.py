@@ -22,6 +22,11 @@ from pipeline.tokens import estimate_tokens
 __all__ = ["PreparedRequest", "TrialOutcome", "check_fit", "prepare_requests", "run_trial"]
 
 
+WARMUP_EXAMPLE = Example("warmup", "warmup", "Add a task to buy printer paper on Sunday",
+                         {"action": "create_task", "params": {"title": "buy printer paper", "due": "sunday"},
+                          "success": True})
+
+
 @dataclass(frozen=True)
 class PreparedRequest:
     example: Example
@@ -61,9 +66,13 @@ def check_fit(prepared: list[PreparedRequest], settings: InferenceSettings, back
     """
     budget = settings.num_ctx - settings.num_predict
     for request in sorted(prepared, key=lambda r: r.estimated_tokens, reverse=True):
-        if request.estimated_tokens * (1 + margin) <= budget:
+        padded = request.estimated_tokens * (1 + margin)
+        if padded <= budget:
             return None
         tokens = backend.count_prompt_tokens(request.messages)
+        if tokens is None:  # the engine cannot count before a call: the padded estimate decides
+            return (f"prompt of request {request.example.id} is about {padded:.0f} tokens (estimate); with "
+                    f"num_predict {settings.num_predict} it does not fit num_ctx {settings.num_ctx}")
         if tokens > budget:
             return (f"prompt of request {request.example.id} is {tokens} tokens; with num_predict "
                     f"{settings.num_predict} it does not fit num_ctx {settings.num_ctx}")
@@ -80,20 +89,32 @@ def run_trial(settings: InferenceSettings, examples: list[Example], *, prompts: 
         the setting is infeasible (then nothing ran).
     """
     prepared = prepare_requests(examples, prompts, settings)
+    # Warm up on a request outside the timed set: with the timed requests' own text, the first of them would
+    # find its whole prompt cached and look faster than any real request.
+    warmup_request = prepare_requests([WARMUP_EXAMPLE], prompts, settings)[0]
     outcome = TrialOutcome()
     outcome.infeasible = check_fit(prepared, settings, backend, margin=margin)
     if outcome.infeasible:
         return outcome
+    def loaded(milliseconds: float) -> None:
+        # The first calls after a load are many times slower; they are never timed.
+        outcome.model_loads += 1
+        outcome.model_load_ms += milliseconds
+        for _ in range(warmup):
+            _generate(backend, warmup_request, settings, schema)
+            outcome.warmup_requests += 1
+
     load_seconds = backend.start_trial(settings.num_ctx)
     if load_seconds is not None:
-        outcome.model_loads, outcome.model_load_ms = 1, load_seconds * 1000
-        # The first calls after a load are many times slower; they are never timed.
-        for request in prepared[:1] * warmup:
-            _generate(backend, request, settings, schema)
-            outcome.warmup_requests += 1
+        loaded(load_seconds * 1000)
     for _ in range(repetitions):
         for request in prepared:
-            outcome.records.append(_measure(backend, request, settings, schema, validator))
+            result = _generate(backend, request, settings, schema)
+            if isinstance(result, Generation) and result.reload_ms is not None:
+                # The server reloaded the model inside this request: count the reload, warm up, measure again.
+                loaded(result.reload_ms)
+                result = _generate(backend, request, settings, schema)
+            outcome.records.append(_record(request, result, validator))
             on_request()
     return outcome
 
@@ -106,10 +127,8 @@ def _generate(backend: Backend, request: PreparedRequest, settings: InferenceSet
         return exc
 
 
-def _measure(backend: Backend, request: PreparedRequest, settings: InferenceSettings, schema: dict[str, Any],
-             validator: Validator) -> RequestRecord:
+def _record(request: PreparedRequest, result: Generation | RequestFailed, validator: Validator) -> RequestRecord:
     example = request.example
-    result = _generate(backend, request, settings, schema)
     if isinstance(result, RequestFailed):
         failed = AnswerScore(False, False, False, False, 0.0, False, str(result))
         return RequestRecord(example.id, example.request, example.expected, "", failed, float("nan"), None, None,
@@ -129,4 +148,5 @@ def _measure(backend: Backend, request: PreparedRequest, settings: InferenceSett
         prompt_tokens_engine=result.prompt_tokens,
         output_tokens=result.output_tokens,
         truncated=result.truncated,
+        server_ms=result.server_ms,
     )

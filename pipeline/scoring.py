@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from jsonschema.protocols import Validator
 
-__all__ = ["METRICS", "AnswerScore", "RequestRecord", "parse_answer", "score_answer", "summarize"]
+__all__ = ["METRICS", "SERVER_METRICS", "AnswerScore", "RequestRecord", "parse_answer", "score_answer", "summarize"]
 
 # Every trial metric, with the direction in which it is better.
 METRICS: dict[str, str] = {
@@ -44,7 +44,14 @@ METRICS: dict[str, str] = {
     "failed_requests": "minimize",
     "model_loads": "minimize",
     "model_load_ms": "minimize",
+    # only for backends with a server's own timings (Ollama)
+    "server_ms_p50": "minimize",
+    "server_ms_p95": "minimize",
+    "overhead_ms_mean": "minimize",
+    "overhead_ms_p95": "minimize",
 }
+
+SERVER_METRICS = ("server_ms_p50", "server_ms_p95", "overhead_ms_mean", "overhead_ms_p95")
 
 _FENCE = re.compile(r"^\s*```[a-zA-Z0-9_-]*\s*\n?(.*?)\n?\s*```\s*$", re.DOTALL)
 
@@ -79,6 +86,12 @@ class RequestRecord:
     output_tokens: int
     truncated: bool
     failed: bool = False
+    server_ms: float | None = None
+
+    @property
+    def overhead_ms(self) -> float | None:
+        """Our wall clock minus the server's own total: network and queueing."""
+        return None if self.server_ms is None else self.latency_ms - self.server_ms
 
 
 def parse_answer(text: str) -> Any:
@@ -182,7 +195,7 @@ def summarize(records: list[RequestRecord], *, model_loads: int = 0, model_load_
     def rate(flag: str) -> float:
         return sum(getattr(r.score, flag) for r in records) / n if n else 0.0
 
-    return {
+    metrics = {
         "schema_valid_rate": rate("schema_valid"),
         "parse_rate": rate("parsed"),
         "action_accuracy": rate("action_correct"),
@@ -205,3 +218,10 @@ def summarize(records: list[RequestRecord], *, model_loads: int = 0, model_load_
         "model_loads": float(model_loads),
         "model_load_ms": float(model_load_ms),
     }
+    served = [r for r in done if r.server_ms is not None]
+    if served:
+        server = [r.server_ms for r in served]
+        overhead = [r.overhead_ms for r in served]
+        metrics.update({"server_ms_p50": _percentile(server, 50), "server_ms_p95": _percentile(server, 95),
+                        "overhead_ms_mean": _mean(overhead), "overhead_ms_p95": _percentile(overhead, 95)})
+    return metrics

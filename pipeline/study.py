@@ -10,9 +10,9 @@ import json
 import platform
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import optuna
 import pandas as pd
@@ -23,14 +23,14 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
 import pipeline
 from pipeline import pareto
 from pipeline.backends.base import Backend
-from pipeline.backends.embedded import EmbeddedBackend
+from pipeline.backends import make_backend
 from pipeline.config import StudyConfig
-from pipeline.errors import BackendError, ConfigError, DataError
+from pipeline.errors import BackendError, ConfigError, DataError, PipelineError
 from pipeline.experiment import Example, Experiment, load_experiment
 from pipeline.prompts import PromptLibrary, load_prompts
 from pipeline.runner import TrialOutcome, run_trial
-from pipeline.scoring import RequestRecord, summarize
-from pipeline.space import suggest
+from pipeline.scoring import SERVER_METRICS, RequestRecord, summarize
+from pipeline.space import InferenceSettings, suggest
 from pipeline.tracking import StudyTracker, resolve_tracking_uri, sqlite_folder
 
 __all__ = ["PreparedStudy", "StudyReport", "prepare_study", "run_study"]
@@ -47,6 +47,7 @@ class PreparedStudy:
     prompts: PromptLibrary
     examples: list[Example]
     backend: Backend
+    backend_choice: str
     tracking_uri: str
     storage_url: str
 
@@ -63,7 +64,8 @@ class StudyReport:
     new_trials: int
 
 
-def prepare_study(config: StudyConfig, *, tracking_uri: str | None = None) -> PreparedStudy:
+def prepare_study(config: StudyConfig, *, tracking_uri: str | None = None,
+                  on_pull: Callable[[str, int | None, int | None], None] | None = None) -> PreparedStudy:
     """Load and cross-check the experiment, prompts, search space and model.
 
     Raises:
@@ -83,12 +85,16 @@ def prepare_study(config: StudyConfig, *, tracking_uri: str | None = None) -> Pr
     if not examples:
         raise DataError(f"{experiment.dataset_path}: no examples in split {config.evaluation.split!r}; "
                         "label some or choose another split")
-    if config.engine.backend != "embedded":
-        raise ConfigError(f"backend {config.engine.backend!r} is not available; use embedded")
-    backend = EmbeddedBackend(config.engine.model, threads=config.engine.threads)
+    backend, choice = make_backend(config.engine, on_pull=on_pull)
+    server_metrics = [m for m in [o.metric for o in config.objectives] + [c.metric for c in config.constraints]
+                      if m in SERVER_METRICS]
+    if server_metrics and backend.name != "ollama":
+        backend.close()
+        raise ConfigError(f"{config.path}: {server_metrics[0]} is measured only against a server; "
+                          f"the {backend.name} backend was chosen ({choice})")
     uri = resolve_tracking_uri(tracking_uri, config.tracking.tracking_uri)
     storage = config.study.storage or _default_storage(uri)
-    return PreparedStudy(config, experiment, prompts, examples, backend, uri, storage)
+    return PreparedStudy(config, experiment, prompts, examples, backend, choice, uri, storage)
 
 
 def _default_storage(tracking_uri: str) -> str:
@@ -114,7 +120,7 @@ def _definition(prepared: PreparedStudy) -> dict[str, str]:
         "warmup_requests": str(config.engine.warmup_requests),
         "backend": backend.name,
         "model": description["model"],
-        "model_sha256": description["model_sha256"],
+        "model_digest": description.get("model_sha256") or description["model_digest"],
         "sampler": config.study.sampler,
         "seed": str(config.study.seed),
     }
@@ -187,7 +193,7 @@ def _requests_frame(records: list[RequestRecord]) -> pd.DataFrame:
         row.update(asdict(r.score))
         row.update({k: getattr(r, k) for k in ("latency_ms", "ttft_ms", "prefill_ms", "decode_ms", "decode_tokens",
                                                "prompt_tokens_estimated", "prompt_tokens_engine", "output_tokens",
-                                               "truncated", "failed")})
+                                               "truncated", "failed", "server_ms", "overhead_ms")})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -200,7 +206,7 @@ def run_study(prepared: PreparedStudy, *, trials: int, console: Console | None =
 
     Raises:
         InputError: the study exists with another definition (nothing recorded).
-        PipelineError: MLflow or the engine failed.
+        PipelineError: MLflow failed, or too many trials in a row failed.
     """
     config, backend = prepared.config, prepared.backend
     console = console or Console(stderr=True)
@@ -215,7 +221,7 @@ def run_study(prepared: PreparedStudy, *, trials: int, console: Console | None =
                             for e in prepared.examples])
     tracker.log_study(params={f"study.{k}": v for k, v in definition.items()},
                       tags={**env_tags, "study": config.study.name, "optuna_storage": prepared.storage_url,
-                            "config": str(config.path)},
+                            "config": str(config.path), "backend_choice": prepared.backend_choice},
                       dataset=dataset, dataset_name=f"{prepared.experiment.name}-{config.evaluation.split}",
                       dataset_source=str(prepared.experiment.dataset_path), split=config.evaluation.split,
                       digest=prepared.experiment.digest)
@@ -228,8 +234,7 @@ def run_study(prepared: PreparedStudy, *, trials: int, console: Console | None =
         trial_task = progress.add_task("trials", total=trials)
         request_task = progress.add_task("requests", total=per_trial)
 
-        def objective(trial: optuna.Trial) -> list[float]:
-            settings = suggest(trial, config.search_space, seed=config.study.seed)
+        def evaluate(trial: optuna.Trial, settings: InferenceSettings) -> list[float]:
             run_id = tracker.start_trial(trial.number, params=settings.as_params(),
                                          tags={**env_tags, "study": config.study.name})
             trial.set_user_attr("mlflow_run_id", run_id)
@@ -244,24 +249,73 @@ def run_study(prepared: PreparedStudy, *, trials: int, console: Console | None =
             except BaseException as exc:
                 tracker.fail_trial(run_id, f"{type(exc).__name__}: {exc}")
                 raise
-            metrics = trial.user_attrs["metrics"]
             tags = {"feasible": str(all(v <= 0 for v in trial.constraints.values())).lower()}
             if outcome.infeasible:
                 tags["infeasible"] = outcome.infeasible
-            tracker.finish_trial(run_id, metrics=metrics, tags=tags, requests=_requests_frame(outcome.records))
+            tracker.finish_trial(run_id, metrics=trial.user_attrs["metrics"], tags=tags,
+                                 requests=_requests_frame(outcome.records))
             return values
 
-        status = "FAILED"
+        status, reason = "FAILED", ""
         try:
-            study.optimize(objective, n_trials=trials, catch=(BackendError,),
-                           callbacks=[lambda *_: progress.advance(trial_task)])
+            _optimize(study, evaluate, trials=trials, config=config, on_trial=lambda: progress.advance(trial_task))
             status = "FINISHED"
         except KeyboardInterrupt:
-            status = "KILLED"
+            status, reason = "KILLED", "interrupted"
+            raise
+        except PipelineError as exc:
+            reason = str(exc)
             raise
         finally:
-            report = _finish(study, tracker, prepared, status, new_trials=len(study.trials) - before)
+            report = _finish(study, tracker, prepared, status, reason=reason, new_trials=len(study.trials) - before)
     return report
+
+
+def _optimize(study: optuna.Study, evaluate: Callable[[optuna.Trial, InferenceSettings], list[float]], *,
+              trials: int, config: StudyConfig, on_trial: Callable[[], None]) -> None:
+    """Optuna's ask → evaluate → tell loop, asking ``study.batch`` trials at a time.
+
+    The trials of a batch run grouped by ``num_ctx``, the loaded value first: every change of ``num_ctx``
+    makes a server reload the model. A trial whose engine fails is FAIL and the study goes on, until
+    ``study.max_consecutive_failures`` fail in a row. Nothing is left RUNNING: on any exit, the trials asked
+    but not run are told FAIL.
+    """
+    failures, last_ctx, remaining = 0, None, trials
+    while remaining > 0:
+        asked = [study.ask() for _ in range(min(config.study.batch, remaining))]
+        remaining -= len(asked)
+        plans = [(trial, suggest(trial, config.search_space, seed=config.study.seed)) for trial in asked]
+        plans.sort(key=lambda plan: (plan[1].num_ctx != last_ctx, plan[1].num_ctx))
+        for index, (trial, settings) in enumerate(plans):
+            try:
+                values = evaluate(trial, settings)
+            except BackendError as exc:
+                _fail(study, trial, f"{exc}")
+                failures += 1
+                on_trial()
+                if failures >= config.study.max_consecutive_failures:
+                    _fail_unrun(study, plans[index + 1:])
+                    raise PipelineError(f"study stopped after {failures} failed trials in a row; last: {exc}") from exc
+                continue
+            except BaseException as exc:
+                _fail(study, trial, f"{type(exc).__name__}: {exc}")
+                _fail_unrun(study, plans[index + 1:])
+                raise
+            study.tell(trial, values)
+            failures = 0
+            if not trial.user_attrs.get("infeasible"):
+                last_ctx = settings.num_ctx
+            on_trial()
+
+
+def _fail(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
+    trial.set_user_attr("failure", reason[:2000])
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+
+
+def _fail_unrun(study: optuna.Study, plans: list[tuple[optuna.Trial, InferenceSettings]]) -> None:
+    for trial, _ in plans:
+        _fail(study, trial, "not run: the study stopped first")
 
 
 def _tell_values(trial: optuna.Trial, outcome: TrialOutcome, config: StudyConfig) -> list[float]:
@@ -288,7 +342,7 @@ def _tell_values(trial: optuna.Trial, outcome: TrialOutcome, config: StudyConfig
     return [metrics[o.metric] for o in config.objectives]
 
 
-def _finish(study: optuna.Study, tracker: StudyTracker, prepared: PreparedStudy, status: str, *,
+def _finish(study: optuna.Study, tracker: StudyTracker, prepared: PreparedStudy, status: str, *, reason: str,
             new_trials: int) -> StudyReport:
     config = prepared.config
     trials = pareto.trials_frame(study, config.objectives)
@@ -303,7 +357,7 @@ def _finish(study: optuna.Study, tracker: StudyTracker, prepared: PreparedStudy,
                 "trials_complete": states.count(optuna.trial.TrialState.COMPLETE),
                 "trials_failed": states.count(optuna.trial.TrialState.FAIL),
                 "trials_infeasible": int((~trials["feasible"]).sum())})
-    tracker.finish(status)
+    tracker.finish(status, reason=reason)
     return StudyReport(config.study.name, prepared.storage_url, prepared.tracking_uri, tracker.parent_run_id,
                        tracker.run_url(), trials, front, new_trials)
 

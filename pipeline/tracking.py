@@ -118,13 +118,25 @@ class StudyTracker:
         self.client.log_text(self.parent_run_id, trials.to_csv(index=False), "trials.csv")
         self.client.log_text(self.parent_run_id, front.to_csv(index=False), "pareto_front.csv")
         if not front.empty:
-            self.client.log_table(self.parent_run_id, data=front, artifact_file="pareto_front.json")
+            self._replace_table(front, "pareto_front.json")
         if plot is not None:
             self.client.log_artifact(self.parent_run_id, str(plot))
         self._log_batch(self.parent_run_id, metrics=metrics,
                         tags={"pareto_trials": ",".join(str(n) for n in front["number"])})
 
-    def finish(self, status: str = "FINISHED") -> None:
+    def _replace_table(self, table: pd.DataFrame, artifact_file: str) -> None:
+        # log_table appends to an existing table; a resumed study's front replaces the old one instead.
+        existing = {a.path for a in self.client.list_artifacts(self.parent_run_id)}
+        if artifact_file in existing:
+            self.client.log_text(self.parent_run_id, table.to_json(orient="split", index=False, date_format="iso"),
+                                 artifact_file)
+        else:
+            self.client.log_table(self.parent_run_id, data=table, artifact_file=artifact_file)
+
+    def finish(self, status: str = "FINISHED", *, reason: str = "") -> None:
+        """Close the parent run; a study that stopped early says why in its ``stopped`` tag."""
+        if reason:
+            self.client.set_tag(self.parent_run_id, "stopped", reason[:5000])
         self.client.set_terminated(self.parent_run_id, status)
 
     def _log_batch(self, run_id: str, *, params: Mapping[str, Any] = {}, metrics: Mapping[str, float] = {},

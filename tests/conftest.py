@@ -20,6 +20,30 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
+@pytest.fixture(scope="session")
+def experiment():
+    from pipeline.experiment import load_experiment
+
+    return load_experiment(EXPERIMENT)
+
+
+@pytest.fixture(scope="session")
+def prompts(experiment):
+    from pipeline.prompts import load_prompts
+
+    return load_prompts(PROMPTS, experiment.validator())
+
+
+@pytest.fixture(scope="session")
+def engine():
+    """One embedded engine on the bundled model for every test that runs it: each load costs time."""
+    from pipeline.backends.embedded import EmbeddedBackend
+
+    backend = EmbeddedBackend(threads=2)
+    yield backend
+    backend.close()
+
+
 def smoke_config(**changes: Any) -> dict[str, Any]:
     """The smoke config as a dict, with absolute paths and top-level sections updated by ``changes``."""
     raw = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())

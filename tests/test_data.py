@@ -18,16 +18,6 @@ from tests.conftest import EXPERIMENT, PROMPTS
 ACTIONS = ("create_task", "list_tasks", "update_task", "delete_task", "complete_task")
 
 
-@pytest.fixture(scope="module")
-def experiment():
-    return load_experiment(EXPERIMENT)
-
-
-@pytest.fixture(scope="module")
-def prompts(experiment):
-    return load_prompts(PROMPTS, experiment.validator())
-
-
 def test_dataset_is_large_balanced_and_split(experiment):
     assert len(experiment.examples) >= 80
     counts = Counter((e.split, e.action) for e in experiment.examples)

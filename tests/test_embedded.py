@@ -4,31 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.backends.embedded import EmbeddedBackend, bundled_model_path
-from pipeline.experiment import load_experiment
-from pipeline.prompts import load_prompts
+from pipeline.backends.embedded import bundled_model_path
 from pipeline.runner import check_fit, prepare_requests, run_trial
 from pipeline.space import InferenceSettings
-from tests.conftest import EXPERIMENT, PROMPTS
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def experiment():
-    return load_experiment(EXPERIMENT)
-
-
-@pytest.fixture(scope="module")
-def prompts(experiment):
-    return load_prompts(PROMPTS, experiment.validator())
-
-
-@pytest.fixture(scope="module")
-def backend():
-    engine = EmbeddedBackend(threads=2)
-    yield engine
-    engine.close()
+@pytest.fixture
+def backend(engine):
+    return engine
 
 
 def settings(**changes) -> InferenceSettings:

@@ -129,6 +129,10 @@ def test_rerun_extends_the_same_study_and_parent(tmp_path):
     assert [p.info.run_id for p in parents_after] == [p.info.run_id for p in parents]
     assert parents_after[0].info.status == "FINISHED"
     assert len(children) == 2 and len(load(tmp_path).trials) == 2
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    table = json.loads(Path(client.download_artifacts(parents[0].info.run_id, "pareto_front.json",
+                                                      str(tmp_path / "dl"))).read_text())
+    assert len(table["data"]) == len(load(tmp_path).best_trials)  # the front is replaced, not appended
     # a run with another study definition is refused before anything is written
     before = files_under(tmp_path)
     assert run(tmp_path, "--config", config, "--trials", "1", "--limit", "2") == 2

@@ -1,8 +1,46 @@
-"""Inference backends: one small protocol, implemented by the embedded llama.cpp engine."""
+"""Inference backends: one small protocol, implemented in process (llama.cpp) and by an Ollama server."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pipeline.backends.base import Backend, Generation, RequestFailed
 from pipeline.backends.embedded import EmbeddedBackend, bundled_model_path
+from pipeline.backends.ollama import OllamaBackend, redact_host
+from pipeline.config import EngineConfig
+from pipeline.errors import ConfigError, InputError
 
-__all__ = ["Backend", "EmbeddedBackend", "Generation", "RequestFailed", "bundled_model_path"]
+__all__ = ["Backend", "EmbeddedBackend", "Generation", "OllamaBackend", "RequestFailed", "bundled_model_path",
+           "make_backend", "redact_host"]
+
+
+def make_backend(engine: EngineConfig, *,
+                 on_pull: Callable[[str, int | None, int | None], None] | None = None) -> tuple[Backend, str]:
+    """Create the configured backend, checking it can serve before anything runs.
+
+    ``auto`` takes Ollama when its server answers and has ``engine.ollama_model``, else the embedded engine.
+
+    Returns:
+        The backend, and a sentence saying which one was chosen and why.
+
+    Raises:
+        InputError: the chosen backend cannot serve (no server, no model, unreadable model file).
+    """
+    if engine.backend in ("ollama", "auto") and engine.ollama_model:
+        try:
+            backend = OllamaBackend(engine.ollama_model, host=engine.host, timeout_s=engine.request_timeout_s,
+                                    keep_alive=engine.keep_alive, reload_threshold_ms=engine.reload_threshold_ms,
+                                    pull=engine.pull, on_pull=on_pull)
+            return backend, f"ollama: {engine.ollama_model} on {redact_host(backend.host)}"
+        except InputError as exc:
+            if engine.backend == "ollama":
+                raise
+            reason = str(exc)
+    elif engine.backend == "ollama":
+        raise ConfigError("the ollama backend needs a model name: pass --model NAME or set engine.ollama_model")
+    else:
+        reason = "no Ollama model named (engine.ollama_model)"
+    backend = EmbeddedBackend(engine.gguf, threads=engine.threads)
+    if engine.backend == "auto":
+        return backend, f"embedded, {backend.model_path.name} (auto: {reason})"
+    return backend, f"embedded: {backend.model_path.name}"

@@ -21,7 +21,9 @@ class Generation:
     """What one request returned and how long each part took, in milliseconds.
 
     ``latency_ms`` is our own wall clock around the whole call. ``prefill_ms`` and ``decode_ms`` are the
-    engine's own timings of prompt evaluation and of generating the tokens after the first.
+    engine's own timings of prompt evaluation and of generating tokens. ``server_ms`` is a server's own total
+    for the request (None in process). ``reload_ms`` is set when the model was reloaded inside this request:
+    its latency then measures the reload, not the setting.
     """
 
     text: str
@@ -34,6 +36,8 @@ class Generation:
     output_tokens: int
     decode_tokens: int | None
     truncated: bool
+    server_ms: float | None = None
+    reload_ms: float | None = None
 
 
 class Backend(Protocol):
@@ -45,8 +49,8 @@ class Backend(Protocol):
     def start_trial(self, num_ctx: int) -> float | None:
         """Make the model ready for a trial at ``num_ctx``; return the seconds a (re)load took, or None."""
 
-    def count_prompt_tokens(self, messages: list[Message]) -> int:
-        """Tokens of the prompt these messages render to, as the engine counts them."""
+    def count_prompt_tokens(self, messages: list[Message]) -> int | None:
+        """Tokens of the prompt these messages render to, as the engine counts them; None if it cannot tell."""
 
     def generate(self, messages: list[Message], settings: InferenceSettings, *,
                  schema: dict[str, Any]) -> Generation:

@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import time
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -162,7 +163,8 @@ class EmbeddedBackend:
                     str(self.model_path), n_ctx=num_ctx, n_batch=min(512, num_ctx), n_threads=self.threads,
                     verbose=False)
         except (ValueError, RuntimeError) as exc:
-            raise BackendError(f"llama.cpp could not load {self.model_path.name} with num_ctx={num_ctx}: {exc}") from exc
+            raise BackendError(
+                f"llama.cpp could not load {self.model_path.name} with num_ctx={num_ctx}: {exc}") from exc
         return time.perf_counter() - start
 
     def _prompt(self, messages: list[Message]) -> tuple[list[int], Any]:
@@ -177,16 +179,18 @@ class EmbeddedBackend:
     def _grammar(self, fmt: str, schema: dict[str, Any]) -> Any:
         if fmt == "off":
             return None
-        if fmt not in self._grammars:
+        key = "json" if fmt == "json" else json.dumps(schema, sort_keys=True)
+        if key not in self._grammars:
             from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 
             with _quiet_stderr():
-                self._grammars[fmt] = (LlamaGrammar.from_string(JSON_GBNF, verbose=False) if fmt == "json"
-                                       else LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False))
-        return self._grammars[fmt]
+                self._grammars[key] = (LlamaGrammar.from_string(JSON_GBNF, verbose=False) if fmt == "json"
+                                       else LlamaGrammar.from_json_schema(key, verbose=False))
+        return self._grammars[key]
 
-    def generate(self, messages: list[Message], settings: InferenceSettings, *,
-                 schema: dict[str, Any]) -> Generation:
+    def generate(self, messages: list[Message], settings: InferenceSettings, *, schema: dict[str, Any],
+                 on_text: Callable[[str], None] | None = None) -> Generation:
+        """Answer one request; ``on_text`` receives each piece of text as it is generated."""
         llm = self._contexts.get(settings.num_ctx)
         if llm is None:
             raise BackendError(f"no context loaded for num_ctx={settings.num_ctx}; call start_trial first")
@@ -215,6 +219,8 @@ class EmbeddedBackend:
                 if choice["text"] or finish is None:  # the closing chunk carries no token
                     pieces.append(choice["text"])
                     output_tokens += 1
+                    if on_text is not None:
+                        on_text(choice["text"])
         except (ValueError, RuntimeError) as exc:
             raise RequestFailed(f"llama.cpp failed on the request: {exc}") from exc
         latency = time.perf_counter() - start

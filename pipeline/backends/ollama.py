@@ -1,0 +1,185 @@
+"""The Ollama backend: a model served by an Ollama server, through the official ``ollama`` client.
+
+Requests stream (``/api/chat`` with ``stream=True``) so time to first token is our own measurement; the
+server's timing fields (nanoseconds: ``load_duration``, ``prompt_eval_duration``, ``eval_duration``,
+``total_duration``) give the prefill/decode breakdown, and our wall clock minus ``total_duration`` is the
+network and queue overhead.
+
+Changing ``num_ctx`` makes Ollama reload the model. :meth:`OllamaBackend.start_trial` does that reload
+deliberately, with Ollama's documented load request (a chat with no messages), so it is timed apart; a reload
+the server does on its own during a request (another client changed the model, it was evicted) shows up as
+a large ``load_duration`` and is reported through ``Generation.reload_ms`` so the runner can retry the request.
+
+Failures: a request that times out, gets an HTTP error, an error in the middle of its stream, or a dropped
+connection is one failed request (:class:`RequestFailed`); a server that refuses connections is a dead
+server (:class:`BackendError`), which fails the trial.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import ollama
+
+from pipeline.backends.base import Generation, RequestFailed
+from pipeline.errors import BackendError, InputError
+from pipeline.prompts import Message
+from pipeline.space import InferenceSettings
+
+__all__ = ["OllamaBackend", "redact_host"]
+
+DEFAULT_HOST = "http://127.0.0.1:11434"
+_NS_PER_MS = 1_000_000
+
+
+def redact_host(host: str) -> str:
+    """The host URL without credentials, fit for logs and run tags."""
+    parts = urlsplit(host if "://" in host else f"http://{host}")
+    if parts.username is None and parts.password is None:
+        return urlunsplit(parts)
+    netloc = "***@" + (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class OllamaBackend:
+    """A model on an Ollama server."""
+
+    name = "ollama"
+
+    def __init__(self, model: str, *, host: str | None, timeout_s: float, keep_alive: str = "30m",
+                 reload_threshold_ms: float = 250.0, pull: bool = False,
+                 on_pull: Callable[[str, int | None, int | None], None] | None = None) -> None:
+        """Connect and check the server and the model (the preflight).
+
+        Raises:
+            InputError: the server cannot be reached, or does not have the model (and ``pull`` is off).
+        """
+        self.model = model
+        self.host = host or DEFAULT_HOST
+        self.keep_alive = keep_alive
+        self.timeout_s = timeout_s
+        self.reload_threshold_ms = reload_threshold_ms
+        # A short connect timeout, so a host that does not answer is reported in seconds, not minutes.
+        self.client = ollama.Client(host=self.host, timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)))
+        self._loaded_ctx: int | None = None
+        self.version = self._server_version()
+        self._details = self._model_details(pull, on_pull)
+
+    def _server_version(self) -> str:
+        where = redact_host(self.host)
+        try:
+            # The client has no call for /api/version; its own httpx client carries the host and headers.
+            response = self.client._client.get("/api/version")
+            response.raise_for_status()
+            return str(response.json().get("version", "unknown"))
+        except (httpx.TransportError, ConnectionError) as exc:
+            raise InputError(f"Ollama server at {where} is not reachable ({type(exc).__name__}): start it with "
+                             "`ollama serve`, set OLLAMA_HOST or engine.host, or use --backend embedded") from exc
+        except (httpx.HTTPStatusError, ValueError) as exc:
+            raise InputError(f"{where} does not answer like an Ollama server ({exc}); check OLLAMA_HOST") from exc
+
+    def _model_details(self, pull: bool,
+                       on_pull: Callable[[str, int | None, int | None], None] | None) -> dict[str, str]:
+        try:
+            show = self.client.show(self.model)
+        except ollama.ResponseError as exc:
+            if exc.status_code != 404:
+                raise InputError(f"Ollama server at {redact_host(self.host)} refused `show {self.model}`: "
+                                 f"{exc.error}") from exc
+            if not pull:
+                raise InputError(f"model {self.model!r} is not on the Ollama server at {redact_host(self.host)}: "
+                                 f"run `ollama pull {self.model}` or pass --pull") from exc
+            self._pull(on_pull)
+            show = self.client.show(self.model)
+        details = show.details
+        digest = next((m.digest for m in self.client.list().models if _same_model(m.model, self.model)), None)
+        return {
+            "model_digest": digest or "unknown",
+            "model_family": (details.family if details else None) or "unknown",
+            "model_parameter_size": (details.parameter_size if details else None) or "unknown",
+            "model_quantization": (details.quantization_level if details else None) or "unknown",
+        }
+
+    def _pull(self, on_pull: Callable[[str, int | None, int | None], None] | None) -> None:
+        try:
+            for progress in self.client.pull(self.model, stream=True):
+                if on_pull is not None:
+                    on_pull(progress.status or "", progress.completed, progress.total)
+        except ollama.ResponseError as exc:
+            raise InputError(f"`ollama pull {self.model}` failed: {exc.error}; check the model name") from exc
+
+    def describe(self) -> dict[str, str]:
+        return {"engine": "ollama", "engine_version": self.version, "model": self.model,
+                "ollama_host": redact_host(self.host), **self._details}
+
+    def start_trial(self, num_ctx: int) -> float | None:
+        if num_ctx == self._loaded_ctx:
+            return None
+        start = time.perf_counter()
+        try:
+            self.client.chat(self.model, messages=[], options={"num_ctx": num_ctx}, keep_alive=self.keep_alive)
+        except (ollama.ResponseError, httpx.HTTPError, ConnectionError) as exc:
+            raise BackendError(f"Ollama could not load {self.model} with num_ctx={num_ctx}: {exc}") from exc
+        self._loaded_ctx = num_ctx
+        return time.perf_counter() - start
+
+    def count_prompt_tokens(self, messages: list[Message]) -> int | None:
+        return None  # Ollama has no tokenize call; the runner falls back to the padded estimate
+
+    def generate(self, messages: list[Message], settings: InferenceSettings, *,
+                 schema: dict[str, Any]) -> Generation:
+        fmt = {"off": None, "json": "json", "schema": schema}[settings.format]
+        pieces: list[str] = []
+        final = None
+        ttft = None
+        start = time.perf_counter()
+        try:
+            for chunk in self.client.chat(self.model, messages=messages, options=settings.options(), format=fmt,
+                                          stream=True, keep_alive=self.keep_alive):
+                if ttft is None and chunk.message.content:
+                    ttft = time.perf_counter() - start
+                pieces.append(chunk.message.content or "")
+                if chunk.done:
+                    final = chunk
+        except (httpx.ConnectError, ConnectionError) as exc:
+            raise BackendError(f"Ollama server at {redact_host(self.host)} is gone: {exc}") from exc
+        except httpx.TimeoutException as exc:
+            raise RequestFailed(f"timed out after {self.timeout_s:g} s ({type(exc).__name__})") from exc
+        except ollama.ResponseError as exc:
+            where = "mid-stream" if exc.status_code == -1 else f"HTTP {exc.status_code}"
+            raise RequestFailed(f"Ollama error ({where}): {exc.error}") from exc
+        except httpx.HTTPError as exc:
+            raise RequestFailed(f"connection dropped ({type(exc).__name__}: {exc})") from exc
+        latency = time.perf_counter() - start
+        if final is None:
+            raise RequestFailed("the stream ended without a final chunk")
+        load_ms = (final.load_duration or 0) / _NS_PER_MS
+        return Generation(
+            text="".join(pieces),
+            latency_ms=latency * 1000,
+            ttft_ms=ttft * 1000 if ttft is not None else None,
+            prefill_ms=(final.prompt_eval_duration or 0) / _NS_PER_MS,
+            decode_ms=(final.eval_duration or 0) / _NS_PER_MS,
+            prompt_tokens=final.prompt_eval_count,
+            prompt_eval_tokens=final.prompt_eval_count,
+            output_tokens=final.eval_count or 0,
+            decode_tokens=final.eval_count,
+            truncated=final.done_reason == "length",
+            server_ms=(final.total_duration or 0) / _NS_PER_MS,
+            reload_ms=load_ms if load_ms > self.reload_threshold_ms else None,
+        )
+
+    def close(self) -> None:
+        self.client._client.close()
+
+
+def _same_model(a: str, b: str) -> bool:
+    """Ollama's names: a name without a tag means ``:latest``."""
+    def tagged(name: str) -> str:
+        return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+
+    return tagged(a) == tagged(b)

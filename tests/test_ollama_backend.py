@@ -1,0 +1,206 @@
+"""The Ollama backend, driven through the real `ollama` client against the protocol-level double."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from pipeline.backends import OllamaBackend, make_backend, redact_host
+from pipeline.cli import main
+from pipeline.config import EngineConfig, load_config
+from pipeline.errors import BackendError, InputError, PipelineError
+from pipeline.runner import run_trial
+from pipeline.space import InferenceSettings
+from pipeline.study import prepare_study, run_study
+from pipeline.testing.ollama_double import OllamaDouble
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def double(engine):
+    with OllamaDouble(engine=engine) as server:
+        yield server
+
+
+def closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def settings(**changes) -> InferenceSettings:
+    base = dict(num_ctx=1024, num_predict=48, temperature=0.0, top_p=1.0, top_k=40, few_shot=2,
+                prompt_variant="compact", example_selection="by_action", format="off", seed=3)
+    return InferenceSettings(**{**base, **changes})
+
+
+def trial(backend, experiment, prompts, *, count=3, **changes):
+    return run_trial(settings(**changes), experiment.split("dev", count), prompts=prompts, backend=backend,
+                     validator=experiment.validator(), schema=experiment.schema, warmup=1, repetitions=1, margin=0.1)
+
+
+def test_preflight_records_server_and_model(double):
+    backend = OllamaBackend("task-api", host=double.url, timeout_s=30)
+    tags = backend.describe()
+    assert tags["engine"] == "ollama" and tags["engine_version"] == "0.12.0" and tags["model"] == "task-api"
+    assert len(tags["model_digest"]) >= 64 and tags["model_quantization"] == "Q4_1"
+    assert tags["model_parameter_size"] == "135M" and tags["model_family"] != "unknown"
+    assert tags["ollama_host"] == double.url
+
+
+def test_unreachable_server_names_host_and_fix():
+    url = closed_port_url()
+    with pytest.raises(InputError) as caught:
+        OllamaBackend("task-api", host=url, timeout_s=5)
+    message = str(caught.value)
+    assert url in message and "ollama serve" in message and "--backend embedded" in message
+
+
+def test_missing_model_names_the_pull(double):
+    with pytest.raises(InputError, match=r"model 'nope' is not on the Ollama server .*ollama pull nope.* --pull"):
+        OllamaBackend("nope", host=double.url, timeout_s=30)
+
+
+def test_pull_flag_pulls_with_progress(double):
+    double.pullable = {"fresh-model"}
+    seen = []
+    backend = OllamaBackend("fresh-model", host=double.url, timeout_s=30, pull=True,
+                            on_pull=lambda status, done, total: seen.append(status))
+    assert backend.describe()["model"] == "fresh-model"
+    assert "success" in seen and any("download" in s for s in seen)
+
+
+def test_requests_use_ollamas_names_streaming_and_keep_alive(double, experiment, prompts):
+    backend = OllamaBackend("task-api", host=double.url, timeout_s=60, keep_alive="7m")
+    outcome = trial(backend, experiment, prompts, count=2, format="schema")
+    chats = [r["body"] for r in double.requests if r["path"] == "/api/chat" and r["body"]["messages"]]
+    assert len(chats) == 1 + 2  # one warm-up after the load, two timed
+    for body in chats:
+        assert body["stream"] is True and body["keep_alive"] == "7m" and body["model"] == "task-api"
+        assert body["options"] == settings(format="schema").options()
+        assert body["format"] == experiment.schema
+    assert all(r.score.schema_valid for r in outcome.records if not r.truncated)
+
+
+def test_server_timings_and_overhead(double, experiment, prompts):
+    backend = OllamaBackend("task-api", host=double.url, timeout_s=60)
+    outcome = trial(backend, experiment, prompts)
+    for record in outcome.records:
+        assert 0 < record.server_ms <= record.latency_ms
+        assert record.prefill_ms > 0 and record.decode_ms > 0 and record.output_tokens > 0
+        assert record.prefill_ms + record.decode_ms <= record.server_ms
+        assert record.overhead_ms == pytest.approx(record.latency_ms - record.server_ms)
+
+
+def test_num_ctx_change_reloads_once_and_is_kept_out_of_timings(double, experiment, prompts):
+    backend = OllamaBackend("task-api", host=double.url, timeout_s=60)
+    first = trial(backend, experiment, prompts, num_ctx=1024)
+    same = trial(backend, experiment, prompts, num_ctx=1024, temperature=0.3)
+    other = trial(backend, experiment, prompts, num_ctx=2048)
+    assert (first.model_loads, same.model_loads, other.model_loads) == (1, 0, 1)
+    assert double.loads == 2 and first.warmup_requests == 1 and same.warmup_requests == 0
+    assert all(len(o.records) == 3 for o in (first, same, other))
+
+
+def test_reload_inside_a_request_is_detected_and_measured_again(double, experiment, prompts):
+    backend = OllamaBackend("task-api", host=double.url, timeout_s=60, reload_threshold_ms=100)
+    trial(backend, experiment, prompts, num_ctx=1024)
+    # Another client makes the server load another context; then every reload takes 0.3 s.
+    backend.client.chat("task-api", messages=[], options={"num_ctx": 2048})
+    double.reload_delay_s = 2.0
+    sent = len(double.requests)
+    outcome = trial(backend, experiment, prompts, num_ctx=1024)
+    assert outcome.model_loads == 1 and outcome.model_load_ms >= 2000 and outcome.warmup_requests == 1
+    # the request that carried the reload, one warm-up, then the three timed requests
+    assert len(double.requests) - sent == 5 and len(outcome.records) == 3
+    assert max(r.latency_ms for r in outcome.records) < 2000  # the reload is in no latency
+
+
+@pytest.mark.parametrize("fault, message", [
+    ("slow", "timed out after 1 s"),
+    ("drop", "connection dropped"),
+    ("midstream_error", "Ollama error (mid-stream)"),
+    ("http_error", "Ollama error (HTTP 500)"),
+])
+def test_a_failing_request_is_a_failed_record_and_the_trial_goes_on(double, experiment, prompts, fault, message):
+    backend = OllamaBackend("task-api", host=double.url, timeout_s=1)
+    backend.start_trial(1024)
+    double.inject(fault, delay_s=3)
+    outcome = trial(backend, experiment, prompts, count=3)
+    failed = [r for r in outcome.records if r.failed]
+    assert len(failed) == 1 and message in failed[0].score.error
+    assert len(outcome.records) == 3 and sum(not r.failed for r in outcome.records) == 2
+
+
+def test_auto_takes_ollama_when_it_has_the_model(double):
+    backend, choice = make_backend(EngineConfig(backend="auto", ollama_model="task-api", host=double.url))
+    assert backend.name == "ollama" and choice.startswith("ollama: task-api on ")
+
+
+@pytest.mark.parametrize("model", ["task-api", "missing-model"])
+def test_auto_falls_back_to_embedded(double, model):
+    host = double.url if model == "missing-model" else closed_port_url()
+    backend, choice = make_backend(EngineConfig(backend="auto", ollama_model=model, host=host))
+    try:
+        assert backend.name == "embedded" and "(auto: " in choice
+    finally:
+        backend.close()
+
+
+def test_redacted_host_keeps_no_credentials():
+    assert redact_host("http://user:s3cret@ollama.internal:11434") == "http://***@ollama.internal:11434"
+    assert redact_host("127.0.0.1:11434") == "http://127.0.0.1:11434"
+
+
+def runs(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+    return ([r for r in runs if "mlflow.parentRunId" not in r.data.tags],
+            [r for r in runs if "mlflow.parentRunId" in r.data.tags])
+
+
+def test_study_through_the_server(double, tmp_path):
+    code = main(["study", "--config", str(ROOT / "configs/smoke.yaml"), "--backend", "ollama", "--model",
+                 "task-api", "--host", double.url, "--trials", "2", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"])
+    assert code == 0
+    parents, children = runs(tmp_path)
+    assert len(parents) == 1 and len(children) == 2
+    assert parents[0].data.tags["backend"] == "ollama" and parents[0].data.params["study.backend"] == "ollama"
+    for child in children:
+        m, t = child.data.metrics, child.data.tags
+        assert 0 <= m["schema_valid_rate"] <= 1 and 0 < m["latency_p50_ms"] <= m["latency_p95_ms"]
+        assert 0 < m["server_ms_p50"] <= m["latency_p95_ms"] and m["overhead_ms_mean"] > -1
+        assert m["prefill_ms_mean"] > 0 and m["decode_tokens_per_s"] > 0
+        assert t["engine"] == "ollama" and t["model_quantization"] == "Q4_1" and t["engine_version"] == "0.12.0"
+
+
+def test_dead_server_fails_trials_and_stops_the_study(engine, tmp_path, write_config):
+    from tests.conftest import smoke_config
+
+    path = write_config(smoke_config(study={"max_consecutive_failures": 2, "batch": 1},
+                                     engine={"backend": "ollama", "ollama_model": "task-api"}))
+    config = load_config(path)
+    with OllamaDouble(engine=engine) as server:
+        config = config.with_overrides(engine={"host": server.url})
+        prepared = prepare_study(config, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+        assert run_study(prepared, trials=1).new_trials == 1
+    # the server is gone now
+    with pytest.raises(PipelineError, match="study stopped after 2 failed trials in a row; last: .*(gone|load)"):
+        run_study(prepared, trials=3)
+    study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{tmp_path}/optuna.db")
+    states = [t.state.name for t in study.trials]
+    assert states == ["COMPLETE", "FAIL", "FAIL"]  # the third trial was never started
+    parents, children = runs(tmp_path)
+    assert sorted(c.info.status for c in children) == ["FAILED", "FAILED", "FINISHED"]
+    assert parents[0].info.status == "FAILED" and "failed trials in a row" in parents[0].data.tags["stopped"]
+    assert all(c.data.tags.get("failure") for c in children if c.info.status == "FAILED")
+    assert json.loads(json.dumps(study.trials[0].user_attrs["metrics"]))["schema_valid_rate"] >= 0
+    with pytest.raises(BackendError):
+        prepared.backend.start_trial(4096)
