@@ -1,4 +1,7 @@
-"""Command line: ``pipeline study`` runs a study; exit 0 on success, 2 on bad input, 1 on a runtime failure."""
+"""Command line: ``pipeline study``, ``pipeline compare``, ``pipeline promote``.
+
+Exit codes: 0 success, 1 runtime failure, 2 bad input, 3 promotion refused.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import argparse
 import logging
 import math
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -14,9 +18,13 @@ from rich.console import Console
 from rich.progress import Progress, TaskID
 from rich.table import Table
 
-from pipeline.config import BACKENDS, SAMPLERS, load_config
-from pipeline.errors import PipelineError
-from pipeline.study import StudyReport, prepare_study, run_study
+from pipeline import pareto
+from pipeline.compare import compare, load_fronts
+from pipeline.config import BACKENDS, SAMPLERS, StudyConfig, load_config
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.promote import CHAMPION, PromotionPolicy, promote
+from pipeline.study import PreparedStudy, default_storage, prepare_study, run_study
+from pipeline.tracking import log_comparison, resolve_tracking_uri
 
 __all__ = ["main"]
 
@@ -56,26 +64,86 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _engine_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=Path("configs/task_api.yaml"), help="study config YAML")
+    parser.add_argument("--backend", choices=BACKENDS, help="inference backend (default: the config's)")
+    parser.add_argument("--model", help="the model: an Ollama model name (ollama, auto) or a GGUF file (embedded; "
+                                        "default: the bundled SmolLM2-135M-Instruct)")
+    parser.add_argument("--host", help="Ollama server URL (default: $OLLAMA_HOST or http://127.0.0.1:11434)")
+    parser.add_argument("--pull", action="store_true", default=None,
+                        help="pull the Ollama model when the server does not have it")
+
+
+def _store_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--storage", help="Optuna storage URL (default: sqlite optuna.db next to mlflow.db)")
+    parser.add_argument("--tracking-uri",
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    parser.add_argument("--experiment-name", help="MLflow experiment name")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="pipeline", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
     study = commands.add_parser("study", help="run (or extend) a multi-objective study")
-    study.add_argument("--config", type=Path, default=Path("configs/task_api.yaml"), help="study config YAML")
+    _engine_options(study)
+    _store_options(study)
     study.add_argument("--trials", type=_positive_int, help="trials to add in this run (default: the config's)")
-    study.add_argument("--backend", choices=BACKENDS, help="inference backend (default: the config's)")
-    study.add_argument("--model", help="the model: an Ollama model name (ollama, auto) or a GGUF file (embedded; "
-                                       "default: the bundled SmolLM2-135M-Instruct)")
-    study.add_argument("--host", help="Ollama server URL (default: $OLLAMA_HOST or http://127.0.0.1:11434)")
-    study.add_argument("--pull", action="store_true", default=None,
-                       help="pull the Ollama model when the server does not have it")
     study.add_argument("--study-name", help="Optuna study name, also the MLflow parent run name")
-    study.add_argument("--storage", help="Optuna storage URL (default: sqlite optuna.db next to mlflow.db)")
-    study.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
-    study.add_argument("--experiment-name", help="MLflow experiment name")
     study.add_argument("--sampler", choices=SAMPLERS, help="Optuna sampler")
     study.add_argument("--seed", type=_whole_number, help="seed of the sampler and the engine")
     study.add_argument("--limit", type=_positive_int, help="requests per trial, taken in turn from each action")
+
+    compare = commands.add_parser("compare", help="compare the Pareto fronts of studies")
+    compare.add_argument("studies", nargs="+", help="study names (or one comma-separated list)")
+    _store_options(compare)
+
+    promote = commands.add_parser("promote", help="re-check a front point on held-out data and write a Modelfile")
+    promote.add_argument("study", help="the study to promote from")
+    _engine_options(promote)
+    _store_options(promote)
+    promote.add_argument("--policy", choices=("knee", "sla", "trial"), default="knee",
+                         help="knee of the front, best accuracy within --sla-p95-ms, or --trial N")
+    promote.add_argument("--sla-p95-ms", type=_optional(_positive_float),
+                         help="latency limit of the sla policy (also checked on held-out data)")
+    promote.add_argument("--trial", type=_optional(_whole_number), help="trial number for --policy trial")
+    promote.add_argument("--tolerance", type=_fraction, default=0.05,
+                         help="largest drop of held-out accuracy below dev accuracy that is accepted")
+    promote.add_argument("--repetitions", type=_positive_int, default=2, help="passes over the held-out split")
+    promote.add_argument("--registered-model", help="MLflow registered model name (default: the study name)")
+    promote.add_argument("--ollama-name", help="name of the model to create on the Ollama server "
+                                               "(default: the registered model name)")
+    promote.add_argument("--output", type=Path, default=Path("promoted"), help="folder for Modelfile and sidecar")
     return parser
+
+
+def _optional(parse: Callable[[str], object]) -> Callable[[str], object]:
+    """An empty value (an MLproject parameter left at its default "") means the option was not given."""
+    def parse_or_none(text: str) -> object:
+        return None if text == "" else parse(text)
+
+    parse_or_none.__name__ = parse.__name__  # argparse names the type in its error messages
+    return parse_or_none
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} must be greater than 0")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} must be between 0 and 1")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -83,34 +151,124 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(stderr=True)
     for name in ("mlflow", "alembic"):  # store migrations and the like; our own output says what matters
         logging.getLogger(name).setLevel(logging.WARNING)
-    prepared = None
+    command = {"study": _study, "compare": _compare, "promote": _promote}[args.command]
     try:
-        config = load_config(args.config)
-        backend = args.backend or config.engine.backend
-        model_key = "gguf" if backend == "embedded" else "ollama_model"
-        config = config.with_overrides(
-            study={"name": args.study_name, "storage": args.storage, "sampler": args.sampler, "seed": args.seed},
-            # empty values (an MLproject parameter left at its default) mean "not given"
-            engine={"backend": args.backend, model_key: args.model or None, "host": args.host or None,
-                    "pull": args.pull},
-            evaluation={"limit": args.limit},
-            tracking={"experiment_name": args.experiment_name},
-        )
-        with Progress(console=console, transient=True) as pulls:
-            prepared = prepare_study(config, tracking_uri=args.tracking_uri, on_pull=_pull_progress(pulls))
-        console.print(f"backend: {prepared.backend_choice}", highlight=False, soft_wrap=True)
-        report = run_study(prepared, trials=args.trials or config.study.trials, console=console)
+        return command(args, console)
     except PipelineError as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         return exc.exit_code
     except KeyboardInterrupt:
         console.print("interrupted: the running trial was marked FAIL in Optuna and FAILED in MLflow")
         return 130
+
+
+def _config(args: argparse.Namespace, **sections: dict) -> StudyConfig:
+    config = load_config(args.config)
+    backend = args.backend or config.engine.backend
+    model_key = "gguf" if backend == "embedded" else "ollama_model"
+    return config.with_overrides(
+        # empty values (an MLproject parameter left at its default) mean "not given"
+        engine={"backend": args.backend, model_key: args.model or None, "host": args.host or None,
+                "pull": args.pull},
+        study={"storage": args.storage or None, **sections.pop("study", {})},
+        tracking={"experiment_name": args.experiment_name or None},
+        **sections,
+    )
+
+
+def _prepare(args: argparse.Namespace, config: StudyConfig, console: Console) -> PreparedStudy:
+    with Progress(console=console, transient=True) as pulls:
+        prepared = prepare_study(config, tracking_uri=args.tracking_uri or None, on_pull=_pull_progress(pulls))
+    console.print(f"backend: {prepared.backend_choice}", highlight=False, soft_wrap=True)
+    return prepared
+
+
+def _study(args: argparse.Namespace, console: Console) -> int:
+    config = _config(args, study={"name": args.study_name, "sampler": args.sampler, "seed": args.seed},
+                     evaluation={"limit": args.limit})
+    prepared = _prepare(args, config, console)
+    try:
+        report = run_study(prepared, trials=args.trials or config.study.trials, console=console)
     finally:
-        if prepared is not None:
-            prepared.backend.close()
-    _print_report(report)
+        prepared.backend.close()
+    out = _stdout()
+    out.print(front_table(report.front, f"Pareto front of study {report.study_name!r} "
+                                        f"({len(report.front)} of {len(report.trials)} completed trials)"))
+    out.print(f"Added {report.new_trials} trials. Optuna storage: {report.storage_url}")
+    out.print(f"MLflow parent run {report.parent_run_id} in {report.tracking_uri}")
+    out.print(f"Browse it: mlflow ui --backend-store-uri {report.tracking_uri}   then open {report.run_url}")
     return 0
+
+
+def _compare(args: argparse.Namespace, console: Console) -> int:
+    names = [n for text in args.studies for n in text.split(",") if n]
+    if not names:
+        raise ConfigError("name at least one study to compare")
+    tracking_uri = resolve_tracking_uri(args.tracking_uri or None, None)
+    storage = args.storage or default_storage(tracking_uri)
+    fronts = load_fronts(names, storage)
+    comparison = compare(fronts)
+    title = "Pareto fronts: " + " vs ".join(names)
+    with tempfile.TemporaryDirectory() as folder:
+        frames = {f.name: f.trials for f in fronts}
+        plots = [p for p in (pareto.plot_fronts(frames, comparison.objectives, Path(folder) / "fronts.png",
+                                                title=title),
+                             pareto.plot_fronts_html(frames, comparison.objectives, Path(folder) / "fronts.html",
+                                                     title=title)) if p is not None]
+        table = pd.concat([f.front.assign(study=f.name) for f in fronts], ignore_index=True)
+        run_id, url = log_comparison(tracking_uri=tracking_uri, experiment_name=args.experiment_name or "compare",
+                                     comparison=comparison, fronts=table, artifacts=plots)
+    out = _stdout()
+    for front in fronts:
+        out.print(front_table(front.front, f"front of {front.name!r} ({len(front.front)} of "
+                                           f"{len(front.trials)} completed trials)"))
+    summary = Table(title="hypervolume against one shared reference point (0..1, larger is better)")
+    for column in ("study", "trials", "feasible", "front", "hypervolume"):
+        summary.add_column(column, justify="right")
+    for row in comparison.summary.itertuples():
+        summary.add_row(row.study, str(row.trials), str(row.feasible), str(row.front_size), f"{row.hypervolume:.4f}")
+    out.print(summary)
+    cover = Table(title="coverage: share of the column study's front dominated by the row study's front")
+    cover.add_column("")
+    for name in names:
+        cover.add_column(name, justify="right")
+    for a in names:
+        cover.add_row(a, *("-" if a == b else f"{comparison.coverage.loc[a, b]:.2f}" for b in names))
+    out.print(cover)
+    reference = ", ".join(f"{m}={v:.4g}" for m, v in comparison.reference.items())
+    out.print(f"reference point: {reference}")
+    out.print(f"comparison run {run_id}: {url}")
+    return 0
+
+
+def _promote(args: argparse.Namespace, console: Console) -> int:
+    policy = PromotionPolicy(policy=args.policy, sla_p95_ms=args.sla_p95_ms, trial=args.trial,
+                             tolerance=args.tolerance, repetitions=args.repetitions,
+                             registered_model=args.registered_model or None, ollama_name=args.ollama_name or None,
+                             output=args.output)
+    if policy.policy == "trial" and policy.trial is None:
+        raise ConfigError("--policy trial needs --trial N")
+    if policy.policy == "sla" and policy.sla_p95_ms is None:
+        raise ConfigError("--policy sla needs --sla-p95-ms X")
+    prepared = _prepare(args, _config(args), console)
+    try:
+        report = promote(prepared, args.study, policy)
+    finally:
+        prepared.backend.close()
+    out = _stdout()
+    out.print(f"promoted trial {report.trial} of {report.study!r} as {policy.registered_model or report.study!r} "
+              f"version {report.model_version} (alias {CHAMPION})")
+    for metric in ("schema_valid_rate", "action_accuracy", "latency_p95_ms"):
+        out.print(f"  {metric}: dev {report.dev[metric]:.4g}, held-out {report.holdout[metric]:.4g}")
+    for note in report.notes:
+        out.print(f"  note: {note}")
+    out.print(f"Modelfile: {report.modelfile}   sidecar: {report.sidecar}")
+    out.print(f"  ollama create {policy.registered_model or report.study} -f {report.modelfile}")
+    return 0
+
+
+def _stdout() -> Console:
+    return Console(width=None if sys.stdout.isatty() else 200)
 
 
 def _pull_progress(progress: Progress) -> Callable[[str, int | None, int | None], None]:
@@ -124,21 +282,16 @@ def _pull_progress(progress: Progress) -> Callable[[str, int | None, int | None]
     return update
 
 
-def _print_report(report: StudyReport) -> None:
-    out = Console(width=None if sys.stdout.isatty() else 200)
-    front = report.front
-    table = Table(title=f"Pareto front of study {report.study_name!r} "
-                        f"({len(front)} of {len(report.trials)} completed trials)")
+def front_table(front: pd.DataFrame, title: str) -> Table:
+    """A table of front trials: their settings and headline metrics."""
+    table = Table(title=title)
     table.add_column("trial", justify="right")
     columns = [c for c in SETTING_COLUMNS + METRIC_COLUMNS if c in front.columns]
     for column in columns:
         table.add_column(HEADERS.get(column, column), justify="right")
     for _, row in front.iterrows():
         table.add_row(str(row["number"]), *(_cell(row[c]) for c in columns))
-    out.print(table)
-    out.print(f"Added {report.new_trials} trials. Optuna storage: {report.storage_url}")
-    out.print(f"MLflow parent run {report.parent_run_id} in {report.tracking_uri}")
-    out.print(f"Browse it: mlflow ui --backend-store-uri {report.tracking_uri}   then open {report.run_url}")
+    return table
 
 
 def _cell(value: object) -> str:

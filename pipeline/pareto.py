@@ -17,7 +17,7 @@ import pandas as pd  # noqa: E402
 
 from pipeline.config import Objective  # noqa: E402
 
-__all__ = ["front_frame", "plot_front", "trials_frame"]
+__all__ = ["SETTINGS", "front_frame", "plot_fronts", "plot_fronts_html", "trials_frame"]
 
 
 def trials_frame(study: optuna.Study, objectives: tuple[Objective, ...]) -> pd.DataFrame:
@@ -45,31 +45,82 @@ def front_frame(trials: pd.DataFrame, objectives: tuple[Objective, ...]) -> pd.D
     return trials[trials["pareto"]].sort_values(first.metric, ascending=first.direction == "minimize")
 
 
-def plot_front(trials: pd.DataFrame, objectives: tuple[Objective, ...], path: Path, *, title: str) -> Path | None:
-    """Draw the first two objectives of every feasible trial, the front highlighted; None with one objective."""
-    if len(objectives) < 2 or trials.empty:
-        return None
-    # Put the minimised objective (usually latency) on x, the maximised one (usually quality) on y.
+def _axes(objectives: tuple[Objective, ...]) -> tuple[Objective, Objective]:
+    # The minimised objective (usually latency) on x, the maximised one (usually quality) on y.
     x, y = sorted(objectives[:2], key=lambda o: o.direction != "minimize")
+    return x, y
+
+
+def _parts(trials: pd.DataFrame, x: Objective) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Feasible trials, the front (sorted along x), and trials that ran but broke a constraint."""
     feasible = trials[trials["feasible"]]
     front = feasible[feasible["pareto"]].sort_values(x.metric)
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    ax.scatter(feasible[x.metric], feasible[y.metric], color="0.6", alpha=0.5, label="feasible trial")
-    infeasible = trials[~trials["feasible"] & (trials["infeasible_reason"] == "")]
-    if not infeasible.empty:
-        ax.scatter(infeasible[x.metric], infeasible[y.metric], marker="x", color="tab:red", alpha=0.5,
-                   label="breaks a constraint")
-    ax.step(front[x.metric], front[y.metric], where="post", color="tab:blue", alpha=0.7)
-    ax.scatter(front[x.metric], front[y.metric], color="tab:blue", zorder=3, label="Pareto front")
-    for _, row in front.iterrows():
-        ax.annotate(f"#{row['number']}", (row[x.metric], row[y.metric]), textcoords="offset points",
-                    xytext=(4, 4), fontsize=8)
+    broken = trials[~trials["feasible"] & (trials["infeasible_reason"] == "")]
+    return feasible, front, broken
+
+
+def plot_fronts(studies: dict[str, pd.DataFrame], objectives: tuple[Objective, ...], path: Path, *,
+                title: str) -> Path | None:
+    """Draw the first two objectives of each study's trials as a PNG: dominated trials faint, fronts solid.
+
+    Returns:
+        ``path``, or None when there is nothing to draw (one objective, no trials).
+    """
+    if len(objectives) < 2 or all(t.empty for t in studies.values()):
+        return None
+    x, y = _axes(objectives)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    for index, (name, trials) in enumerate(studies.items()):
+        if trials.empty:
+            continue
+        color = f"C{index % 10}"
+        feasible, front, broken = _parts(trials, x)
+        ax.scatter(feasible[x.metric], feasible[y.metric], color=color, alpha=0.2, s=18)
+        if not broken.empty:
+            ax.scatter(broken[x.metric], broken[y.metric], marker="x", color=color, alpha=0.3, s=18)
+        ax.step(front[x.metric], front[y.metric], where="post", color=color, alpha=0.8)
+        ax.scatter(front[x.metric], front[y.metric], color=color, zorder=3, label=f"{name} front")
+        for _, row in front.iterrows():
+            ax.annotate(f"#{row['number']}", (row[x.metric], row[y.metric]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=7, color=color)
     ax.set_xlabel(f"{x.metric} ({x.direction})")
     ax.set_ylabel(f"{y.metric} ({y.direction})")
-    ax.set_title(title)
+    ax.set_title(f"{title}\n(faint: dominated trials; x: broke a constraint)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_fronts_html(studies: dict[str, pd.DataFrame], objectives: tuple[Objective, ...], path: Path, *,
+                     title: str) -> Path | None:
+    """The same overlay as :func:`plot_fronts`, interactive (plotly, self-contained HTML: works offline)."""
+    if len(objectives) < 2 or all(t.empty for t in studies.values()):
+        return None
+    import plotly.graph_objects as go
+
+    x, y = _axes(objectives)
+    figure = go.Figure()
+    for index, (name, trials) in enumerate(studies.items()):
+        if trials.empty:
+            continue
+        color = _PALETTE[index % len(_PALETTE)]
+        feasible, front, _ = _parts(trials, x)
+        hover = [", ".join(f"{k}={row[k]}" for k in SETTINGS if k in row) for _, row in feasible.iterrows()]
+        figure.add_scatter(x=feasible[x.metric], y=feasible[y.metric], mode="markers", name=f"{name} trials",
+                           marker={"color": color, "opacity": 0.25}, text=hover,
+                           customdata=feasible["number"], hovertemplate="trial %{customdata}<br>%{text}")
+        figure.add_scatter(x=front[x.metric], y=front[y.metric], mode="lines+markers", name=f"{name} front",
+                           line={"shape": "hv", "color": color}, marker={"size": 9, "color": color},
+                           customdata=front["number"], hovertemplate="trial %{customdata}")
+    figure.update_layout(title=title, xaxis_title=f"{x.metric} ({x.direction})",
+                         yaxis_title=f"{y.metric} ({y.direction})", template="plotly_white")
+    figure.write_html(path, include_plotlyjs=True, full_html=True)
+    return path
+
+
+SETTINGS = ("num_ctx", "num_predict", "temperature", "top_p", "top_k", "few_shot", "prompt_variant",
+            "example_selection", "format")
+_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")

@@ -33,7 +33,8 @@ from pipeline.scoring import SERVER_METRICS, RequestRecord, summarize
 from pipeline.space import InferenceSettings, suggest
 from pipeline.tracking import StudyTracker, resolve_tracking_uri, sqlite_folder
 
-__all__ = ["PreparedStudy", "StudyReport", "prepare_study", "run_study"]
+__all__ = ["PreparedStudy", "StudyReport", "default_storage", "definition_of", "prepare_study", "requests_frame",
+           "run_study"]
 
 CONTEXT_FIT = "context_fit"
 
@@ -93,16 +94,17 @@ def prepare_study(config: StudyConfig, *, tracking_uri: str | None = None,
         raise ConfigError(f"{config.path}: {server_metrics[0]} is measured only against a server; "
                           f"the {backend.name} backend was chosen ({choice})")
     uri = resolve_tracking_uri(tracking_uri, config.tracking.tracking_uri)
-    storage = config.study.storage or _default_storage(uri)
+    storage = config.study.storage or default_storage(uri)
     return PreparedStudy(config, experiment, prompts, examples, backend, choice, uri, storage)
 
 
-def _default_storage(tracking_uri: str) -> str:
+def default_storage(tracking_uri: str) -> str:
+    """The Optuna storage next to a sqlite MLflow store (else in the current folder)."""
     folder = sqlite_folder(tracking_uri) or Path.cwd()
     return f"sqlite:///{folder / 'optuna.db'}"
 
 
-def _definition(prepared: PreparedStudy) -> dict[str, str]:
+def definition_of(prepared: PreparedStudy) -> dict[str, str]:
     """What makes two invocations the same study; an existing study must match it to be extended."""
     config, backend = prepared.config, prepared.backend
     description = backend.describe()
@@ -185,7 +187,7 @@ def _open_study(prepared: PreparedStudy, definition: dict[str, str]) -> optuna.S
     return study
 
 
-def _requests_frame(records: list[RequestRecord]) -> pd.DataFrame:
+def requests_frame(records: list[RequestRecord]) -> pd.DataFrame:
     rows = []
     for r in records:
         row = {"request_id": r.request_id, "request": r.request, "expected": json.dumps(r.expected),
@@ -211,7 +213,7 @@ def run_study(prepared: PreparedStudy, *, trials: int, console: Console | None =
     config, backend = prepared.config, prepared.backend
     console = console or Console(stderr=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    definition = _definition(prepared)
+    definition = definition_of(prepared)
     study = _open_study(prepared, definition)
     tracker = StudyTracker.open(tracking_uri=prepared.tracking_uri, experiment_name=config.tracking.experiment_name,
                                 run_name=config.study.name, resume_run_id=study.user_attrs.get("mlflow_parent_run_id"))
@@ -253,7 +255,7 @@ def run_study(prepared: PreparedStudy, *, trials: int, console: Console | None =
             if outcome.infeasible:
                 tags["infeasible"] = outcome.infeasible
             tracker.finish_trial(run_id, metrics=trial.user_attrs["metrics"], tags=tags,
-                                 requests=_requests_frame(outcome.records))
+                                 requests=requests_frame(outcome.records))
             return values
 
         status, reason = "FAILED", ""
@@ -348,8 +350,8 @@ def _finish(study: optuna.Study, tracker: StudyTracker, prepared: PreparedStudy,
     trials = pareto.trials_frame(study, config.objectives)
     front = pareto.front_frame(trials, config.objectives)
     with tempfile.TemporaryDirectory() as folder:
-        plot = pareto.plot_front(trials, config.objectives, Path(folder) / "pareto_front.png",
-                                 title=f"{config.study.name}: Pareto front")
+        plot = pareto.plot_fronts({config.study.name: trials}, config.objectives,
+                                  Path(folder) / "pareto_front.png", title=f"{config.study.name}: Pareto front")
         if not trials.empty:
             states = [t.state for t in study.trials]
             tracker.log_front(trials=trials, front=front, plot=plot, metrics={

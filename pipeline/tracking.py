@@ -8,6 +8,7 @@ trials may run on several threads. The parent is, in this order: the run ``mlflo
 from __future__ import annotations
 
 import os
+import re
 import time
 import warnings
 from collections.abc import Mapping
@@ -24,7 +25,8 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_I
 
 from pipeline.errors import ConfigError, PipelineError
 
-__all__ = ["DEFAULT_TRACKING_URI", "StudyTracker", "resolve_tracking_uri", "sqlite_folder"]
+__all__ = ["DEFAULT_TRACKING_URI", "StudyTracker", "log_batch", "log_comparison", "metric_key",
+           "resolve_tracking_uri", "sqlite_folder", "start_run"]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 _MAX_BATCH = 100  # MLflow's limit of params per log_batch call
@@ -74,14 +76,12 @@ class StudyTracker:
         return cls(client, run.info.run_id, experiment_id)
 
     def run_url(self) -> str:
-        uri = mlflow.get_tracking_uri()
-        prefix = uri if urlparse(uri).scheme in ("http", "https") else "http://127.0.0.1:5000"
-        return f"{prefix}/#/experiments/{self.experiment_id}/runs/{self.parent_run_id}"
+        return _run_url(mlflow.get_tracking_uri(), self.experiment_id, self.parent_run_id)
 
     def log_study(self, *, params: Mapping[str, Any], tags: Mapping[str, str], dataset: pd.DataFrame,
                   dataset_name: str, dataset_source: str, split: str, digest: str) -> None:
         """Record what the study is: its definition as params, the environment as tags, the dataset as input."""
-        self._log_batch(self.parent_run_id, params=params, tags=tags)
+        log_batch(self.client, self.parent_run_id, params=params, tags=tags)
         with warnings.catch_warnings():  # a local path matches two equivalent source types; either is right
             warnings.simplefilter("ignore", UserWarning)
             data = mlflow.data.from_pandas(dataset, source=dataset_source, name=dataset_name, digest=digest[:20])
@@ -93,13 +93,13 @@ class StudyTracker:
         run = self.client.create_run(
             self.experiment_id, run_name=f"trial-{number:03d}",
             tags={MLFLOW_PARENT_RUN_ID: self.parent_run_id, "optuna.trial_number": str(number), **tags})
-        self._log_batch(run.info.run_id, params=params)
+        log_batch(self.client, run.info.run_id, params=params)
         return run.info.run_id
 
     def finish_trial(self, run_id: str, *, metrics: Mapping[str, float], tags: Mapping[str, str],
                      requests: pd.DataFrame | None) -> None:
         """Log a finished trial's metrics, tags and request table, and close its run as FINISHED."""
-        self._log_batch(run_id, metrics=metrics, tags=tags)
+        log_batch(self.client, run_id, metrics=metrics, tags=tags)
         if requests is not None and not requests.empty:
             self.client.log_table(run_id, data=requests, artifact_file="requests.json")
         self.client.set_terminated(run_id, "FINISHED")
@@ -121,7 +121,7 @@ class StudyTracker:
             self._replace_table(front, "pareto_front.json")
         if plot is not None:
             self.client.log_artifact(self.parent_run_id, str(plot))
-        self._log_batch(self.parent_run_id, metrics=metrics,
+        log_batch(self.client, self.parent_run_id, metrics=metrics,
                         tags={"pareto_trials": ",".join(str(n) for n in front["number"])})
 
     def _replace_table(self, table: pd.DataFrame, artifact_file: str) -> None:
@@ -139,16 +139,97 @@ class StudyTracker:
             self.client.set_tag(self.parent_run_id, "stopped", reason[:5000])
         self.client.set_terminated(self.parent_run_id, status)
 
-    def _log_batch(self, run_id: str, *, params: Mapping[str, Any] = {}, metrics: Mapping[str, float] = {},
-                   tags: Mapping[str, str] = {}) -> None:
-        now = int(time.time() * 1000)
-        param_list = [Param(k, str(v)) for k, v in params.items()]
-        metric_list = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
-        tag_list = [RunTag(k, str(v)) for k, v in tags.items()]
-        for start in range(0, max(len(param_list), len(metric_list), len(tag_list), 1), _MAX_BATCH):
-            end = start + _MAX_BATCH
-            self.client.log_batch(run_id, metrics=metric_list[start:end], params=param_list[start:end],
-                                  tags=tag_list[start:end])
+def log_batch(client: MlflowClient, run_id: str, *, params: Mapping[str, Any] = {},
+              metrics: Mapping[str, float] = {}, tags: Mapping[str, str] = {}) -> None:
+    """Log params, metrics and tags in as few calls as MLflow's batch limits allow."""
+    now = int(time.time() * 1000)
+    param_list = [Param(k, str(v)) for k, v in params.items()]
+    metric_list = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+    tag_list = [RunTag(k, str(v)) for k, v in tags.items()]
+    for start in range(0, max(len(param_list), len(metric_list), len(tag_list), 1), _MAX_BATCH):
+        end = start + _MAX_BATCH
+        client.log_batch(run_id, metrics=metric_list[start:end], params=param_list[start:end],
+                         tags=tag_list[start:end])
+
+
+def metric_key(*parts: str) -> str:
+    """A metric or param key from free text (study names): MLflow allows only some characters."""
+    return ".".join(re.sub(r"[^A-Za-z0-9_\-. /]", "_", part) for part in parts)
+
+
+def log_comparison(*, tracking_uri: str, experiment_name: str, comparison: Any, fronts: pd.DataFrame,
+                   artifacts: list[Path]) -> tuple[str, str]:
+    """Record a comparison of studies as one MLflow run.
+
+    Returns:
+        The run id and its URL in the MLflow UI.
+
+    Raises:
+        PipelineError: the tracking store failed.
+    """
+    mlflow.set_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    names = list(comparison.summary["study"])
+    try:
+        run_id, experiment_id = _launched_or_new(client, tracking_uri, experiment_name,
+                                                 run_name="compare " + " vs ".join(names),
+                                                 tags={"kind": "comparison", "studies": ",".join(names)})
+        metrics: dict[str, float] = {}
+        for row in comparison.summary.itertuples():
+            metrics[metric_key("hypervolume", row.study)] = row.hypervolume
+            metrics[metric_key("front_size", row.study)] = row.front_size
+        for a in names:
+            for b in names:
+                if a != b:
+                    metrics[metric_key("coverage", a, "over", b)] = comparison.coverage.loc[a, b]
+        params = {"studies": ",".join(names),
+                  "objectives": ",".join(f"{o.metric}:{o.direction}" for o in comparison.objectives),
+                  **{metric_key("reference", m): f"{v:.6g}" for m, v in comparison.reference.items()},
+                  **{metric_key("ideal", m): f"{v:.6g}" for m, v in comparison.ideal.items()}}
+        log_batch(client, run_id, params=params, metrics=metrics)
+        client.log_table(run_id, data=comparison.summary, artifact_file="summary.json")
+        client.log_table(run_id, data=fronts, artifact_file="fronts.json")
+        client.log_text(run_id, comparison.coverage.to_csv(), "coverage.csv")
+        for path in artifacts:
+            client.log_artifact(run_id, str(path))
+        client.set_terminated(run_id, "FINISHED")
+    except MlflowException as exc:
+        raise PipelineError(f"MLflow tracking store {tracking_uri} failed: {exc.message}") from exc
+    return run_id, _run_url(tracking_uri, experiment_id, run_id)
+
+
+def start_run(tracking_uri: str, *, experiment_name: str, beside_run: str | None, run_name: str,
+              tags: Mapping[str, str]) -> tuple[MlflowClient, str]:
+    """Start a run in the experiment of ``beside_run`` (a study's parent), else in ``experiment_name``.
+
+    Returns:
+        The client and the new run's id.
+    """
+    mlflow.set_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    try:
+        beside = _existing_run(client, beside_run)
+        run_id, _ = _launched_or_new(client, tracking_uri, experiment_name, run_name=run_name, tags=tags,
+                                     experiment_id=beside.info.experiment_id if beside is not None else None)
+        return client, run_id
+    except MlflowException as exc:
+        raise PipelineError(f"MLflow tracking store {tracking_uri} failed: {exc.message}") from exc
+
+
+def _launched_or_new(client: MlflowClient, tracking_uri: str, experiment_name: str, *, run_name: str,
+                     tags: Mapping[str, str], experiment_id: str | None = None) -> tuple[str, str]:
+    """The run ``mlflow run`` started (``MLFLOW_RUN_ID``), tagged; else a new run. Returns run and experiment ids."""
+    launched = _existing_run(client, os.environ.get("MLFLOW_RUN_ID"))
+    if launched is not None:
+        log_batch(client, launched.info.run_id, tags={"mlflow.runName": run_name, **tags})
+        return launched.info.run_id, launched.info.experiment_id
+    experiment_id = experiment_id or _experiment_id(client, experiment_name, tracking_uri)
+    return client.create_run(experiment_id, run_name=run_name, tags=dict(tags)).info.run_id, experiment_id
+
+
+def _run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    prefix = tracking_uri if urlparse(tracking_uri).scheme in ("http", "https") else "http://127.0.0.1:5000"
+    return f"{prefix}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 def _existing_run(client: MlflowClient, run_id: str | None) -> Any:

@@ -61,12 +61,13 @@ def check_model_file(path: Path) -> Path:
 
 @contextlib.contextmanager
 def _quiet_stderr():
-    """llama.cpp writes its load log straight to file descriptor 2; keep the terminal clean."""
+    """llama.cpp logs while loading, to file descriptor 2 and through Python's sys.stderr; keep both quiet."""
     saved = os.dup(2)
     try:
-        with open(os.devnull, "wb") as devnull:
+        with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), 2)
-        yield
+            with contextlib.redirect_stderr(devnull):
+                yield
     finally:
         os.dup2(saved, 2)
         os.close(saved)

@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from pipeline.cli import main
+from pipeline.config import Constraint, Objective
+from pipeline.errors import InputError
+from pipeline.modelfile import parse
+from pipeline.promote import PromotionPolicy, choose_trial, decide, knee_index
+from pipeline.testing.ollama_double import OllamaDouble
+from tests.conftest import ROOT, smoke_config
+
+OBJECTIVES = (Objective("schema_valid_rate", "maximize"), Objective("latency_p95_ms", "minimize"))
+
+
+def test_knee_is_the_point_nearest_the_ideal_after_scaling():
+    # minimisation points: (-validity, p95)
+    front = np.array([[-1.0, 900.0], [-0.9, 300.0], [-0.2, 100.0]])
+    assert knee_index(front) == 1
+    assert knee_index(np.array([[-1.0, 5.0]])) == 0
+
+
+@pytest.fixture
+def study():
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for valid, p95, feasible in [(1.0, 900.0, True), (0.9, 300.0, True), (0.2, 100.0, True), (1.0, 50.0, False)]:
+        trial = study.ask()
+        trial.set_constraint("latency_p95_ms", -1.0 if feasible else 1.0)
+        trial.set_user_attr("metrics", {"schema_valid_rate": valid, "latency_p95_ms": p95})
+        study.tell(trial, [valid, p95])
+    return study
+
+
+def test_policies_choose_from_the_feasible_front(study):
+    assert choose_trial(study, OBJECTIVES, PromotionPolicy("sla", sla_p95_ms=1000)).number == 0
+    assert choose_trial(study, OBJECTIVES, PromotionPolicy("sla", sla_p95_ms=500)).number == 1
+    assert choose_trial(study, OBJECTIVES, PromotionPolicy("knee")).number == 1
+    assert choose_trial(study, OBJECTIVES, PromotionPolicy("trial", trial=2)).number == 2
+    with pytest.raises(InputError, match="no front trial has latency_p95_ms <= 60 \\(the fastest has 100\\)"):
+        choose_trial(study, OBJECTIVES, PromotionPolicy("sla", sla_p95_ms=60))
+    with pytest.raises(InputError, match="trial 3 breaks a constraint"):
+        choose_trial(study, OBJECTIVES, PromotionPolicy("trial", trial=3))
+    with pytest.raises(InputError, match="trial 9 of study .* is not a completed trial"):
+        choose_trial(study, OBJECTIVES, PromotionPolicy("trial", trial=9))
+
+
+@pytest.fixture(scope="module")
+def schema_study(tmp_path_factory):
+    """A finished two-trial study whose settings constrain answers to the schema (so they are valid)."""
+    import os
+
+    folder = tmp_path_factory.mktemp("promote")
+    config = folder / "study.yaml"
+    import yaml
+
+    config.write_text(yaml.safe_dump(smoke_config(
+        study={"name": "promo", "trials": 2},
+        search_space={"format": "schema", "few_shot": 2, "prompt_variant": "compact",
+                      "num_predict": {"choices": [64, 96]}})))
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        assert main(["study", "--config", str(config), "--tracking-uri", f"sqlite:///{folder}/mlflow.db"]) == 0
+    finally:
+        os.chdir(cwd)
+    return folder, config
+
+
+def promote_cli(folder: Path, config: Path, *args: str) -> int:
+    return main(["promote", "promo", "--config", str(config), "--tracking-uri", f"sqlite:///{folder}/mlflow.db",
+                 "--repetitions", "1", "--output", str(folder / "out"), *args])
+
+
+@pytest.mark.slow
+def test_promotion_accepted_writes_modelfile_and_moves_the_alias(schema_study, capsys):
+    folder, config = schema_study
+    assert promote_cli(folder, config, "--policy", "trial", "--trial", "0") == 0
+    assert "promoted trial 0 of 'promo' as 'promo' version 1" in capsys.readouterr().out
+    study = optuna.load_study(study_name="promo", storage=f"sqlite:///{folder}/optuna.db")
+    params = study.trials[0].params
+    modelfile = parse((folder / "out" / "Modelfile").read_text())
+    assert modelfile.parameters == {"num_ctx": 1024, "num_predict": params["num_predict"], "temperature": 0.0,
+                                    "top_p": 1.0, "top_k": 40, "seed": 7}
+    assert modelfile.base.endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert modelfile.system == (ROOT / "prompts/task_api/compact.txt").read_text().strip()
+    assert [role for role, _ in modelfile.messages] == ["user", "assistant", "user", "assistant"]
+    sidecar = json.loads((folder / "out" / "promotion.json").read_text())
+    assert sidecar["pass_format"] is True and sidecar["format"] == "schema" and sidecar["schema"]["oneOf"]
+    assert sidecar["source"] == {"study": "promo", "trial": 0, "storage": f"sqlite:///{folder}/optuna.db"}
+
+    assert promote_cli(folder, config, "--policy", "trial", "--trial", "1") == 0
+    client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
+    versions = sorted(client.search_model_versions("name='promo'"), key=lambda v: int(v.version))
+    assert [int(v.version) for v in versions] == [1, 2]  # older versions stay
+    assert client.get_registered_model("promo").aliases == {"champion": 2}
+    assert versions[1].tags == {"source_study": "promo", "source_trial": "1"}
+    run = client.get_run(versions[1].run_id)
+    assert run.data.tags["promotion"] == "accepted" and run.data.tags["source_trial"] == "1"
+    assert 0 <= run.data.metrics["holdout_schema_valid_rate"] <= 1 and run.data.params["holdout_requests"] == "40"
+    names = {a.path for a in client.list_artifacts(run.info.run_id, "modelfile")}
+    assert names == {"modelfile/Modelfile", "modelfile/promotion.json"}
+    assert "holdout_requests.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+@pytest.mark.slow
+def test_promotion_refused_when_held_out_latency_breaks_the_sla(schema_study, capsys):
+    folder, config = schema_study
+    client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
+    before = len(client.search_model_versions("name='promo'")) if client.search_registered_models() else 0
+    code = promote_cli(folder, config, "--policy", "trial", "--trial", "0", "--sla-p95-ms", "1")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 3 and len(err) == 2 and "refused: trial 0 of 'promo': held-out data breaks the SLA" in err[-1]
+    after = len(client.search_model_versions("name='promo'")) if client.search_registered_models() else 0
+    assert after == before
+    refused = [r for r in client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+               if r.data.tags.get("promotion") == "refused"]
+    assert len(refused) == 1 and "latency_p95_ms <= 1" in refused[0].data.tags["refused_because"]
+
+
+def test_decision_rule_on_accuracy_drop_and_held_out_sla():
+    dev = {"schema_valid_rate": 0.90, "latency_p95_ms": 800.0}
+    policy = PromotionPolicy("knee", tolerance=0.05)
+    assert decide(policy, (), "schema_valid_rate", dev, {"schema_valid_rate": 0.86, "latency_p95_ms": 900.0}) is None
+    reason = decide(policy, (), "schema_valid_rate", dev, {"schema_valid_rate": 0.84, "latency_p95_ms": 900.0})
+    assert reason.startswith("held-out schema_valid_rate 0.840 is below dev 0.900 by more than the tolerance 0.05")
+    sla = (Constraint("latency_p95_ms", max=850.0),)
+    reason = decide(policy, sla, "schema_valid_rate", dev, {"schema_valid_rate": 0.9, "latency_p95_ms": 900.0})
+    assert reason == "held-out data breaks the SLA latency_p95_ms <= 850 (off by 50)"
+    strict = PromotionPolicy("sla", sla_p95_ms=700.0)
+    assert "latency_p95_ms <= 700" in decide(strict, (), "schema_valid_rate", dev,
+                                             {"schema_valid_rate": 0.9, "latency_p95_ms": 750.0})
+
+
+@pytest.mark.slow
+def test_promotion_to_an_ollama_server_creates_the_model_and_smoke_tests_it(engine, tmp_path, write_config):
+    with OllamaDouble(engine=engine) as server:
+        config = write_config(smoke_config(
+            study={"name": "promo"}, engine={"backend": "ollama", "ollama_model": "task-api", "host": server.url},
+            search_space={"format": "schema", "few_shot": 2, "prompt_variant": "compact", "num_predict": 64}))
+        uri = f"sqlite:///{tmp_path}/mlflow.db"
+        assert main(["study", "--config", str(config), "--trials", "1", "--tracking-uri", uri]) == 0
+        assert main(["promote", "promo", "--config", str(config), "--tracking-uri", uri, "--repetitions", "1",
+                     "--ollama-name", "task-api-tuned", "--output", str(tmp_path / "out")]) == 0
+        creates = [r["body"] for r in server.requests if r["path"] == "/api/create"]
+        assert len(creates) == 1 and creates[0]["model"] == "task-api-tuned" and creates[0]["from"] == "task-api"
+        assert creates[0]["parameters"]["num_predict"] == 64 and len(creates[0]["messages"]) == 4
+        smoke = [r["body"] for r in server.requests if r["path"] == "/api/chat"
+                 and r["body"].get("model") == "task-api-tuned"]
+        assert len(smoke) == 1 and smoke[0]["format"]["oneOf"]
+    assert parse((tmp_path / "out" / "Modelfile").read_text()).base == "task-api"
