@@ -14,14 +14,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
+import optuna
 from rich.console import Console
+from rich.text import Text
 from rich.progress import Progress, TaskID
 from rich.table import Table
 
 from pipeline import pareto
 from pipeline.compare import compare, load_fronts
-from pipeline.config import BACKENDS, SAMPLERS, StudyConfig, load_config
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.config import BACKENDS, SAMPLERS, StudyConfig, check_storage_url, check_tracking_uri, load_config
+from pipeline.errors import ConfigError, InputError, PipelineError, redact_url
+from pipeline.storage import open_storage
 from pipeline.promote import CHAMPION, PromotionPolicy, promote
 from pipeline.study import PreparedStudy, default_storage, prepare_study, run_study
 from pipeline.tracking import log_comparison, resolve_tracking_uri
@@ -155,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return command(args, console)
     except PipelineError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        console.print(Text("error: ", style="red") + Text(str(exc)), highlight=False, soft_wrap=True)
         return exc.exit_code
     except KeyboardInterrupt:
         console.print("interrupted: the running trial was marked FAIL in Optuna and FAILED in MLflow")
@@ -194,9 +197,11 @@ def _study(args: argparse.Namespace, console: Console) -> int:
     out = _stdout()
     out.print(front_table(report.front, f"Pareto front of study {report.study_name!r} "
                                         f"({len(report.front)} of {len(report.trials)} completed trials)"))
-    out.print(f"Added {report.new_trials} trials. Optuna storage: {report.storage_url}")
-    out.print(f"MLflow parent run {report.parent_run_id} in {report.tracking_uri}")
-    out.print(f"Browse it: mlflow ui --backend-store-uri {report.tracking_uri}   then open {report.run_url}")
+    out.print(f"Added {report.new_trials} trials. Optuna storage: {redact_url(report.storage_url)}",
+              markup=False)
+    out.print(f"MLflow parent run {report.parent_run_id} in {redact_url(report.tracking_uri)}", markup=False)
+    out.print(f"Browse it: mlflow ui --backend-store-uri {redact_url(report.tracking_uri)}   then open "
+              f"{report.run_url}", markup=False)
     return 0
 
 
@@ -205,7 +210,9 @@ def _compare(args: argparse.Namespace, console: Console) -> int:
     if not names:
         raise ConfigError("name at least one study to compare")
     tracking_uri = resolve_tracking_uri(args.tracking_uri or None, None)
+    check_tracking_uri(tracking_uri, "--tracking-uri" if args.tracking_uri else None)
     storage = args.storage or default_storage(tracking_uri)
+    check_storage_url(storage, "--storage", existing=True)
     fronts = load_fronts(names, storage)
     comparison = compare(fronts)
     title = "Pareto fronts: " + " vs ".join(names)
@@ -250,7 +257,15 @@ def _promote(args: argparse.Namespace, console: Console) -> int:
         raise ConfigError("--policy trial needs --trial N")
     if policy.policy == "sla" and policy.sla_p95_ms is None:
         raise ConfigError("--policy sla needs --sla-p95-ms X")
-    prepared = _prepare(args, _config(args), console)
+    config = _config(args)
+    tracking_uri = resolve_tracking_uri(args.tracking_uri or None, config.tracking.tracking_uri)
+    check_tracking_uri(tracking_uri, "--tracking-uri" if args.tracking_uri else None)
+    storage = config.study.storage or default_storage(tracking_uri)
+    check_storage_url(storage, "--storage", existing=True)
+    if args.study not in optuna.get_all_study_names(open_storage(storage)):
+        raise InputError(f"no study {args.study!r} in {redact_url(storage)}: run `pipeline study` first or pass "
+                         "the --storage it used")
+    prepared = _prepare(args, config, console)
     try:
         report = promote(prepared, args.study, policy)
     finally:

@@ -21,7 +21,8 @@ from optuna._hypervolume import compute_hypervolume  # Optuna's exact hypervolum
 
 from pipeline import pareto
 from pipeline.config import Objective
-from pipeline.errors import ConfigError, InputError
+from pipeline.errors import ConfigError, InputError, redact_url
+from pipeline.storage import open_storage
 
 __all__ = ["Comparison", "StudyFront", "compare", "coverage", "load_fronts", "normalized_hypervolume",
            "to_minimization"]
@@ -63,12 +64,15 @@ def load_fronts(names: list[str], storage: str) -> list[StudyFront]:
     """
     if len(set(names)) != len(names):
         raise ConfigError(f"a study is named twice in {', '.join(names)}; name each once")
-    known = optuna.get_all_study_names(storage)
+    opened = open_storage(storage)
+    known = optuna.get_all_study_names(opened)
     fronts = []
     for name in names:
         if name not in known:
-            raise InputError(f"no study {name!r} in {storage}; studies there: {', '.join(sorted(known)) or 'none'}")
-        study = optuna.load_study(study_name=name, storage=storage)
+            raise InputError(f"no study {name!r} in {redact_url(storage)} (studies there: "
+                             f"{', '.join(sorted(known)) or 'none'}); run `pipeline study` first or pass the "
+                             "--storage it used")
+        study = optuna.load_study(study_name=name, storage=opened)
         objectives = _objectives(study)
         if fronts and objectives != fronts[0].objectives:
             def show(o: tuple[Objective, ...]) -> str:

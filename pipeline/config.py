@@ -1,19 +1,25 @@
 """Study configuration: one YAML file loaded once into validated dataclasses.
 
 Everything a study needs is read here; the rest of the pipeline receives typed values and never looks at raw
-YAML. Relative paths in a config file are resolved against the file's own folder.
+YAML. Relative paths in a config file are resolved against the file's own folder. Store locations (the Optuna
+storage URL, the MLflow tracking URI) are checked here too, by :func:`check_storage_url` and
+:func:`check_tracking_uri`, without opening them: opening a store creates it.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import re
 from dataclasses import dataclass, field, replace
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 
-from pipeline.errors import ConfigError, did_you_mean
+from pipeline.errors import ConfigError, did_you_mean, redact_url
 from pipeline.scoring import METRICS
 
 __all__ = [
@@ -30,6 +36,8 @@ __all__ = [
     "StudyConfig",
     "StudySection",
     "TrackingConfig",
+    "check_storage_url",
+    "check_tracking_uri",
     "load_config",
 ]
 
@@ -98,8 +106,10 @@ class StudySection:
     seed: int = 42
     sampler: str = "tpe"
     storage: str | None = None
-    batch: int = 4
+    batch: int | None = None
     max_consecutive_failures: int = 3
+    heartbeat_interval_s: int = 10
+    grace_period_s: int = 60
 
 
 @dataclass(frozen=True)
@@ -168,6 +178,26 @@ _TOP_LEVEL = ("study", "experiment", "prompts", "engine", "evaluation", "objecti
               "search_space", "tracking")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that rejects a key written twice in one mapping; PyYAML would silently keep the last."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *defaults` then an override is the point of a merge, not a repeat
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = first_seen.setdefault(key, key_node)
+            except TypeError:
+                continue  # an unhashable key: the base class reports it, with its line
+            if first is not key_node:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark,
+                    f"key {key!r} is given twice, first on line {first.start_mark.line + 1}", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path) -> StudyConfig:
     """Load and validate a study config file.
 
@@ -175,19 +205,13 @@ def load_config(path: str | Path) -> StudyConfig:
         The validated :class:`StudyConfig`, paths resolved against the file's folder.
 
     Raises:
-        ConfigError: the file is missing, is not YAML, or has an unknown key, a wrong type or a bad range.
+        ConfigError: the file is missing, is not UTF-8 YAML, or has an unknown key, a repeated key, a wrong type,
+            a bad range or an unusable store location.
     """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} not found: pass an existing YAML file, e.g. configs/task_api.yaml")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{line}: not valid YAML ({exc.problem}); fix the syntax") from exc
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc}); fix the syntax") from exc
+    raw = _read_yaml(path)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -198,8 +222,8 @@ def load_config(path: str | Path) -> StudyConfig:
 
     def folder(key: str, default: str) -> Path:
         value = raw.get(key, default)
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{where}: '{key}' must be a folder path (string), got {value!r}")
+        if not isinstance(value, str) or not value or "\x00" in value:
+            raise ConfigError(f"{where}: '{key}' must be a folder path (string), got {_shown(value)}")
         resolved = (base / value).resolve()
         if not resolved.is_dir():
             raise ConfigError(f"{where}: '{key}' folder {resolved} not found; point it at an existing folder")
@@ -224,6 +248,34 @@ def load_config(path: str | Path) -> StudyConfig:
     )
 
 
+def _read_yaml(path: Path) -> Any:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read ({exc.strerror}); check its permissions") from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start}); "
+                          "save the file as UTF-8") from exc
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: builds plain data, never objects
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{line}: not valid YAML ({exc.problem or exc.context}); fix the syntax") from exc
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        raise ConfigError(f"{path}:{line}: not valid YAML (character {chr(exc.character)!r} is not allowed); "
+                          "remove it") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc}); fix the syntax") from exc
+    except RecursionError as exc:
+        raise ConfigError(f"{path}: nested too deeply to read; a study config needs a few levels at most") from exc
+    except ValueError as exc:  # Python's limit on the digits of an integer
+        raise ConfigError(f"{path}: not a usable config ({exc.args[0].split(';')[0]}); fix the value") from exc
+
+
 def _reject_unknown(raw: dict[str, Any], known: tuple[str, ...] | list[str], where: str) -> None:
     for key in raw:
         if key not in known:
@@ -233,18 +285,20 @@ def _reject_unknown(raw: dict[str, Any], known: tuple[str, ...] | list[str], whe
 
 # Field name -> (accepted Python types, rule) for each simple section.
 _FIELD_RULES: dict[str, tuple[tuple[type, ...], str]] = {
-    "name": ((str,), "name"),
+    "name": ((str,), "study_name"),
     "trials": ((int,), "positive"),
     "seed": ((int,), "non_negative"),
     "sampler": ((str,), "sampler"),
-    "storage": ((str, type(None)), "any"),
-    "batch": ((int,), "positive"),
+    "storage": ((str, type(None)), "storage"),
+    "batch": ((int, type(None)), "positive"),
+    "heartbeat_interval_s": ((int,), "positive"),
+    "grace_period_s": ((int,), "positive"),
     "max_consecutive_failures": ((int,), "positive"),
     "backend": ((str,), "backend"),
-    "gguf": ((str, type(None)), "any"),
+    "gguf": ((str, type(None)), "path"),
     "ollama_model": ((str, type(None)), "name"),
-    "host": ((str, type(None)), "name"),
-    "keep_alive": ((str,), "name"),
+    "host": ((str, type(None)), "host"),
+    "keep_alive": ((str,), "duration"),
     "pull": ((bool,), "any"),
     "threads": ((int, type(None)), "positive"),
     "warmup_requests": ((int,), "non_negative"),
@@ -254,7 +308,7 @@ _FIELD_RULES: dict[str, tuple[tuple[type, ...], str]] = {
     "split": ((str,), "split"),
     "limit": ((int, type(None)), "positive"),
     "repetitions": ((int,), "positive"),
-    "tracking_uri": ((str, type(None)), "any"),
+    "tracking_uri": ((str, type(None)), "tracking_uri"),
     "experiment_name": ((str,), "name"),
 }
 
@@ -271,28 +325,71 @@ def _check_fields(raw: Any, section: type, where: str) -> dict[str, Any]:
         types, rule = _FIELD_RULES[key]
         if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             wanted = " or ".join("null" if t is type(None) else t.__name__ for t in types)
-            raise ConfigError(f"{where}: '{key}' must be {wanted}, got {value!r}")
+            raise ConfigError(f"{where}: '{key}' must be {wanted}, got {_shown(value)}")
+        if float in types and value is not None:
+            value = _finite(value, f"{where}: '{key}'")
         _check_rule(key, value, rule, where)
-        checked[key] = float(value) if float in types and value is not None else value
+        checked[key] = value
     return checked
+
+
+def _shown(value: Any) -> str:
+    # A value quoted back to the user: repr() keeps it on one line; a pasted megabyte should not fill the screen.
+    text = repr(value)
+    return text if len(text) <= 200 else f"{text[:200]}... ({len(text)} characters)"
+
+
+def _finite(value: float, spot: str) -> float:
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ConfigError(f"{spot} must be a finite number, got {_shown(value)}")
+    return number
+
+
+# Go's time.ParseDuration, which Ollama applies to keep_alive: "30m", "1h30m", "0"; a negative one means forever.
+_DURATION = re.compile(r"[-+]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|\u00b5s|\u03bcs|ms|s|m|h))+|[-+]?0")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# A study's name becomes MLflow run names and metric keys (which must not change under path normalisation),
+# the default registered-model and Ollama model name, and words in printed shell commands.
+_STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 
 def _check_rule(key: str, value: Any, rule: str, where: str) -> None:
     if value is None or rule == "any":
         return
+    if isinstance(value, str) and _CONTROL.search(value):
+        raise ConfigError(f"{where}: '{key}' contains a control character ({_shown(value)}); remove it")
+    if rule == "storage":
+        check_storage_url(value, where)
+    elif rule == "tracking_uri":
+        check_tracking_uri(value, where)
+    elif rule == "host":
+        _check_host(value, where)
+    elif rule == "study_name" and value.strip() and not _STUDY_NAME.fullmatch(value):
+        raise ConfigError(f"{where}: '{key}' {_shown(value)} must start with a letter or digit and hold only "
+                          "letters, digits, '.', '_' and '-' (100 at most): it names MLflow runs, metric keys and "
+                          "the promoted model")
+    elif rule == "duration" and not _DURATION.fullmatch(value):
+        raise ConfigError(f"{where}: '{key}' must be a duration like 30m, 1h or 0 (a negative one keeps the model "
+                          f"loaded), got {_shown(value)}")
     problem = {
         "positive": value <= 0 if not isinstance(value, str) else False,
         "non_negative": value < 0 if not isinstance(value, str) else False,
         "fraction": not 0 <= value < 1 if not isinstance(value, str) else False,
         "name": isinstance(value, str) and not value.strip(),
+        "study_name": isinstance(value, str) and not value.strip(),
+        "path": isinstance(value, str) and not value.strip(),
     }.get(rule, False)
     if problem:
         wanted = {"positive": "greater than 0", "non_negative": "0 or more", "fraction": "in [0, 1)",
-                  "name": "a non-empty string"}[rule]
-        raise ConfigError(f"{where}: '{key}' must be {wanted}, got {value!r}")
+                  "name": "a non-empty string", "study_name": "a non-empty string", "path": "a file path"}[rule]
+        raise ConfigError(f"{where}: '{key}' must be {wanted}, got {_shown(value)}")
     options = {"sampler": SAMPLERS, "backend": BACKENDS, "split": ("dev", "holdout")}.get(rule)
     if options is not None and value not in options:
-        raise ConfigError(f"{where}: '{key}' is {value!r}, not one of {', '.join(options)}."
+        raise ConfigError(f"{where}: '{key}' is {_shown(value)}, not one of {', '.join(options)}."
                           f"{did_you_mean(value, options)}")
 
 
@@ -337,8 +434,8 @@ def _constraints(raw: Any, where: str) -> tuple[Constraint, ...]:
 
 
 def _metric(name: Any, where: str) -> str:
-    if name not in METRICS:
-        raise ConfigError(f"{where}: unknown metric {name!r}.{did_you_mean(str(name), METRICS)} "
+    if not isinstance(name, str) or name not in METRICS:
+        raise ConfigError(f"{where}: unknown metric {_shown(name)}.{did_you_mean(str(name), METRICS)} "
                           f"Known metrics: {', '.join(METRICS)}")
     return name
 
@@ -374,9 +471,19 @@ def _param_spec(name: str, raw: Any, where: str) -> ParamSpec:
     low, high = _value(name, raw["low"], where), _value(name, raw["high"], where)
     if low > high:
         raise ConfigError(f"{where}: inverted range, low {low} > high {high}; swap them")
+    if low == high:
+        raise ConfigError(f"{where}: empty range, low {low} == high {high}; write the value itself ({name}: {low}) "
+                          "or widen the range")
     step = raw.get("step")
-    if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0):
-        raise ConfigError(f"{where}: 'step' must be a number greater than 0, got {step!r}")
+    # Optuna rounds an integer setting's step down to an int (0 would fail every trial) and silently moves
+    # `high` when a step does not fit the range.
+    step_types = (int,) if kind_type is int else (int, float)
+    if step is not None and (isinstance(step, bool) or not isinstance(step, step_types)
+                             or not _finite(step, f"{where}: 'step'") > 0):
+        wanted = "a whole number" if kind_type is int else "a number"
+        raise ConfigError(f"{where}: 'step' must be {wanted} greater than 0, got {_shown(step)}")
+    if step is not None and step > high - low:
+        raise ConfigError(f"{where}: 'step' {step} is larger than the range {low}..{high}; lower it or widen the range")
     log = raw.get("log", False)
     if not isinstance(log, bool):
         raise ConfigError(f"{where}: 'log' must be true or false, got {log!r}")
@@ -391,15 +498,159 @@ def _value(name: str, value: Any, where: str) -> Any:
     if name == "format" and value is False:  # YAML 1.1 reads a bare `off` as false
         value = "off"
     if kind_type is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        value = _finite(value, f"{where}: the value")
     if isinstance(value, bool) or not isinstance(value, kind_type):
-        raise ConfigError(f"{where}: expected {kind_type.__name__}, got {value!r}")
+        raise ConfigError(f"{where}: expected {kind_type.__name__}, got {_shown(value)}")
     if kind_type is str:
         if isinstance(allowed, tuple) and value not in allowed:
-            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(allowed)}.{did_you_mean(value, allowed)}")
+            raise ConfigError(f"{where}: {_shown(value)} is not one of {', '.join(allowed)}."
+                              f"{did_you_mean(value, allowed)}")
+        if not value.strip() or _CONTROL.search(value):
+            raise ConfigError(f"{where}: {_shown(value)} is not a usable name; use letters, digits, - and _")
         return value
     if not math.isfinite(value) or value < allowed:
-        raise ConfigError(f"{where}: {value!r} is out of range; use a value >= {allowed}")
+        raise ConfigError(f"{where}: {_shown(value)} is out of range; use a value >= {allowed}")
     if name == "top_p" and value > 1:
         raise ConfigError(f"{where}: top_p {value!r} is out of range; use a value in (0, 1]")
     return value
+
+
+# Optuna's journal file storage, as pipeline.storage opens it: journal://<path>, so journal:///abs/study.log.
+_JOURNAL = "journal://"
+_STORAGE_EXAMPLES = "sqlite:///optuna.db, journal:///path/to/study.log or postgresql://user@host/db"
+
+
+def check_storage_url(url: str, where: str, *, existing: bool = False) -> None:
+    """Check an Optuna storage URL without opening it (opening a sqlite or journal storage creates its file).
+
+    ``existing`` is for commands that only read a study (compare, promote): the storage file must be there.
+
+    Raises:
+        ConfigError: one line naming ``where``, the URL (credentials redacted) and the fix: empty, not a URL, an
+            unknown scheme, a database driver that is not installed, an in-memory database (nothing would be
+            kept), a folder that does not exist, a folder where the file should be, or a missing file.
+    """
+    spot = f"{where}: Optuna storage URL {redact_url(url)!r}"
+    if not url.strip():
+        raise ConfigError(f"{where}: the Optuna storage URL is empty; leave it out for the default (optuna.db next "
+                          f"to the MLflow store) or give one, e.g. {_STORAGE_EXAMPLES}")
+    if url.startswith(_JOURNAL):
+        if not url[len(_JOURNAL):]:
+            raise ConfigError(f"{spot} names no file; use journal:///path/to/study.log")
+        _check_store_file(url[len(_JOURNAL):], spot, existing=existing, example="journal:///path/to/study.log")
+        return
+    backend, database = _database_url(url, spot, _STORAGE_EXAMPLES, known=("sqlite", "postgresql", "mysql",
+                                                                            "journal"))
+    if backend == "sqlite":
+        _check_store_file(database, spot, existing=existing, example="sqlite:///optuna.db")
+
+
+def check_tracking_uri(uri: str, where: str | None = None) -> None:
+    """Check an MLflow tracking URI without opening it (opening a store creates it).
+
+    ``where`` says where the URI came from (a config file, ``--tracking-uri``, ``MLFLOW_TRACKING_URI``).
+
+    Raises:
+        ConfigError: one line naming the URI (credentials redacted) and the fix: empty, an unknown scheme, a
+            database driver that is not installed, an in-memory database, a local folder or sqlite file whose
+            folder does not exist, or an http(s) URI without a host.
+    """
+    spot = f"{where + ': ' if where else ''}MLflow tracking URI {redact_url(uri)!r}"
+    examples = "sqlite:///mlflow.db, a folder such as ./mlruns, or http://HOST:PORT of an MLflow server"
+    if not uri.strip():
+        raise ConfigError(f"{spot} is empty; leave it out for the default (sqlite:///mlflow.db) or give one, "
+                          f"e.g. {examples}")
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError as exc:
+        raise ConfigError(f"{spot} is not a URI ({exc}); use {examples}") from exc
+    scheme = parts.scheme.lower()
+    if scheme in ("", "file"):  # a folder: MLflow's file store
+        folder = parts.path if scheme == "file" else uri
+        _check_store_file(folder, spot, existing=False, example="./mlruns", folder=True)
+    elif scheme in ("http", "https"):
+        if not parts.hostname:
+            raise ConfigError(f"{spot} has no host; use {scheme}://HOST:PORT of an MLflow server")
+    elif scheme.split("+")[0] in _MLFLOW_DATABASES:
+        backend, database = _database_url(uri, spot, "sqlite:///mlflow.db or postgresql://user@host/db",
+                                          known=_MLFLOW_DATABASES)
+        if backend == "sqlite":
+            _check_store_file(database, spot, existing=False, example="sqlite:///mlflow.db")
+    elif scheme not in _MLFLOW_REMOTE and scheme not in _tracking_plugins():
+        raise ConfigError(f"{spot} has an unknown scheme {scheme!r}."
+                          f"{did_you_mean(scheme, ('sqlite', 'file', 'http', 'https', *_MLFLOW_DATABASES))} "
+                          f"Use {examples}")
+
+
+_MLFLOW_DATABASES = ("sqlite", "postgresql", "mysql", "mssql")  # mlflow.store.db.db_types.DATABASE_ENGINES
+_MLFLOW_REMOTE = ("databricks", "databricks-uc", "uc")
+
+
+def _tracking_plugins() -> set[str]:
+    # Schemes that MLflow plugins register as tracking stores.
+    return {entry.name for entry in entry_points(group="mlflow.tracking_store")}
+
+
+def _database_url(url: str, spot: str, examples: str, *, known: tuple[str, ...]) -> tuple[str, str | None]:
+    """The backend name and database of a SQLAlchemy URL whose dialect and driver can be loaded."""
+    # Imported here: SQLAlchemy is only needed when a URL is checked, and it is slow to import.
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError) as exc:
+        raise ConfigError(f"{spot} is not a URL; use {examples}") from exc
+    try:
+        dialect = parsed.get_dialect()
+    except NoSuchModuleError as exc:
+        raise ConfigError(f"{spot} has an unknown scheme {parsed.drivername!r}."
+                          f"{did_you_mean(parsed.drivername, known)} Use {examples}") from exc
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        raise ConfigError(f"{spot} needs a database driver that is not installed ({exc}); pip install it, or use "
+                          "a sqlite:/// file") from exc
+    return parsed.get_backend_name(), parsed.database
+
+
+def _check_store_file(path_text: str | None, spot: str, *, existing: bool, example: str,
+                      folder: bool = False) -> None:
+    """A store kept in a local file (or folder): in a folder that exists, and not the wrong kind of entry."""
+    kind = "folder" if folder else "file"
+    if not path_text or path_text == ":memory:" or "mode=memory" in path_text:
+        raise ConfigError(f"{spot} is an in-memory database, so nothing would be kept; name a {kind}, e.g. {example}")
+    if path_text.startswith("file:"):
+        return  # SQLite's own URI form (uri=true): SQLite reads the options, the path is the user's
+    if "\x00" in path_text:
+        raise ConfigError(f"{spot} contains a NUL character; remove it")
+    path = Path(path_text)
+    if path.exists() and path.is_dir() != folder:
+        found = "folder" if path.is_dir() else "file"
+        raise ConfigError(f"{spot} names a {found}, not a {kind}; name a {kind}, e.g. {example}")
+    parent = Path(os.path.abspath(path)).parent
+    if not parent.is_dir():
+        raise ConfigError(f"{spot}: folder {parent} not found; create it first or put the {kind} in an existing "
+                          "folder")
+    if existing and not path.exists():
+        raise ConfigError(f"{spot}: {os.path.abspath(path)} not found; run `pipeline study` first, or pass the "
+                          "storage the study was run with (--storage)")
+
+
+def _check_host(value: str, where: str) -> None:
+    """An Ollama host as the ``ollama`` client reads it: ``[http[s]://]host[:port][/path]``."""
+    scheme, sep, rest = value.partition("://")
+    if not sep:
+        scheme, rest = "http", value
+    spot = f"{where}: 'host' {redact_url(value)!r}"
+    if not value.strip():
+        raise ConfigError(f"{spot} is empty; leave it out for the default ($OLLAMA_HOST, else "
+                          "http://127.0.0.1:11434) or give http://HOST:PORT")
+    if scheme not in ("http", "https"):
+        raise ConfigError(f"{spot} must start with http:// or https://, e.g. http://127.0.0.1:11434")
+    try:
+        urlsplit(f"{scheme}://{rest}").port  # noqa: B018 - parsing the port is the check
+    except ValueError as exc:
+        raise ConfigError(f"{spot} is not a server URL ({exc}); use http://HOST:PORT, e.g. "
+                          "http://127.0.0.1:11434") from exc

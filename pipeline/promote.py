@@ -28,6 +28,7 @@ from pipeline.modelfile import Modelfile, sanitize, write_modelfile
 from pipeline.runner import prepare_requests, run_trial
 from pipeline.scoring import score_answer, summarize
 from pipeline.space import InferenceSettings, suggest
+from pipeline.storage import open_storage
 from pipeline.study import PreparedStudy, definition_of, requests_frame
 from pipeline.tracking import log_batch, start_run
 
@@ -212,7 +213,7 @@ def promote(prepared: PreparedStudy, study_name: str, policy: PromotionPolicy, *
     """
     config = prepared.config
     try:
-        study = optuna.load_study(study_name=study_name, storage=prepared.storage_url)
+        study = optuna.load_study(study_name=study_name, storage=open_storage(prepared.storage_url))
     except KeyError as exc:
         raise InputError(f"no study {study_name!r} in {prepared.storage_url}; run `pipeline study` first") from exc
     _check_definition(study, prepared)

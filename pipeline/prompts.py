@@ -18,6 +18,7 @@ import yaml
 from jsonschema.protocols import Validator
 
 from pipeline.errors import DataError, did_you_mean
+from pipeline.experiment import first_violation, has_action, parse_json, read_text
 
 __all__ = ["Message", "PromptLibrary", "ShotExample", "load_prompts"]
 
@@ -78,11 +79,14 @@ def load_prompts(folder: Path, validator: Validator) -> PromptLibrary:
     """Load a prompt folder; every few-shot answer must validate against the experiment's schema.
 
     Raises:
-        DataError: no variants, an empty variant file, a bad examples line (``file:line``), or a bad router.
+        DataError: a missing folder, no variants, an empty variant file, a file that is not UTF-8, a bad examples
+            line (``file:line``), or a bad router.
     """
+    if not folder.is_dir():
+        raise DataError(f"prompt folder {folder} not found; point 'prompts' at a folder with <variant>.txt files")
     variants = {}
     for path in sorted(folder.glob("*.txt")):
-        text = path.read_text(encoding="utf-8", errors="strict").strip()
+        text = read_text(path)[1].strip()
         if not text:
             raise DataError(f"{path}: empty system prompt; write the prompt or delete the file")
         variants[path.stem] = text
@@ -93,34 +97,73 @@ def load_prompts(folder: Path, validator: Validator) -> PromptLibrary:
     if not examples_path.is_file():
         raise DataError(f"{examples_path} not found: a prompt folder needs a few-shot pool")
     examples = []
-    for number, line in enumerate(examples_path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_text(examples_path)[1].splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{examples_path}:{number}"
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: not JSON ({exc.msg}); each line must be one JSON object") from exc
+        item = parse_json(line, where)
         if not isinstance(item, dict) or not isinstance(item.get("request"), str) or "answer" not in item:
             raise DataError(f"{where}: must be an object with a 'request' string and an 'answer'")
-        error = next(iter(validator.iter_errors(item["answer"])), None)
+        if not item["request"].strip():
+            raise DataError(f"{where}: the request is empty; write the example's request")
+        error = first_violation(validator, item["answer"], examples_path, where)
         if error is not None:
             raise DataError(f"{where}: example answer violates the schema: {error.message}; fix the example")
+        if not has_action(item["answer"]):
+            # The router picks examples by their action; the schema may not require one.
+            raise DataError(f"{where}: example answer must be a JSON object with an 'action' string; "
+                            "fix the example")
         examples.append(ShotExample(item["request"], item["answer"]))
 
     router_path = folder / "router.yaml"
     keywords: dict[str, tuple[re.Pattern[str], ...]] = {}
     default_action = examples[0].action if examples else ""
     if router_path.is_file():
-        try:
-            router = yaml.safe_load(router_path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise DataError(f"{router_path}: not valid YAML ({exc}); fix the syntax") from exc
-        words = router.get("keywords") if isinstance(router, dict) else None
-        if not isinstance(words, dict) or not all(isinstance(v, list) for v in words.values()):
-            raise DataError(f"{router_path}: needs 'keywords:' mapping each action to a list of words")
-        # Whole words only, so that "any" does not match "anything".
-        keywords = {action: tuple(re.compile(rf"\b{re.escape(str(w).casefold())}\b") for w in ws)
-                    for action, ws in words.items()}
-        default_action = router.get("default", default_action)
+        keywords, default_action = _load_router(router_path, default_action)
     return PromptLibrary(folder, variants, tuple(examples), keywords, default_action)
+
+
+def _load_router(path: Path, default_action: str) -> tuple[dict[str, tuple[re.Pattern[str], ...]], str]:
+    text = read_text(path)[1]
+    try:
+        router = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise DataError(f"{path}{line}: not valid YAML ({exc.problem or exc.context}); fix the syntax") from exc
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        raise DataError(f"{path}:{line}: not valid YAML (character {chr(exc.character)!r} is not allowed); "
+                        "remove it") from exc
+    except yaml.YAMLError as exc:
+        raise DataError(f"{path}: not valid YAML ({exc}); fix the syntax") from exc
+    except RecursionError as exc:
+        raise DataError(f"{path}: nested too deeply to read; a router needs two levels") from exc
+    except ValueError as exc:  # Python's limit on the digits of an integer
+        raise DataError(f"{path}: not a usable router ({exc.args[0].split(';')[0]}); fix the value") from exc
+    shape = "needs 'keywords:' mapping each action to a list of words, and may set 'default: <action>'"
+    if router is None:
+        router = {}
+    if not isinstance(router, dict):
+        raise DataError(f"{path}: must be a mapping, got a {type(router).__name__}; it {shape}")
+    unknown = [k for k in router if k not in ("keywords", "default")]
+    if unknown:
+        hint = did_you_mean(str(unknown[0]), ("keywords", "default"))
+        raise DataError(f"{path}: unknown key {unknown[0]!r}.{hint} It {shape}")
+    words = router.get("keywords")
+    if not isinstance(words, dict):
+        raise DataError(f"{path}: {shape}")
+    for action, listed in words.items():
+        if not isinstance(action, str) or not isinstance(listed, list):
+            raise DataError(f"{path}: keywords of {action!r} must be a list of words, got {type(listed).__name__}; "
+                            f"it {shape}")
+        for word in listed:
+            if isinstance(word, bool) or not isinstance(word, (str, int, float)) or not str(word).strip():
+                raise DataError(f"{path}: keyword {word!r} of {action!r} must be a non-empty word or phrase")
+    default = router.get("default", default_action)
+    if "default" in router and (not isinstance(default, str) or not default.strip()):
+        raise DataError(f"{path}: 'default' must be an action name, got {default!r}")
+    # Whole words only, so that "any" does not match "anything".
+    keywords = {action: tuple(re.compile(rf"\b{re.escape(str(w).casefold())}\b") for w in listed)
+                for action, listed in words.items()}
+    return keywords, default

@@ -7,15 +7,18 @@ after that, each trial is a nested MLflow run and an Optuna trial, and the front
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import optuna
 import pandas as pd
+from optuna.trial import TrialState
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
@@ -24,14 +27,15 @@ import pipeline
 from pipeline import pareto
 from pipeline.backends.base import Backend
 from pipeline.backends import make_backend
-from pipeline.config import StudyConfig
-from pipeline.errors import BackendError, ConfigError, DataError, PipelineError
+from pipeline.config import StudyConfig, check_storage_url, check_tracking_uri
+from pipeline.errors import BackendError, ConfigError, DataError, PipelineError, redact_url
 from pipeline.experiment import Example, Experiment, load_experiment
 from pipeline.prompts import PromptLibrary, load_prompts
 from pipeline.runner import TrialOutcome, run_trial
 from pipeline.scoring import SERVER_METRICS, RequestRecord, summarize
 from pipeline.space import InferenceSettings, suggest
-from pipeline.tracking import StudyTracker, resolve_tracking_uri, sqlite_folder
+from pipeline.storage import WORKER, heartbeat, open_storage, recover_dead_trials, study_lock
+from pipeline.tracking import ArtifactWriteError, StudyTracker, resolve_tracking_uri, sqlite_folder
 
 __all__ = ["PreparedStudy", "StudyReport", "default_storage", "definition_of", "prepare_study", "requests_frame",
            "run_study"]
@@ -86,6 +90,10 @@ def prepare_study(config: StudyConfig, *, tracking_uri: str | None = None,
     if not examples:
         raise DataError(f"{experiment.dataset_path}: no examples in split {config.evaluation.split!r}; "
                         "label some or choose another split")
+    uri = resolve_tracking_uri(tracking_uri, config.tracking.tracking_uri)
+    check_tracking_uri(uri, _uri_source(tracking_uri, config))
+    storage = config.study.storage or default_storage(uri)
+    check_storage_url(storage, "Optuna storage")
     backend, choice = make_backend(config.engine, on_pull=on_pull)
     server_metrics = [m for m in [o.metric for o in config.objectives] + [c.metric for c in config.constraints]
                       if m in SERVER_METRICS]
@@ -93,9 +101,15 @@ def prepare_study(config: StudyConfig, *, tracking_uri: str | None = None,
         backend.close()
         raise ConfigError(f"{config.path}: {server_metrics[0]} is measured only against a server; "
                           f"the {backend.name} backend was chosen ({choice})")
-    uri = resolve_tracking_uri(tracking_uri, config.tracking.tracking_uri)
-    storage = config.study.storage or default_storage(uri)
     return PreparedStudy(config, experiment, prompts, examples, backend, choice, uri, storage)
+
+
+def _uri_source(explicit: str | None, config: StudyConfig) -> str:
+    if explicit:
+        return "--tracking-uri"
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return "MLFLOW_TRACKING_URI"
+    return f"{config.path} (tracking)" if config.tracking.tracking_uri else "default"
 
 
 def default_storage(tracking_uri: str) -> str:
@@ -161,11 +175,11 @@ def _sampler(config: StudyConfig, offset: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=6)
 
 
-def _open_study(prepared: PreparedStudy, definition: dict[str, str]) -> optuna.Study:
+def _open_study(prepared: PreparedStudy, storage: optuna.storages.BaseStorage,
+                definition: dict[str, str]) -> optuna.Study:
     config = prepared.config
     name = config.study.name
     directions = [o.direction for o in config.objectives]
-    storage = prepared.storage_url
     try:
         existing = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
@@ -175,8 +189,9 @@ def _open_study(prepared: PreparedStudy, definition: dict[str, str]) -> optuna.S
         changed = [k for k in definition if before.get(k) != definition[k]]
         if changed:
             key = changed[0]
-            raise ConfigError(f"study {name!r} in {storage} was run with {key}={before.get(key)!r}, this config "
-                              f"gives {definition[key]!r}: restore the setting or set study.name to a new study")
+            raise ConfigError(f"study {name!r} in {prepared.storage_url} was run with {key}={before.get(key)!r}, "
+                              f"this config gives {definition[key]!r}: restore the setting or set study.name to a "
+                              "new study")
         offset = len(existing.trials)
     else:
         offset = 0
@@ -185,6 +200,20 @@ def _open_study(prepared: PreparedStudy, definition: dict[str, str]) -> optuna.S
     if existing is None:
         study.set_user_attr("definition", definition)
     return study
+
+
+def _target(study: optuna.Study, trials: int) -> tuple[int, bool]:
+    """How many completed trials this run works towards, and whether it resumes an earlier target.
+
+    A run that was interrupted (killed, Ctrl-C) or that other workers share leaves its target open: the same
+    command then finishes it instead of adding ``trials`` more.
+    """
+    complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    target = study.user_attrs.get("target")
+    if target is not None and complete < target:
+        return target, True
+    study.set_user_attr("target", complete + trials)
+    return complete + trials, False
 
 
 def requests_frame(records: list[RequestRecord]) -> pd.DataFrame:
@@ -214,26 +243,39 @@ def run_study(prepared: PreparedStudy, *, trials: int, console: Console | None =
     console = console or Console(stderr=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     definition = definition_of(prepared)
-    study = _open_study(prepared, definition)
-    tracker = StudyTracker.open(tracking_uri=prepared.tracking_uri, experiment_name=config.tracking.experiment_name,
-                                run_name=config.study.name, resume_run_id=study.user_attrs.get("mlflow_parent_run_id"))
-    study.set_user_attr("mlflow_parent_run_id", tracker.parent_run_id)
+    name = config.study.name
+    storage = open_storage(prepared.storage_url, heartbeat_interval_s=config.study.heartbeat_interval_s,
+                           grace_period_s=config.study.grace_period_s)
+    with study_lock(prepared.storage_url, name):
+        study = _open_study(prepared, storage, definition)
+        recover_dead_trials(study)
+        target, resumed = _target(study, trials)
+        tracker = StudyTracker.open(tracking_uri=prepared.tracking_uri,
+                                    experiment_name=config.tracking.experiment_name, run_name=name,
+                                    resume_run_id=study.user_attrs.get("mlflow_parent_run_id"))
+        study.set_user_attr("mlflow_parent_run_id", tracker.parent_run_id)
+    tracker.close_failed_runs(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+    complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    if resumed:
+        console.print(f"resuming study {name!r}: {target - complete} of its {target} trials still to run "
+                      "(an interrupted run, or other workers)", highlight=False)
     env_tags = _environment_tags(backend, config)
     dataset = pd.DataFrame([{"id": e.id, "request": e.request, "expected": json.dumps(e.expected)}
                             for e in prepared.examples])
     tracker.log_study(params={f"study.{k}": v for k, v in definition.items()},
-                      tags={**env_tags, "study": config.study.name, "optuna_storage": prepared.storage_url,
+                      tags={**env_tags, "study": config.study.name, "optuna_storage": redact_url(prepared.storage_url),
                             "config": str(config.path), "backend_choice": prepared.backend_choice},
                       dataset=dataset, dataset_name=f"{prepared.experiment.name}-{config.evaluation.split}",
                       dataset_source=str(prepared.experiment.dataset_path), split=config.evaluation.split,
                       digest=prepared.experiment.digest)
     validator = prepared.experiment.validator()
     per_trial = len(prepared.examples) * config.evaluation.repetitions
-    before = len(study.trials)
+    done_here: list[int] = []
+    stop: list[str] = []
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False) as progress:
-        trial_task = progress.add_task("trials", total=trials)
+        trial_task = progress.add_task("trials", total=max(target - complete, 0))
         request_task = progress.add_task("requests", total=per_trial)
 
         def evaluate(trial: optuna.Trial, settings: InferenceSettings) -> list[float]:
@@ -254,13 +296,19 @@ def run_study(prepared: PreparedStudy, *, trials: int, console: Console | None =
             tags = {"feasible": str(all(v <= 0 for v in trial.constraints.values())).lower()}
             if outcome.infeasible:
                 tags["infeasible"] = outcome.infeasible
-            tracker.finish_trial(run_id, metrics=trial.user_attrs["metrics"], tags=tags,
-                                 requests=requests_frame(outcome.records))
+            try:
+                tracker.finish_trial(run_id, metrics=trial.user_attrs["metrics"], tags=tags,
+                                     requests=requests_frame(outcome.records))
+            except ArtifactWriteError as exc:
+                stop.append(str(exc))  # the measurement stands: told COMPLETE, then the study stops
+            done_here.append(trial.number)
             return values
 
         status, reason = "FAILED", ""
         try:
-            _optimize(study, evaluate, trials=trials, config=config, on_trial=lambda: progress.advance(trial_task))
+            _optimize(study, evaluate, target=target, config=config, storage_url=prepared.storage_url,
+                      backend_name=backend.name, stop=stop,
+                      on_recovered=tracker.close_failed_runs, on_trial=lambda: progress.advance(trial_task))
             status = "FINISHED"
         except KeyboardInterrupt:
             status, reason = "KILLED", "interrupted"
@@ -269,28 +317,57 @@ def run_study(prepared: PreparedStudy, *, trials: int, console: Console | None =
             reason = str(exc)
             raise
         finally:
-            report = _finish(study, tracker, prepared, status, reason=reason, new_trials=len(study.trials) - before)
+            try:
+                report = _finish(study, tracker, prepared, status, reason=reason, new_trials=len(done_here))
+            except PipelineError:
+                if status == "FINISHED":
+                    raise
+                # the run already failed: report that error, not a second one from the same broken store
     return report
 
 
 def _optimize(study: optuna.Study, evaluate: Callable[[optuna.Trial, InferenceSettings], list[float]], *,
-              trials: int, config: StudyConfig, on_trial: Callable[[], None]) -> None:
-    """Optuna's ask → evaluate → tell loop, asking ``study.batch`` trials at a time.
+              target: int, config: StudyConfig, storage_url: str, backend_name: str, stop: list[str],
+              on_recovered: Callable[[list[optuna.trial.FrozenTrial]], None], on_trial: Callable[[], None]) -> None:
+    """Optuna's ask → evaluate → tell loop, until the study has ``target`` completed trials.
 
-    The trials of a batch run grouped by ``num_ctx``, the loaded value first: every change of ``num_ctx``
-    makes a server reload the model. A trial whose engine fails is FAIL and the study goes on, until
-    ``study.max_consecutive_failures`` fail in a row. Nothing is left RUNNING: on any exit, the trials asked
-    but not run are told FAIL.
+    Trials are asked ``study.batch`` at a time (default: 4 against a server, else 1) under the study lock,
+    never more than are left to do counting the ones other workers are running, so N requested trials are N
+    trials whatever the number of workers. The trials of a batch run grouped by ``num_ctx``, the loaded value
+    first: every change of ``num_ctx`` makes a server reload the model. A trial whose engine fails is FAIL
+    and the study goes on, until ``study.max_consecutive_failures`` fail in a row. Nothing is left RUNNING:
+    on any exit, the trials asked but not run are told FAIL.
     """
-    failures, last_ctx, remaining = 0, None, trials
-    while remaining > 0:
-        asked = [study.ask() for _ in range(min(config.study.batch, remaining))]
-        remaining -= len(asked)
+    failures, last_ctx = 0, None
+    # How long to wait for other workers' trials before leaving them (and the open target) to a later run.
+    wait_s = config.study.grace_period_s + 2 * config.study.heartbeat_interval_s
+    patience = time.monotonic() + wait_s
+    while True:
+        asked: list[optuna.Trial] = []
+        with study_lock(storage_url, study.study_name):
+            recovered = recover_dead_trials(study)
+            states = [t.state for t in study.get_trials(deepcopy=False)]
+            running = states.count(TrialState.RUNNING)
+            left = target - states.count(TrialState.COMPLETE) - running
+            if left > 0:
+                # Grouping by num_ctx saves a server's reloads; in process every context stays loaded.
+                batch = config.study.batch or (4 if backend_name == "ollama" else 1)
+                asked = [study.ask() for _ in range(min(batch, left))]
+                for trial in asked:
+                    trial.set_user_attr("worker", WORKER)
+        on_recovered(recovered)
+        if not asked:
+            # Other workers' trials may still fail, or their worker die, and have to run again here.
+            if running == 0 or time.monotonic() > patience:
+                return
+            time.sleep(1.0)
+            continue
         plans = [(trial, suggest(trial, config.search_space, seed=config.study.seed)) for trial in asked]
         plans.sort(key=lambda plan: (plan[1].num_ctx != last_ctx, plan[1].num_ctx))
         for index, (trial, settings) in enumerate(plans):
             try:
-                values = evaluate(trial, settings)
+                with heartbeat(study, trial):
+                    values = evaluate(trial, settings)
             except BackendError as exc:
                 _fail(study, trial, f"{exc}")
                 failures += 1
@@ -304,15 +381,19 @@ def _optimize(study: optuna.Study, evaluate: Callable[[optuna.Trial, InferenceSe
                 _fail_unrun(study, plans[index + 1:])
                 raise
             study.tell(trial, values)
+            if stop:
+                _fail_unrun(study, plans[index + 1:])
+                raise PipelineError(stop[0])
             failures = 0
             if not trial.user_attrs.get("infeasible"):
                 last_ctx = settings.num_ctx
             on_trial()
+        patience = time.monotonic() + wait_s
 
 
 def _fail(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
     trial.set_user_attr("failure", reason[:2000])
-    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    study.tell(trial, state=TrialState.FAIL)
 
 
 def _fail_unrun(study: optuna.Study, plans: list[tuple[optuna.Trial, InferenceSettings]]) -> None:
@@ -349,17 +430,27 @@ def _finish(study: optuna.Study, tracker: StudyTracker, prepared: PreparedStudy,
     config = prepared.config
     trials = pareto.trials_frame(study, config.objectives)
     front = pareto.front_frame(trials, config.objectives)
+    front_error = None
     with tempfile.TemporaryDirectory() as folder:
         plot = pareto.plot_fronts({config.study.name: trials}, config.objectives,
                                   Path(folder) / "pareto_front.png", title=f"{config.study.name}: Pareto front")
         if not trials.empty:
             states = [t.state for t in study.trials]
-            tracker.log_front(trials=trials, front=front, plot=plot, metrics={
-                "front_size": len(front),
-                "trials_complete": states.count(optuna.trial.TrialState.COMPLETE),
-                "trials_failed": states.count(optuna.trial.TrialState.FAIL),
-                "trials_infeasible": int((~trials["feasible"]).sum())})
-    tracker.finish(status, reason=reason)
+            try:
+                tracker.log_front(trials=trials, front=front, plot=plot, metrics={
+                    "front_size": len(front),
+                    "trials_complete": states.count(TrialState.COMPLETE),
+                    "trials_failed": states.count(TrialState.FAIL),
+                    "trials_infeasible": int((~trials["feasible"]).sum())})
+            except PipelineError as exc:  # the parent run must still be closed
+                front_error = exc
+    if front_error is not None and status == "FINISHED":
+        status, reason = "FAILED", str(front_error)
+    # With several workers the last one to stop closes the parent run.
+    if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        tracker.finish(status, reason=reason)
+    if front_error is not None:
+        raise front_error
     return StudyReport(config.study.name, prepared.storage_url, prepared.tracking_uri, tracker.parent_run_id,
                        tracker.run_url(), trials, front, new_trials)
 

@@ -7,11 +7,12 @@ trials may run on several threads. The parent is, in this order: the run ``mlflo
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -25,7 +26,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_I
 
 from pipeline.errors import ConfigError, PipelineError
 
-__all__ = ["DEFAULT_TRACKING_URI", "StudyTracker", "log_batch", "log_comparison", "metric_key",
+__all__ = ["DEFAULT_TRACKING_URI", "ArtifactWriteError", "StudyTracker", "log_batch", "log_comparison", "metric_key",
            "resolve_tracking_uri", "sqlite_folder", "start_run"]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -42,6 +43,29 @@ def sqlite_folder(uri: str) -> Path | None:
     if not uri.startswith("sqlite:///"):
         return None
     return Path(uri[len("sqlite:///"):]).resolve().parent
+
+
+class ArtifactWriteError(PipelineError):
+    """An artifact could not be written (e.g. the disk is full); the run's metrics are recorded."""
+
+
+def _unavailable(tracking_uri: str, exc: MlflowException) -> PipelineError:
+    return PipelineError(f"MLflow tracking store {tracking_uri} is unavailable ({exc.message.splitlines()[0][:200]}); "
+                         "the Optuna storage keeps every finished trial: run the same command again when it is back")
+
+
+def _store_errors(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Report a tracking store that stays unavailable (after MLflow's own retries) as one line."""
+    @functools.wraps(method)
+    def wrapper(self: StudyTracker, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except MlflowException as exc:
+            raise _unavailable(self.client.tracking_uri, exc) from exc
+        except OSError as exc:
+            raise ArtifactWriteError(f"could not write MLflow artifacts ({exc}): free space in the artifact store "
+                                     "and run the same command again") from exc
+    return wrapper
 
 
 class StudyTracker:
@@ -72,12 +96,13 @@ class StudyTracker:
             experiment_id = _experiment_id(client, experiment_name, tracking_uri)
             run = client.create_run(experiment_id, run_name=run_name, tags={"study": run_name, "kind": "study"})
         except MlflowException as exc:
-            raise PipelineError(f"MLflow tracking store {tracking_uri} failed: {exc.message}") from exc
+            raise _unavailable(tracking_uri, exc) from exc
         return cls(client, run.info.run_id, experiment_id)
 
     def run_url(self) -> str:
         return _run_url(mlflow.get_tracking_uri(), self.experiment_id, self.parent_run_id)
 
+    @_store_errors
     def log_study(self, *, params: Mapping[str, Any], tags: Mapping[str, str], dataset: pd.DataFrame,
                   dataset_name: str, dataset_source: str, split: str, digest: str) -> None:
         """Record what the study is: its definition as params, the environment as tags, the dataset as input."""
@@ -88,6 +113,7 @@ class StudyTracker:
         self.client.log_inputs(self.parent_run_id, datasets=[
             DatasetInput(data._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, split)])])
 
+    @_store_errors
     def start_trial(self, number: int, *, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
         """Create the nested run of a trial with its settings; return its run id."""
         run = self.client.create_run(
@@ -96,19 +122,44 @@ class StudyTracker:
         log_batch(self.client, run.info.run_id, params=params)
         return run.info.run_id
 
+    @_store_errors
     def finish_trial(self, run_id: str, *, metrics: Mapping[str, float], tags: Mapping[str, str],
                      requests: pd.DataFrame | None) -> None:
-        """Log a finished trial's metrics, tags and request table, and close its run as FINISHED."""
+        """Log a finished trial's metrics, tags and request table, and close its run as FINISHED.
+
+        Raises:
+            ArtifactWriteError: the request table could not be written; metrics and tags are recorded and the
+                run is closed with an ``artifact_error`` tag.
+        """
         log_batch(self.client, run_id, metrics=metrics, tags=tags)
-        if requests is not None and not requests.empty:
-            self.client.log_table(run_id, data=requests, artifact_file="requests.json")
+        try:
+            if requests is not None and not requests.empty:
+                self.client.log_table(run_id, data=requests, artifact_file="requests.json")
+        except (OSError, MlflowException) as exc:
+            reason = getattr(exc, "message", None) or str(exc)
+            self.client.set_tag(run_id, "artifact_error", reason[:5000])
+            self.client.set_terminated(run_id, "FINISHED")
+            raise ArtifactWriteError(f"could not write the request table of run {run_id} ({reason[:300]}): "
+                                     "free space in the artifact store and run the same command again; the "
+                                     "trial's metrics are recorded") from exc
         self.client.set_terminated(run_id, "FINISHED")
 
+    @_store_errors
     def fail_trial(self, run_id: str, reason: str) -> None:
         """Close a trial's run as FAILED, with the reason as a tag."""
         self.client.set_tag(run_id, "failure", reason[:5000])
         self.client.set_terminated(run_id, "FAILED")
 
+    @_store_errors
+    def close_failed_runs(self, trials: list[Any]) -> None:
+        """Mark FAILED the runs of failed trials that were left RUNNING (their worker died)."""
+        for trial in trials:
+            run_id = trial.user_attrs.get("mlflow_run_id")
+            run = _existing_run(self.client, run_id)
+            if run is not None and run.info.status == "RUNNING":
+                self.fail_trial(run_id, trial.user_attrs.get("failure", "interrupted: the trial's worker stopped"))
+
+    @_store_errors
     def log_front(self, *, trials: pd.DataFrame, front: pd.DataFrame, plot: Path | None,
                   metrics: Mapping[str, float]) -> None:
         """Attach the Pareto front to the parent and tag every trial run ``pareto=true|false``."""
@@ -133,6 +184,7 @@ class StudyTracker:
         else:
             self.client.log_table(self.parent_run_id, data=table, artifact_file=artifact_file)
 
+    @_store_errors
     def finish(self, status: str = "FINISHED", *, reason: str = "") -> None:
         """Close the parent run; a study that stopped early says why in its ``stopped`` tag."""
         if reason:
@@ -154,7 +206,7 @@ def log_batch(client: MlflowClient, run_id: str, *, params: Mapping[str, Any] = 
 
 def metric_key(*parts: str) -> str:
     """A metric or param key from free text (study names): MLflow allows only some characters."""
-    return ".".join(re.sub(r"[^A-Za-z0-9_\-. /]", "_", part) for part in parts)
+    return ".".join(re.sub(r"[^A-Za-z0-9_\-. ]", "_", part) for part in parts)
 
 
 def log_comparison(*, tracking_uri: str, experiment_name: str, comparison: Any, fronts: pd.DataFrame,

