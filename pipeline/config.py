@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
-
 from pipeline.errors import ConfigError, did_you_mean, redact_url
+from pipeline.files import parse_yaml
 from pipeline.scoring import METRICS
 
 __all__ = [
@@ -178,26 +177,6 @@ _TOP_LEVEL = ("study", "experiment", "prompts", "engine", "evaluation", "objecti
               "search_space", "tracking")
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.safe_load`` that rejects a key written twice in one mapping; PyYAML would silently keep the last."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        first_seen: dict[Any, yaml.Node] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue  # `<<: *defaults` then an override is the point of a merge, not a repeat
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                first = first_seen.setdefault(key, key_node)
-            except TypeError:
-                continue  # an unhashable key: the base class reports it, with its line
-            if first is not key_node:
-                raise yaml.constructor.ConstructorError(
-                    "while reading a mapping", node.start_mark,
-                    f"key {key!r} is given twice, first on line {first.start_mark.line + 1}", key_node.start_mark)
-        return super().construct_mapping(node, deep=deep)
-
-
 def load_config(path: str | Path) -> StudyConfig:
     """Load and validate a study config file.
 
@@ -258,22 +237,8 @@ def _read_yaml(path: Path) -> Any:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start}); "
                           "save the file as UTF-8") from exc
-    try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: builds plain data, never objects
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{line}: not valid YAML ({exc.problem or exc.context}); fix the syntax") from exc
-    except yaml.reader.ReaderError as exc:
-        line = text.count("\n", 0, exc.position) + 1
-        raise ConfigError(f"{path}:{line}: not valid YAML (character {chr(exc.character)!r} is not allowed); "
-                          "remove it") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc}); fix the syntax") from exc
-    except RecursionError as exc:
-        raise ConfigError(f"{path}: nested too deeply to read; a study config needs a few levels at most") from exc
-    except ValueError as exc:  # Python's limit on the digits of an integer
-        raise ConfigError(f"{path}: not a usable config ({exc.args[0].split(';')[0]}); fix the value") from exc
+    return parse_yaml(path, text, ConfigError, what="config", depth="a study config needs a few levels at most",
+                      unique_keys=True)
 
 
 def _reject_unknown(raw: dict[str, Any], known: tuple[str, ...] | list[str], where: str) -> None:

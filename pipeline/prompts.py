@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from jsonschema.protocols import Validator
 
 from pipeline.errors import DataError, did_you_mean
 from pipeline.experiment import first_violation, has_action, parse_json, read_text
+from pipeline.files import parse_yaml
 
 __all__ = ["Message", "PromptLibrary", "ShotExample", "load_prompts"]
 
@@ -125,22 +125,7 @@ def load_prompts(folder: Path, validator: Validator) -> PromptLibrary:
 
 def _load_router(path: Path, default_action: str) -> tuple[dict[str, tuple[re.Pattern[str], ...]], str]:
     text = read_text(path)[1]
-    try:
-        router = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise DataError(f"{path}{line}: not valid YAML ({exc.problem or exc.context}); fix the syntax") from exc
-    except yaml.reader.ReaderError as exc:
-        line = text.count("\n", 0, exc.position) + 1
-        raise DataError(f"{path}:{line}: not valid YAML (character {chr(exc.character)!r} is not allowed); "
-                        "remove it") from exc
-    except yaml.YAMLError as exc:
-        raise DataError(f"{path}: not valid YAML ({exc}); fix the syntax") from exc
-    except RecursionError as exc:
-        raise DataError(f"{path}: nested too deeply to read; a router needs two levels") from exc
-    except ValueError as exc:  # Python's limit on the digits of an integer
-        raise DataError(f"{path}: not a usable router ({exc.args[0].split(';')[0]}); fix the value") from exc
+    router = parse_yaml(path, text, DataError, what="router", depth="a router needs two levels")
     shape = "needs 'keywords:' mapping each action to a list of words, and may set 'default: <action>'"
     if router is None:
         router = {}
