@@ -230,7 +230,8 @@ def requests_frame(records: list[RequestRecord]) -> pd.DataFrame:
 
 
 def run_study(prepared: PreparedStudy, *, trials: int, console: Console | None = None) -> StudyReport:
-    """Run ``trials`` more trials of the study and attach its front to the parent run.
+    """Bring the study to ``trials`` more completed trials, or finish the target an interrupted or shared run
+    left open, and attach its front to the parent run.
 
     Returns:
         Where everything was recorded, every completed trial, and the front.
