@@ -22,12 +22,12 @@ from rich.table import Table
 
 from pipeline import pareto
 from pipeline.compare import compare, load_fronts
-from pipeline.config import BACKENDS, SAMPLERS, StudyConfig, check_storage_url, check_tracking_uri, load_config
+from pipeline.config import BACKENDS, SAMPLERS, StudyConfig, load_config
 from pipeline.errors import ConfigError, InputError, PipelineError, redact_url
 from pipeline.storage import open_storage
 from pipeline.promote import CHAMPION, PromotionPolicy, promote
-from pipeline.study import PreparedStudy, default_storage, prepare_study, run_study
-from pipeline.tracking import log_comparison, resolve_tracking_uri
+from pipeline.study import PreparedStudy, prepare_study, resolve_stores, run_study
+from pipeline.tracking import log_comparison
 
 __all__ = ["main"]
 
@@ -210,10 +210,8 @@ def _compare(args: argparse.Namespace, console: Console) -> int:
     names = [n for text in args.studies for n in text.split(",") if n]
     if not names:
         raise ConfigError("name at least one study to compare")
-    tracking_uri = resolve_tracking_uri(args.tracking_uri or None, None)
-    check_tracking_uri(tracking_uri, "--tracking-uri" if args.tracking_uri else None)
-    storage = args.storage or default_storage(tracking_uri)
-    check_storage_url(storage, "--storage", existing=True)
+    tracking_uri, storage = resolve_stores(args.tracking_uri or None, None, args.storage or None,
+                                           configured_in=None, storage_where="--storage", existing=True)
     fronts = load_fronts(names, storage)
     comparison = compare(fronts)
     title = "Pareto fronts: " + " vs ".join(names)
@@ -259,10 +257,8 @@ def _promote(args: argparse.Namespace, console: Console) -> int:
     if policy.policy == "sla" and policy.sla_p95_ms is None:
         raise ConfigError("--policy sla needs --sla-p95-ms X")
     config = _config(args)
-    tracking_uri = resolve_tracking_uri(args.tracking_uri or None, config.tracking.tracking_uri)
-    check_tracking_uri(tracking_uri, "--tracking-uri" if args.tracking_uri else None)
-    storage = config.study.storage or default_storage(tracking_uri)
-    check_storage_url(storage, "--storage", existing=True)
+    _, storage = resolve_stores(args.tracking_uri or None, config.tracking.tracking_uri, config.study.storage,
+                                configured_in=str(config.path), storage_where="--storage", existing=True)
     if args.study not in optuna.get_all_study_names(open_storage(storage)):
         raise InputError(f"no study {args.study!r} in {redact_url(storage)}: run `pipeline study` first or pass "
                          "the --storage it used")

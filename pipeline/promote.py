@@ -29,7 +29,7 @@ from pipeline.runner import prepare_requests, run_trial
 from pipeline.scoring import score_answer, summarize
 from pipeline.space import InferenceSettings, suggest
 from pipeline.storage import open_storage
-from pipeline.study import PreparedStudy, definition_of, requests_frame
+from pipeline.study import PreparedStudy, check_definition, definition_of, requests_frame
 from pipeline.tracking import log_batch, start_run
 
 __all__ = ["PromotionPolicy", "PromotionRefused", "PromotionReport", "choose_trial", "decide", "knee_index",
@@ -117,15 +117,6 @@ def choose_trial(study: optuna.Study, objectives: tuple[Objective, ...],
     return front[knee_index(points)]
 
 
-def _check_definition(study: optuna.Study, prepared: PreparedStudy) -> None:
-    stored = study.user_attrs.get("definition", {})
-    current = definition_of(prepared)
-    for key in ("objectives", "search_space", "experiment", "dataset_digest", "backend", "model", "model_digest"):
-        if stored.get(key) != current.get(key):
-            raise ConfigError(f"study {study.study_name!r} was run with {key}={stored.get(key)!r}, this config "
-                              f"gives {current.get(key)!r}: pass the config (and backend/model) the study used")
-
-
 def _modelfile(prepared: PreparedStudy, settings: InferenceSettings) -> tuple[Modelfile, dict[str, Any]]:
     """The Modelfile of a setting and its sidecar (what requests must still carry)."""
     backend, prompts = prepared.backend, prepared.prompts
@@ -161,8 +152,8 @@ def _smoke(prepared: PreparedStudy, settings: InferenceSettings, ollama_name: st
     backend = prepared.backend
     if ollama_name is not None:
         client = backend.client  # type: ignore[attr-defined]
-        parameters = {k: v for k, v in modelfile.parameters.items()}
-        client.create(model=ollama_name, from_=modelfile.base, system=modelfile.system, parameters=parameters,
+        client.create(model=ollama_name, from_=modelfile.base, system=modelfile.system,
+                      parameters=dict(modelfile.parameters),
                       messages=[{"role": r, "content": c} for r, c in modelfile.messages])
         extra = [] if settings.example_selection == "static" else [
             m for m in prepared.prompts.render(example.request, variant=settings.prompt_variant,
@@ -216,7 +207,9 @@ def promote(prepared: PreparedStudy, study_name: str, policy: PromotionPolicy, *
         study = optuna.load_study(study_name=study_name, storage=open_storage(prepared.storage_url))
     except KeyError as exc:
         raise InputError(f"no study {study_name!r} in {prepared.storage_url}; run `pipeline study` first") from exc
-    _check_definition(study, prepared)
+    check_definition(study, definition_of(prepared), ("objectives", "search_space", "experiment", "dataset_digest",
+                                                      "backend", "model", "model_digest"),
+                     fix="pass the config (and backend/model) the study used")
     objectives = config.objectives
     chosen = choose_trial(study, objectives, policy)
     metric = policy.metric or next((o.metric for o in objectives if o.direction == "maximize"), "schema_valid_rate")

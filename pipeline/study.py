@@ -12,7 +12,7 @@ import platform
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,8 +37,8 @@ from pipeline.space import InferenceSettings, suggest
 from pipeline.storage import WORKER, heartbeat, open_storage, recover_dead_trials, study_lock
 from pipeline.tracking import ArtifactWriteError, StudyTracker, resolve_tracking_uri, sqlite_folder
 
-__all__ = ["PreparedStudy", "StudyReport", "default_storage", "definition_of", "prepare_study", "requests_frame",
-           "run_study"]
+__all__ = ["PreparedStudy", "StudyReport", "check_definition", "default_storage", "definition_of", "prepare_study",
+           "requests_frame", "resolve_stores", "run_study"]
 
 CONTEXT_FIT = "context_fit"
 
@@ -90,10 +90,8 @@ def prepare_study(config: StudyConfig, *, tracking_uri: str | None = None,
     if not examples:
         raise DataError(f"{experiment.dataset_path}: no examples in split {config.evaluation.split!r}; "
                         "label some or choose another split")
-    uri = resolve_tracking_uri(tracking_uri, config.tracking.tracking_uri)
-    check_tracking_uri(uri, _uri_source(tracking_uri, config))
-    storage = config.study.storage or default_storage(uri)
-    check_storage_url(storage, "Optuna storage")
+    uri, storage = resolve_stores(tracking_uri, config.tracking.tracking_uri, config.study.storage,
+                                  configured_in=str(config.path), storage_where="Optuna storage")
     backend, choice = make_backend(config.engine, on_pull=on_pull)
     server_metrics = [m for m in [o.metric for o in config.objectives] + [c.metric for c in config.constraints]
                       if m in SERVER_METRICS]
@@ -104,12 +102,28 @@ def prepare_study(config: StudyConfig, *, tracking_uri: str | None = None,
     return PreparedStudy(config, experiment, prompts, examples, backend, choice, uri, storage)
 
 
-def _uri_source(explicit: str | None, config: StudyConfig) -> str:
-    if explicit:
-        return "--tracking-uri"
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return "MLFLOW_TRACKING_URI"
-    return f"{config.path} (tracking)" if config.tracking.tracking_uri else "default"
+def resolve_stores(explicit_uri: str | None, configured_uri: str | None, storage: str | None, *,
+                   configured_in: str | None, storage_where: str, existing: bool = False) -> tuple[str, str]:
+    """The MLflow tracking URI and the Optuna storage URL a command uses, checked without opening either.
+
+    Returns:
+        The tracking URI (command line, ``MLFLOW_TRACKING_URI``, config, default) and the storage URL (given, else
+        :func:`default_storage`).
+
+    Raises:
+        ConfigError: either is unusable (``existing``: the storage file must already be there).
+    """
+    uri = resolve_tracking_uri(explicit_uri, configured_uri)
+    if explicit_uri:
+        source = "--tracking-uri"
+    elif os.environ.get("MLFLOW_TRACKING_URI"):
+        source = "MLFLOW_TRACKING_URI"
+    else:
+        source = f"{configured_in} (tracking)" if configured_uri and configured_in else "default"
+    check_tracking_uri(uri, source)
+    storage = storage or default_storage(uri)
+    check_storage_url(storage, storage_where, existing=existing)
+    return uri, storage
 
 
 def default_storage(tracking_uri: str) -> str:
@@ -185,13 +199,9 @@ def _open_study(prepared: PreparedStudy, storage: optuna.storages.BaseStorage,
     except KeyError:
         existing = None
     if existing is not None:
-        before = existing.user_attrs.get("definition", {})
-        changed = [k for k in definition if before.get(k) != definition[k]]
-        if changed:
-            key = changed[0]
-            raise ConfigError(f"study {name!r} in {prepared.storage_url} was run with {key}={before.get(key)!r}, "
-                              f"this config gives {definition[key]!r}: restore the setting or set study.name to a "
-                              "new study")
+        check_definition(existing, definition, definition,
+                         fix=f"restore the setting or set study.name to a new study (storage "
+                             f"{redact_url(prepared.storage_url)})")
         offset = len(existing.trials)
     else:
         offset = 0
@@ -200,6 +210,15 @@ def _open_study(prepared: PreparedStudy, storage: optuna.storages.BaseStorage,
     if existing is None:
         study.set_user_attr("definition", definition)
     return study
+
+
+def check_definition(study: optuna.Study, current: dict[str, str], keys: Iterable[str], *, fix: str) -> None:
+    """Raise ConfigError naming the first of ``keys`` whose value differs from the one the study was run with."""
+    stored = study.user_attrs.get("definition", {})
+    for key in keys:
+        if stored.get(key) != current.get(key):
+            raise ConfigError(f"study {study.study_name!r} was run with {key}={stored.get(key)!r}, this config "
+                              f"gives {current.get(key)!r}: {fix}")
 
 
 def _target(study: optuna.Study, trials: int) -> tuple[int, bool]:
