@@ -295,15 +295,22 @@ def _pull_progress(progress: Progress) -> Callable[[str, int | None, int | None]
 
 
 def front_table(front: pd.DataFrame, title: str) -> Table:
-    """A table of front trials: their settings and headline metrics."""
-    table = Table(title=title)
+    """A table of front trials: their settings and headline metrics, with the 95% interval where measured."""
+    table = Table(title=title, caption="[low, high]: 95% bootstrap interval over the trial's requests")
     table.add_column("trial", justify="right")
     columns = [c for c in SETTING_COLUMNS + METRIC_COLUMNS if c in front.columns]
     for column in columns:
         table.add_column(HEADERS.get(column, column), justify="right")
     for _, row in front.iterrows():
-        table.add_row(str(row["number"]), *(_cell(row[c]) for c in columns))
+        table.add_row(str(row["number"]), *(_with_interval(row, c) for c in columns))
     return table
+
+
+def _with_interval(row: pd.Series, column: str) -> str:
+    low, high = row.get(f"{column}_ci95_low"), row.get(f"{column}_ci95_high")
+    if low is None or high is None or pd.isna(low) or pd.isna(high):
+        return _cell(row[column])
+    return f"{_cell(row[column])} [{_cell(low)}, {_cell(high)}]"
 
 
 def _cell(value: object) -> str:

@@ -120,7 +120,7 @@ class EngineConfig:
     keep_alive: str = "30m"
     pull: bool = False
     threads: int | None = None
-    warmup_requests: int = 2
+    warmup_requests: int = 1
     request_timeout_s: float = 120.0
     reload_threshold_ms: float = 250.0
     context_margin: float = 0.1
@@ -131,6 +131,7 @@ class EvaluationConfig:
     split: str = "dev"
     limit: int | None = 20
     repetitions: int = 1
+    early_abort: bool = True
 
 
 @dataclass(frozen=True)
@@ -273,6 +274,7 @@ _FIELD_RULES: dict[str, tuple[tuple[type, ...], str]] = {
     "split": ((str,), "split"),
     "limit": ((int, type(None)), "positive"),
     "repetitions": ((int,), "positive"),
+    "early_abort": ((bool,), "any"),
     "tracking_uri": ((str, type(None)), "tracking_uri"),
     "experiment_name": ((str,), "name"),
 }

@@ -17,17 +17,34 @@ import pandas as pd  # noqa: E402
 
 from pipeline.config import Objective  # noqa: E402
 
-__all__ = ["SETTINGS", "front_frame", "plot_fronts", "plot_fronts_html", "trials_frame"]
+__all__ = ["REUSED", "SETTINGS", "front_frame", "front_trials", "measured_trials", "plot_fronts", "plot_fronts_html",
+           "trials_frame"]
+
+# User attr of a trial that was not measured: its settings had been, by the trial it names (see study.py).
+REUSED = "same_as"
+
+
+def measured_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Completed trials that measured their settings (not answered from an earlier trial)."""
+    return [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if REUSED not in t.user_attrs]
+
+
+def front_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Optuna's front (``best_trials``), each setting once: without trials answered from an earlier one."""
+    return [t for t in study.best_trials if REUSED not in t.user_attrs]
 
 
 def trials_frame(study: optuna.Study, objectives: tuple[Objective, ...]) -> pd.DataFrame:
-    """One row per completed trial: number, settings, every metric, feasibility and front membership."""
-    front = {t.number for t in study.best_trials}
+    """One row per completed trial: number, settings, every metric, feasibility (and why not: the context does
+    not fit, or the trial was stopped early) and front membership."""
+    front = {t.number for t in front_trials(study)}
     rows = []
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+    for trial in measured_trials(study):
         row = {"number": trial.number, "pareto": trial.number in front,
                "feasible": all(v <= 0 for v in trial.constraints.values()),
                "infeasible_reason": trial.user_attrs.get("infeasible", ""),
+               "aborted": trial.user_attrs.get("aborted", ""),
                "mlflow_run_id": trial.user_attrs.get("mlflow_run_id")}
         row.update(trial.params)
         row.update(trial.user_attrs.get("metrics", {}))

@@ -21,12 +21,13 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from pipeline.backends.base import RequestFailed
+from pipeline import pareto
 from pipeline.compare import to_minimization
 from pipeline.config import Constraint, Objective
 from pipeline.errors import ConfigError, InputError, PipelineError
 from pipeline.modelfile import Modelfile, sanitize, write_modelfile
 from pipeline.runner import prepare_requests, run_trial
-from pipeline.scoring import score_answer, summarize
+from pipeline.scoring import confidence_intervals, score_answer, summarize
 from pipeline.space import InferenceSettings, suggest
 from pipeline.storage import open_storage
 from pipeline.study import PreparedStudy, check_definition, definition_of, requests_frame
@@ -90,7 +91,7 @@ def choose_trial(study: optuna.Study, objectives: tuple[Objective, ...],
     Raises:
         InputError: no trial fits the policy.
     """
-    front = study.best_trials
+    front = pareto.front_trials(study)
     if policy.policy == "trial":
         chosen = next((t for t in study.trials if t.number == policy.trial), None)
         if chosen is None or chosen.state != optuna.trial.TrialState.COMPLETE:
@@ -224,6 +225,7 @@ def promote(prepared: PreparedStudy, study_name: str, policy: PromotionPolicy, *
     if outcome.infeasible:
         raise PromotionRefused(f"refused: on held-out data {outcome.infeasible}")
     holdout = summarize(outcome.records, model_loads=outcome.model_loads, model_load_ms=outcome.model_load_ms)
+    holdout.update(confidence_intervals(outcome.records, seed=seed))
     dev = chosen.user_attrs["metrics"]
 
     parent = study.user_attrs.get("mlflow_parent_run_id")

@@ -1,7 +1,8 @@
 """Run one trial: render every request, check it fits the context, warm up after loads, time each request.
 
 The loop reads like the method: build requests → check they fit → make sure the model is loaded (loads and
-warm-up kept apart from all timings) → run and score each request.
+warm-up kept apart from all timings) → run and score each request → stop early when the trial can no longer
+meet a constraint (:func:`abort_reason`).
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ from typing import Any
 from jsonschema.protocols import Validator
 
 from pipeline.backends.base import Backend, Generation, RequestFailed
+from pipeline.config import Constraint
 from pipeline.experiment import Example
 from pipeline.prompts import Message, PromptLibrary
-from pipeline.scoring import AnswerScore, RequestRecord, score_answer
+from pipeline.scoring import BOUNDED_METRICS, METRICS, AnswerScore, RequestRecord, optimistic_bound, score_answer
 from pipeline.space import InferenceSettings
 from pipeline.tokens import estimate_tokens
 
-__all__ = ["PreparedRequest", "TrialOutcome", "check_fit", "prepare_requests", "run_trial"]
+__all__ = ["Abort", "PreparedRequest", "TrialOutcome", "abort_reason", "can_abort", "check_fit", "prepare_requests",
+           "run_trial"]
 
 
 WARMUP_EXAMPLE = Example("warmup", "warmup", "Add a task to buy printer paper on Sunday",
@@ -34,6 +37,20 @@ class PreparedRequest:
     estimated_tokens: int
 
 
+@dataclass(frozen=True)
+class Abort:
+    """Why a trial stopped early: ``constraint`` cannot be met, its metric can at best reach ``bound``."""
+
+    constraint: Constraint
+    bound: float
+    requests: int
+    planned: int
+
+    def describe(self) -> str:
+        return (f"stopped after {self.requests} of {self.planned} requests: {self.constraint.describe()} cannot "
+                f"be met ({self.constraint.metric} can at best reach {self.bound:.4g})")
+
+
 @dataclass
 class TrialOutcome:
     records: list[RequestRecord] = field(default_factory=list)
@@ -41,6 +58,32 @@ class TrialOutcome:
     model_load_ms: float = 0.0
     warmup_requests: int = 0
     infeasible: str | None = None
+    aborted: Abort | None = None
+
+
+def can_abort(constraint: Constraint) -> bool:
+    """Whether requests can show early that ``constraint`` will be broken: a limit on the side a perfect
+    request cannot help (a maximum on a latency, a minimum on a rate)."""
+    if constraint.metric not in BOUNDED_METRICS:
+        return False
+    wanted = "minimize" if constraint.max is not None else "maximize"
+    return METRICS[constraint.metric] == wanted
+
+
+def abort_reason(records: list[RequestRecord], planned: int, constraints: tuple[Constraint, ...]) -> Abort | None:
+    """The first constraint that the trial cannot meet whatever its remaining requests give, or None.
+
+    Exact, not a guess: with every remaining request perfect (see ``scoring.optimistic_bound``) the
+    constraint would still be broken, so the full trial would be infeasible too.
+    """
+    if len(records) >= planned:
+        return None
+    for constraint in constraints:
+        if can_abort(constraint):
+            bound = optimistic_bound(records, planned, constraint.metric)
+            if constraint.violation(bound) > 0:
+                return Abort(constraint, bound, len(records), planned)
+    return None
 
 
 def prepare_requests(examples: list[Example], prompts: PromptLibrary,
@@ -81,12 +124,15 @@ def check_fit(prepared: list[PreparedRequest], settings: InferenceSettings, back
 
 def run_trial(settings: InferenceSettings, examples: list[Example], *, prompts: PromptLibrary, backend: Backend,
               validator: Validator, schema: dict[str, Any], warmup: int, repetitions: int, margin: float,
-              on_request: Callable[[], None] = lambda: None) -> TrialOutcome:
+              abort_on: tuple[Constraint, ...] = (), on_request: Callable[[], None] = lambda: None) -> TrialOutcome:
     """Measure one setting on the given examples.
 
+    After each request the constraints ``abort_on`` are checked with :func:`abort_reason`; the trial stops as
+    soon as one of them can no longer be met.
+
     Returns:
-        The outcome: one record per timed request, the model loads this trial caused and their time, or why
-        the setting is infeasible (then nothing ran).
+        The outcome: one record per timed request, the model loads this trial caused and their time, why the
+        setting is infeasible (then nothing ran), or why it stopped early.
     """
     prepared = prepare_requests(examples, prompts, settings)
     # Warm up on a request outside the timed set: with the timed requests' own text, the first of them would
@@ -107,15 +153,18 @@ def run_trial(settings: InferenceSettings, examples: list[Example], *, prompts: 
     load_seconds = backend.start_trial(settings.num_ctx)
     if load_seconds is not None:
         loaded(load_seconds * 1000)
-    for _ in range(repetitions):
-        for request in prepared:
+    planned = len(prepared) * repetitions
+    for request in prepared * repetitions:
+        result = _generate(backend, request, settings, schema)
+        if isinstance(result, Generation) and result.reload_ms is not None:
+            # The server reloaded the model inside this request: count the reload, warm up, measure again.
+            loaded(result.reload_ms)
             result = _generate(backend, request, settings, schema)
-            if isinstance(result, Generation) and result.reload_ms is not None:
-                # The server reloaded the model inside this request: count the reload, warm up, measure again.
-                loaded(result.reload_ms)
-                result = _generate(backend, request, settings, schema)
-            outcome.records.append(_record(request, result, validator))
-            on_request()
+        outcome.records.append(_record(request, result, validator))
+        on_request()
+        outcome.aborted = abort_reason(outcome.records, planned, abort_on)
+        if outcome.aborted:
+            break
     return outcome
 
 

@@ -6,7 +6,13 @@ request records into the metrics that MLflow records and Optuna optimises.
 
 Strings are compared after case folding and collapsing white space; numbers and booleans exactly.
 Latency percentiles use numpy's default linear interpolation over the timed requests only: warm-up calls
-and model loads are never among them, and failed requests are counted apart.
+and model loads are never among them, and failed requests are counted apart. :func:`confidence_intervals`
+gives percentile-bootstrap 95% intervals of the headline metrics, so two trials whose intervals overlap are
+not told apart by their measurements.
+
+:func:`optimistic_bound` is the early-abort rule's arithmetic: the best value a metric can still reach when
+the requests not yet run all come back perfect (correct, in 0 ms). A constraint that this best value already
+breaks cannot be met by the trial, whatever its remaining requests give.
 """
 
 from __future__ import annotations
@@ -18,8 +24,10 @@ from typing import Any
 
 import numpy as np
 from jsonschema.protocols import Validator
+from scipy.stats import bootstrap
 
-__all__ = ["METRICS", "SERVER_METRICS", "AnswerScore", "RequestRecord", "parse_answer", "score_answer", "summarize"]
+__all__ = ["BOUNDED_METRICS", "CI_METRICS", "METRICS", "SERVER_METRICS", "AnswerScore", "RequestRecord",
+           "confidence_intervals", "optimistic_bound", "parse_answer", "score_answer", "summarize"]
 
 # Every trial metric, with the direction in which it is better.
 METRICS: dict[str, str] = {
@@ -44,6 +52,7 @@ METRICS: dict[str, str] = {
     "failed_requests": "minimize",
     "model_loads": "minimize",
     "model_load_ms": "minimize",
+    "requests_measured": "minimize",
     # only for backends with a server's own timings (Ollama)
     "server_ms_p50": "minimize",
     "server_ms_p95": "minimize",
@@ -52,6 +61,15 @@ METRICS: dict[str, str] = {
 }
 
 SERVER_METRICS = ("server_ms_p50", "server_ms_p95", "overhead_ms_mean", "overhead_ms_p95")
+
+# Metrics with a 95% bootstrap interval, logged as ``<metric>_ci95_low`` and ``<metric>_ci95_high``.
+CI_METRICS = ("schema_valid_rate", "action_accuracy", "exact_match_rate", "latency_p50_ms", "latency_p95_ms")
+
+# Metrics that no request can make better than a perfect one (correct, not truncated, 0 ms): their value over
+# the requests so far plus perfect ones bounds every value the finished trial can have.
+BOUNDED_METRICS = ("schema_valid_rate", "parse_rate", "action_accuracy", "exact_match_rate", "field_accuracy",
+                   "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "latency_mean_ms", "ttft_p50_ms",
+                   "ttft_p95_ms", "output_tokens_mean", "truncated_answers", "failed_requests")
 
 _FENCE = re.compile(r"^\s*```[a-zA-Z0-9_-]*\s*\n?(.*?)\n?\s*```\s*$", re.DOTALL)
 
@@ -217,6 +235,7 @@ def summarize(records: list[RequestRecord], *, model_loads: int = 0, model_load_
         "failed_requests": float(n - len(done)),
         "model_loads": float(model_loads),
         "model_load_ms": float(model_load_ms),
+        "requests_measured": float(n),
     }
     served = [r for r in done if r.server_ms is not None]
     if served:
@@ -225,3 +244,47 @@ def summarize(records: list[RequestRecord], *, model_loads: int = 0, model_load_
         metrics.update({"server_ms_p50": _percentile(server, 50), "server_ms_p95": _percentile(server, 95),
                         "overhead_ms_mean": _mean(overhead), "overhead_ms_p95": _percentile(overhead, 95)})
     return metrics
+
+
+def confidence_intervals(records: list[RequestRecord], *, level: float = 0.95, resamples: int = 2000,
+                         seed: int = 0) -> dict[str, float]:
+    """Percentile-bootstrap intervals of :data:`CI_METRICS`, resampling the trial's requests.
+
+    Returns:
+        ``<metric>_ci95_low`` and ``<metric>_ci95_high`` for each metric; NaN when fewer than two requests
+        count (latencies: the completed requests).
+    """
+    rates = np.array([[r.score.schema_valid, r.score.action_correct, r.score.exact_match] for r in records], float)
+    latencies = np.array([r.latency_ms for r in records if not r.failed])
+    samples = [(CI_METRICS[:3], rates.T, lambda *flags, axis: np.stack([f.mean(axis=axis) for f in flags])),
+               (CI_METRICS[3:], latencies[None, :],
+                lambda ms, axis: np.stack([np.percentile(ms, 50, axis=axis), np.percentile(ms, 95, axis=axis)]))]
+    intervals: dict[str, float] = {}
+    for metrics, data, statistic in samples:
+        lows = highs = [float("nan")] * len(metrics)
+        if data.shape[-1] >= 2:
+            result = bootstrap(tuple(data), statistic, paired=True, vectorized=True, confidence_level=level,
+                               n_resamples=resamples, method="percentile", rng=np.random.default_rng(seed))
+            lows, highs = result.confidence_interval
+        for metric, low, high in zip(metrics, lows, highs):
+            intervals[f"{metric}_ci95_low"], intervals[f"{metric}_ci95_high"] = float(low), float(high)
+    return intervals
+
+
+_PERFECT = AnswerScore(True, True, True, True, 1.0, True)
+
+
+def optimistic_bound(records: list[RequestRecord], total: int, metric: str) -> float:
+    """The best value of ``metric`` a trial of ``total`` requests can still reach after ``records``.
+
+    The requests not yet run are taken as perfect: correct, not truncated, answered in 0 ms. Every metric of
+    :data:`BOUNDED_METRICS` is monotone in each request, so no real outcome of those requests can do better
+    (a latency percentile only falls when 0 ms values are added; a rate only rises with correct answers).
+
+    Raises:
+        ValueError: ``metric`` is not bounded this way.
+    """
+    if metric not in BOUNDED_METRICS:
+        raise ValueError(f"{metric} has no optimistic bound")
+    perfect = RequestRecord("", "", {}, "", _PERFECT, 0.0, 0.0, None, None, None, 0, None, 0, False)
+    return summarize(records + [perfect] * max(total - len(records), 0))[metric]

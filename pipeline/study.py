@@ -12,6 +12,7 @@ import platform
 import subprocess
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,13 +33,14 @@ from pipeline.errors import BackendError, ConfigError, DataError, PipelineError,
 from pipeline.experiment import Example, Experiment, load_experiment
 from pipeline.prompts import PromptLibrary, load_prompts
 from pipeline.runner import TrialOutcome, run_trial
-from pipeline.scoring import SERVER_METRICS, RequestRecord, summarize
+from pipeline.scoring import SERVER_METRICS, RequestRecord, confidence_intervals, summarize
 from pipeline.space import InferenceSettings, suggest
 from pipeline.storage import WORKER, heartbeat, open_storage, recover_dead_trials, study_lock
 from pipeline.tracking import ArtifactWriteError, StudyTracker, resolve_tracking_uri, sqlite_folder
 
-__all__ = ["PreparedStudy", "StudyReport", "check_definition", "default_storage", "definition_of", "prepare_study",
-           "requests_frame", "resolve_stores", "run_study"]
+__all__ = ["REUSE_LIMIT", "PreparedStudy", "StudyReport", "check_definition", "default_storage", "definition_of",
+           "make_sampler", "prepare_study", "requests_frame", "resolve_stores", "reuse_measurement", "run_study",
+           "trial_values"]
 
 CONTEXT_FIT = "context_fit"
 
@@ -179,14 +181,19 @@ def _git_commit(folder: Path) -> str:
     return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
-def _sampler(config: StudyConfig, offset: int) -> optuna.samplers.BaseSampler:
+def make_sampler(config: StudyConfig, offset: int) -> optuna.samplers.BaseSampler:
+    """The study's sampler. TPE is multivariate (one joint model of all settings) with 6 random startup trials:
+    of the TPE, NSGA-II and random variants replayed in BENCHMARKS.md, the one that found the most of the true
+    front within 10-15% of the grid."""
     # A resumed study gets a different seed, so a random sampler does not repeat the settings it tried.
     seed = config.study.seed + offset
     if config.study.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=10)
     if config.study.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=6, multivariate=True)
 
 
 def _open_study(prepared: PreparedStudy, storage: optuna.storages.BaseStorage,
@@ -206,7 +213,7 @@ def _open_study(prepared: PreparedStudy, storage: optuna.storages.BaseStorage,
     else:
         offset = 0
     study = optuna.create_study(study_name=name, storage=storage, directions=directions, load_if_exists=True,
-                                sampler=_sampler(config, offset))
+                                sampler=make_sampler(config, offset))
     if existing is None:
         study.set_user_attr("definition", definition)
     return study
@@ -227,7 +234,7 @@ def _target(study: optuna.Study, trials: int) -> tuple[int, bool]:
     A run that was interrupted (killed, Ctrl-C) or that other workers share leaves its target open: the same
     command then finishes it instead of adding ``trials`` more.
     """
-    complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    complete = len(pareto.measured_trials(study))
     target = study.user_attrs.get("target")
     if target is not None and complete < target:
         return target, True
@@ -275,7 +282,7 @@ def run_study(prepared: PreparedStudy, *, trials: int, console: Console | None =
                                     resume_run_id=study.user_attrs.get("mlflow_parent_run_id"))
         study.set_user_attr("mlflow_parent_run_id", tracker.parent_run_id)
     tracker.close_failed_runs(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
-    complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    complete = len(pareto.measured_trials(study))
     if resumed:
         console.print(f"resuming study {name!r}: {target - complete} of its {target} trials still to run "
                       "(an interrupted run, or other workers)", highlight=False)
@@ -308,14 +315,17 @@ def run_study(prepared: PreparedStudy, *, trials: int, console: Console | None =
                                     validator=validator, schema=prepared.experiment.schema,
                                     warmup=config.engine.warmup_requests, repetitions=config.evaluation.repetitions,
                                     margin=config.engine.context_margin,
+                                    abort_on=config.constraints if config.evaluation.early_abort else (),
                                     on_request=lambda: progress.advance(request_task))
-                values = _tell_values(trial, outcome, config)
+                values = trial_values(trial, outcome, config)
             except BaseException as exc:
                 tracker.fail_trial(run_id, f"{type(exc).__name__}: {exc}")
                 raise
             tags = {"feasible": str(all(v <= 0 for v in trial.constraints.values())).lower()}
             if outcome.infeasible:
                 tags["infeasible"] = outcome.infeasible
+            if outcome.aborted:
+                tags["aborted"] = outcome.aborted.describe()
             try:
                 tracker.finish_trial(run_id, metrics=trial.user_attrs["metrics"], tags=tags,
                                      requests=requests_frame(outcome.records))
@@ -328,7 +338,11 @@ def run_study(prepared: PreparedStudy, *, trials: int, console: Console | None =
         try:
             _optimize(study, evaluate, target=target, config=config, storage_url=prepared.storage_url,
                       backend_name=backend.name, stop=stop,
-                      on_recovered=tracker.close_failed_runs, on_trial=lambda: progress.advance(trial_task))
+                      on_recovered=tracker.close_failed_runs, on_trial=lambda: progress.advance(trial_task),
+                      on_exhausted=lambda n: console.print(
+                          f"the sampler proposed only settings already measured ({n} in a row): the search "
+                          f"space looks exhausted; stopping with {len(pareto.measured_trials(study))} measured "
+                          "trials", highlight=False))
             status = "FINISHED"
         except KeyboardInterrupt:
             status, reason = "KILLED", "interrupted"
@@ -348,7 +362,8 @@ def run_study(prepared: PreparedStudy, *, trials: int, console: Console | None =
 
 def _optimize(study: optuna.Study, evaluate: Callable[[optuna.Trial, InferenceSettings], list[float]], *,
               target: int, config: StudyConfig, storage_url: str, backend_name: str, stop: list[str],
-              on_recovered: Callable[[list[optuna.trial.FrozenTrial]], None], on_trial: Callable[[], None]) -> None:
+              on_recovered: Callable[[list[optuna.trial.FrozenTrial]], None], on_trial: Callable[[], None],
+              on_exhausted: Callable[[int], None] = lambda n: None) -> None:
     """Optuna's ask → evaluate → tell loop, until the study has ``target`` completed trials.
 
     Trials are asked ``study.batch`` at a time (default: 4 against a server, else 1) under the study lock,
@@ -356,9 +371,11 @@ def _optimize(study: optuna.Study, evaluate: Callable[[optuna.Trial, InferenceSe
     trials whatever the number of workers. The trials of a batch run grouped by ``num_ctx``, the loaded value
     first: every change of ``num_ctx`` makes a server reload the model. A trial whose engine fails is FAIL
     and the study goes on, until ``study.max_consecutive_failures`` fail in a row. Nothing is left RUNNING:
-    on any exit, the trials asked but not run are told FAIL.
+    on any exit, the trials asked but not run are told FAIL. A trial whose settings were measured before is
+    answered from that measurement (:func:`reuse_measurement`) and does not count; after ``REUSE_LIMIT`` such
+    trials in a row the study ends.
     """
-    failures, last_ctx = 0, None
+    failures, last_ctx, reused = 0, None, 0
     # How long to wait for other workers' trials before leaving them (and the open target) to a later run.
     wait_s = config.study.grace_period_s + 2 * config.study.heartbeat_interval_s
     patience = time.monotonic() + wait_s
@@ -366,9 +383,8 @@ def _optimize(study: optuna.Study, evaluate: Callable[[optuna.Trial, InferenceSe
         asked: list[optuna.Trial] = []
         with study_lock(storage_url, study.study_name):
             recovered = recover_dead_trials(study)
-            states = [t.state for t in study.get_trials(deepcopy=False)]
-            running = states.count(TrialState.RUNNING)
-            left = target - states.count(TrialState.COMPLETE) - running
+            running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+            left = target - len(pareto.measured_trials(study)) - running
             if left > 0:
                 # Grouping by num_ctx saves a server's reloads; in process every context stays loaded.
                 batch = config.study.batch or (4 if backend_name == "ollama" else 1)
@@ -384,6 +400,14 @@ def _optimize(study: optuna.Study, evaluate: Callable[[optuna.Trial, InferenceSe
             continue
         plans = [(trial, suggest(trial, config.search_space, seed=config.study.seed)) for trial in asked]
         plans.sort(key=lambda plan: (plan[1].num_ctx != last_ctx, plan[1].num_ctx))
+        repeats = [plan for plan in plans if reuse_measurement(study, plan[0])]
+        plans = [plan for plan in plans if plan not in repeats]
+        reused = reused + len(repeats) if not plans else 0
+        if reused >= REUSE_LIMIT:
+            # Everything the sampler proposes has been measured: the space is exhausted (or the sampler stuck).
+            study.set_user_attr("target", len(pareto.measured_trials(study)))
+            on_exhausted(reused)
+            return
         for index, (trial, settings) in enumerate(plans):
             try:
                 with heartbeat(study, trial):
@@ -411,6 +435,31 @@ def _optimize(study: optuna.Study, evaluate: Callable[[optuna.Trial, InferenceSe
         patience = time.monotonic() + wait_s
 
 
+REUSE_LIMIT = 25
+
+
+def reuse_measurement(study: optuna.Study, trial: optuna.Trial) -> bool:
+    """Tell ``trial`` the outcome of an earlier trial with the same settings, if one was measured.
+
+    Samplers propose settings they have tried before, often in a space of choices only. Measuring one again
+    spends a trial on a repeat, and the luckier of two noisy measurements could reach the front; answering
+    with the earlier values is Optuna's advice for duplicates. The trial is COMPLETE with the user attr
+    ``same_as`` (the earlier trial's number), has no MLflow run, and does not count toward the target.
+
+    Returns:
+        Whether the trial was answered.
+    """
+    earlier = next((t for t in pareto.measured_trials(study) if t.params == trial.params), None)
+    if earlier is None:
+        return False
+    for name, value in earlier.constraints.items():
+        trial.set_constraint(name, value)
+    trial.set_user_attr(pareto.REUSED, earlier.number)
+    trial.set_user_attr("metrics", earlier.user_attrs.get("metrics", {}))
+    study.tell(trial, earlier.values)
+    return True
+
+
 def _fail(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
     trial.set_user_attr("failure", reason[:2000])
     study.tell(trial, state=TrialState.FAIL)
@@ -421,11 +470,13 @@ def _fail_unrun(study: optuna.Study, plans: list[tuple[optuna.Trial, InferenceSe
         _fail(study, trial, "not run: the study stopped first")
 
 
-def _tell_values(trial: optuna.Trial, outcome: TrialOutcome, config: StudyConfig) -> list[float]:
+def trial_values(trial: optuna.Trial, outcome: TrialOutcome, config: StudyConfig) -> list[float]:
     """Set the trial's metrics and constraints; return its objective values.
 
     A setting that cannot fit the context is not run: it gets the worst values (0 for a maximised metric, the
     request timeout for a minimised one) and a violated ``context_fit`` constraint, so it is never on the front.
+    A trial stopped early has the metrics of the requests it ran; the constraint it cannot meet is set from
+    the best value it could still have reached, which breaks it.
     """
     if outcome.infeasible:
         penalty = config.engine.request_timeout_s * 1000
@@ -438,9 +489,14 @@ def _tell_values(trial: optuna.Trial, outcome: TrialOutcome, config: StudyConfig
         if all(r.failed for r in outcome.records):
             raise BackendError(f"all {len(outcome.records)} requests failed: {outcome.records[0].score.error}")
         metrics = summarize(outcome.records, model_loads=outcome.model_loads, model_load_ms=outcome.model_load_ms)
+        metrics.update(confidence_intervals(outcome.records, seed=config.study.seed))
         trial.set_constraint(CONTEXT_FIT, 0.0)
+        limits = {c.metric: metrics[c.metric] for c in config.constraints}
+        if outcome.aborted:
+            trial.set_user_attr("aborted", outcome.aborted.describe())
+            limits[outcome.aborted.constraint.metric] = outcome.aborted.bound
         for constraint in config.constraints:
-            trial.set_constraint(constraint.metric, constraint.violation(metrics[constraint.metric]))
+            trial.set_constraint(constraint.metric, constraint.violation(limits[constraint.metric]))
     trial.set_user_attr("metrics", metrics)
     return [metrics[o.metric] for o in config.objectives]
 
@@ -460,6 +516,7 @@ def _finish(study: optuna.Study, tracker: StudyTracker, prepared: PreparedStudy,
                 tracker.log_front(trials=trials, front=front, plot=plot, metrics={
                     "front_size": len(front),
                     "trials_complete": states.count(TrialState.COMPLETE),
+                    "trials_reused": sum(pareto.REUSED in t.user_attrs for t in study.trials),
                     "trials_failed": states.count(TrialState.FAIL),
                     "trials_infeasible": int((~trials["feasible"]).sum())})
             except PipelineError as exc:  # the parent run must still be closed

@@ -29,7 +29,12 @@ def _encoding() -> tiktoken.Encoding:
                          "(it ships the BPE file; plain tiktoken would download it)") from exc
 
 
+@lru_cache(maxsize=4096)
+def _content_tokens(text: str) -> int:
+    # The system prompt and few-shot messages repeat in every request of a trial: each is encoded once.
+    return len(_encoding().encode(text, disallowed_special=()))
+
+
 def estimate_tokens(messages: list[Message]) -> int:
     """Estimate the prompt tokens of chat messages: content tokens plus a per-message allowance."""
-    encoding = _encoding()
-    return sum(len(encoding.encode(m["content"], disallowed_special=())) + _PER_MESSAGE for m in messages) + 2
+    return sum(_content_tokens(m["content"]) + _PER_MESSAGE for m in messages) + 2

@@ -42,6 +42,7 @@ def test_bare_off_in_yaml_means_format_off(write_config):
     ({"engine": {"warmup_requests": True}}, "'warmup_requests' must be int, got True"),
     ({"engine": {"context_margin": 1.5}}, "'context_margin' must be in [0, 1)"),
     ({"evaluation": {"split": "test"}}, "'split' is 'test', not one of dev, holdout"),
+    ({"evaluation": {"early_abort": "yes"}}, "(evaluation): 'early_abort' must be bool, got 'yes'"),
     ({"search_space": {"temperature": {"low": 1.0, "high": 0.2}}}, "inverted range, low 1.0 > high 0.2"),
     ({"search_space": {"num_ctx": {"choices": []}}}, "'choices' must be a non-empty list"),
     ({"search_space": {"top_p": {"low": 0.5, "high": 1.5}}}, "top_p 1.5 is out of range"),

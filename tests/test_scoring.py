@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from pipeline.experiment import load_experiment
-from pipeline.scoring import AnswerScore, RequestRecord, parse_answer, score_answer, summarize
+from pipeline.scoring import (CI_METRICS, AnswerScore, RequestRecord, confidence_intervals, parse_answer, score_answer,
+                              summarize)
 from tests.conftest import EXPERIMENT
 
 EXPECTED = {"action": "update_task", "params": {"id": 4, "fields": {"due": "monday"}}, "success": True}
@@ -103,3 +104,33 @@ def test_summarize_counts_truncated_answers():
 def test_summarize_with_every_request_failed_has_no_latency():
     metrics = summarize([_record(float("nan"), failed=True)])
     assert math.isnan(metrics["latency_p95_ms"]) and metrics["schema_valid_rate"] == 0.0
+
+
+def test_confidence_intervals_bracket_the_measured_values():
+    rng = np.random.default_rng(3)
+    latencies = rng.lognormal(6, 0.4, 20)
+    records = [_record(x, valid=i % 4 != 0) for i, x in enumerate(latencies)]
+    metrics = summarize(records)
+    intervals = confidence_intervals(records)
+    assert set(intervals) == {f"{m}_ci95_{side}" for m in CI_METRICS for side in ("low", "high")}
+    for metric in CI_METRICS:
+        low, high = intervals[f"{metric}_ci95_low"], intervals[f"{metric}_ci95_high"]
+        assert low <= metrics[metric] <= high
+        assert low < high or metric == "exact_match_rate"  # no exact match in these records: [0, 0]
+    # a rate's interval stays inside [0, 1]; a p95's inside the observed range
+    assert 0 <= intervals["schema_valid_rate_ci95_low"] and intervals["schema_valid_rate_ci95_high"] <= 1
+    assert latencies.min() <= intervals["latency_p95_ms_ci95_low"]
+    assert intervals["latency_p95_ms_ci95_high"] <= latencies.max()
+    assert confidence_intervals(records) == intervals  # seeded: the same records give the same interval
+
+
+def test_confidence_interval_of_a_constant_rate_is_that_rate():
+    intervals = confidence_intervals([_record(100.0 + i) for i in range(10)])
+    assert intervals["schema_valid_rate_ci95_low"] == intervals["schema_valid_rate_ci95_high"] == 1.0
+
+
+def test_confidence_interval_needs_two_requests():
+    intervals = confidence_intervals([_record(100.0)])
+    assert all(math.isnan(v) for v in intervals.values())
+    failed = confidence_intervals([_record(float("nan"), failed=True), _record(10.0, valid=False)])
+    assert math.isnan(failed["latency_p95_ms_ci95_low"]) and failed["schema_valid_rate_ci95_high"] == 0.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -140,14 +141,38 @@ def test_rerun_extends_the_same_study_and_parent(tmp_path):
 
 
 def test_sla_constraint_keeps_breaking_trials_off_the_front(tmp_path, write_config):
-    path = write_config(smoke_config(constraints={"latency_p95_ms": {"max": 1}}, evaluation={"limit": 2}))
+    path = write_config(smoke_config(constraints={"latency_p95_ms": {"max": 1}},
+                                     evaluation={"limit": 2, "early_abort": False}))
     assert run(tmp_path, "--config", str(path), "--trials", "2") == 0
     study = load(tmp_path)
     assert study.best_trials == []
     assert all(t.constraints["latency_p95_ms"] > 0 for t in study.trials)
+    assert [t.user_attrs["metrics"]["requests_measured"] for t in study.trials] == [2, 2]  # no early abort
     _, _, children = runs_of(tmp_path)
     assert {c.data.tags["pareto"] for c in children} == {"false"}
     assert {c.data.tags["feasible"] for c in children} == {"false"}
+
+
+def test_trial_that_cannot_meet_its_constraint_stops_early(tmp_path, write_config):
+    # Zero-shot prose answers: with schema_valid_rate >= 0.9 over 6 requests, the first invalid answer ends it.
+    space = {"few_shot": 0, "format": "off", "prompt_variant": "minimal", "num_predict": 32}
+    path = write_config(smoke_config(search_space=space, constraints={"schema_valid_rate": {"min": 0.9}},
+                                     evaluation={"limit": 6}))
+    assert run(tmp_path, "--config", str(path), "--trials", "1") == 0
+    trial = load(tmp_path).trials[0]
+    used = int(trial.user_attrs["metrics"]["requests_measured"])
+    client, _, children = runs_of(tmp_path)
+    path = client.download_artifacts(children[0].info.run_id, "requests.json", str(tmp_path / "dl"))
+    table = json.loads(Path(path).read_text())
+    frame = pd.DataFrame(table["data"], columns=table["columns"])
+    assert len(frame) == used < 6
+    assert not frame["schema_valid"].iloc[-1] and frame["schema_valid"].iloc[:-1].all()  # stopped at the first miss
+    assert trial.constraints["schema_valid_rate"] == pytest.approx(0.9 - (used - 1 + 6 - used) / 6)
+    assert trial.user_attrs["aborted"].startswith(f"stopped after {used} of 6 requests: schema_valid_rate >= 0.9")
+    assert children[0].data.tags["aborted"] == trial.user_attrs["aborted"]
+    assert children[0].data.tags["feasible"] == "false" and load(tmp_path).best_trials == []
+    interval = children[0].data.metrics["schema_valid_rate_ci95_high"]
+    assert interval <= 1.0 if used >= 2 else math.isnan(interval)  # an interval needs two requests
 
 
 def test_setting_that_cannot_fit_is_reported_infeasible_not_run(tmp_path, write_config):
@@ -177,3 +202,19 @@ def test_mlflow_run_entry_point(tmp_path):
     assert parent.info.status == "FINISHED"
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     assert (tmp_path / "optuna.db").exists()  # the Optuna storage sits next to the MLflow store
+
+
+def test_repeated_settings_are_reused_and_an_exhausted_space_ends_the_study(tmp_path, write_config, capsys):
+    from pipeline.study import REUSE_LIMIT
+
+    space = {"num_predict": 32, "few_shot": {"choices": [0, 2]}, "prompt_variant": "minimal", "format": "off"}
+    path = write_config(smoke_config(search_space=space, evaluation={"limit": 2}))
+    assert run(tmp_path, "--config", str(path), "--trials", "4") == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "the search space looks exhausted; stopping with 2 measured trials" in err
+    study = load(tmp_path)
+    measured = [t for t in study.trials if "same_as" not in t.user_attrs]
+    assert sorted(t.params["few_shot"] for t in measured) == [0, 2]  # each setting measured once
+    assert all("same_as" in t.user_attrs for t in study.trials[-REUSE_LIMIT:]) and study.user_attrs["target"] == 2
+    _, _, children = runs_of(tmp_path)
+    assert len(children) == 2  # a reused trial has no MLflow run

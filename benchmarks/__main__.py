@@ -1,0 +1,38 @@
+"""``python -m benchmarks NAME [--smoke] [--out FOLDER]``: run one benchmark."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from benchmarks.common import GRID_DATA, RESULTS
+
+NAMES = ("grid", "fidelity", "overhead", "search", "abort")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("name", choices=NAMES)
+    parser.add_argument("--smoke", action="store_true", help="a tiny size that only checks the benchmark works")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"results folder (default {RESULTS}; grid: the data file, default {GRID_DATA})")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="overhead: also write cProfile statistics of the study to this file")
+    args = parser.parse_args(argv)
+    if args.name == "grid":
+        from benchmarks import grid
+
+        grid.measure(out=args.out or GRID_DATA, smoke=args.smoke)
+        return 0
+    from importlib import import_module
+
+    module = import_module(f"benchmarks.{args.name}")
+    options = {"profile": args.profile} if args.name == "overhead" else {}
+    report = module.run(out=args.out or RESULTS, smoke=args.smoke, **options)
+    print(report.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

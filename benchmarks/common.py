@@ -1,0 +1,186 @@
+"""What the benchmarks share: loading a config's inputs, the grid of settings, records as rows, results."""
+
+from __future__ import annotations
+
+import cProfile
+import itertools
+import json
+import os
+import platform
+import subprocess
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+
+from pipeline.config import StudyConfig, load_config
+from pipeline.scoring import AnswerScore, RequestRecord
+from pipeline.space import InferenceSettings, suggest
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+CONFIGS = HERE / "configs"
+GRID_CONFIG = CONFIGS / "grid.yaml"
+GRID_DATA = HERE / "data" / "grid.csv"
+RESULTS = HERE / "results"
+
+SCORE_COLUMNS = [f.name for f in fields(AnswerScore) if f.name != "error"]
+TIMING_COLUMNS = ["latency_ms", "ttft_ms", "prefill_ms", "decode_ms", "decode_tokens", "prompt_tokens_estimated",
+                  "prompt_tokens_engine", "output_tokens", "truncated", "failed"]
+
+
+def grid_settings(config: StudyConfig) -> list[InferenceSettings]:
+    """Every setting of a search space made only of choices, in a fixed order."""
+    space = config.search_space
+    open_ranges = [name for name, spec in space.items() if spec.kind not in ("fixed", "categorical")]
+    if open_ranges:
+        raise ValueError(f"{config.path}: a grid needs choices, not ranges ({', '.join(open_ranges)})")
+    names = list(space)
+    settings = []
+    for values in itertools.product(*(space[name].choices for name in names)):
+        trial = optuna.trial.FixedTrial(dict(zip(names, values)))
+        settings.append(suggest(trial, space, seed=config.study.seed))
+    return settings
+
+
+def searched(config: StudyConfig) -> list[str]:
+    """The settings a study searches over (more than one choice)."""
+    return [name for name, spec in config.search_space.items() if len(spec.choices or ()) > 1 or
+            spec.kind not in ("fixed", "categorical")]
+
+
+def record_row(settings: InferenceSettings, record: RequestRecord, position: int) -> dict[str, Any]:
+    row: dict[str, Any] = dict(settings.as_params())
+    row.update({"position": position, "request_id": record.request_id})
+    row.update({k: getattr(record.score, k) for k in SCORE_COLUMNS})
+    row.update({k: getattr(record, k) for k in TIMING_COLUMNS})
+    row["answer"] = record.answer
+    return row
+
+
+def rows_to_records(rows: pd.DataFrame) -> list[RequestRecord]:
+    """The request records of one setting back from its rows, in the order they were measured."""
+    records = []
+    for row in rows.sort_values("position").itertuples(index=False):
+        score = AnswerScore(*(bool(getattr(row, k)) if k != "field_accuracy" else float(row.field_accuracy)
+                              for k in SCORE_COLUMNS))
+        records.append(RequestRecord(
+            request_id=row.request_id, request="", expected={}, answer="", score=score,
+            latency_ms=float(row.latency_ms), ttft_ms=_maybe(row.ttft_ms), prefill_ms=_maybe(row.prefill_ms),
+            decode_ms=_maybe(row.decode_ms), decode_tokens=_maybe_int(row.decode_tokens),
+            prompt_tokens_estimated=int(row.prompt_tokens_estimated),
+            prompt_tokens_engine=_maybe_int(row.prompt_tokens_engine), output_tokens=int(row.output_tokens),
+            truncated=bool(row.truncated), failed=bool(row.failed)))
+    return records
+
+
+def _maybe(value: Any) -> float | None:
+    return None if pd.isna(value) else float(value)
+
+
+def _maybe_int(value: Any) -> int | None:
+    return None if pd.isna(value) else int(value)
+
+
+def environment() -> dict[str, Any]:
+    """Where and when a benchmark ran."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpu": cpu, "cores": os.cpu_count(),
+            "python": platform.python_version(), "git_commit": commit.stdout.strip() or "unknown"}
+
+
+def write_result(name: str, result: dict[str, Any], report: str, out: Path) -> Path:
+    """Write ``NAME.json`` and ``NAME.md`` into ``out``; return the report's path."""
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"benchmark": name, "environment": environment(), **result}
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2, default=_plain) + "\n")
+    path = out / f"{name}.md"
+    path.write_text(report.rstrip() + "\n")
+    return path
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "__dataclass_fields__"):
+        return asdict(value)
+    return str(value)
+
+
+def load(path: Path = GRID_CONFIG) -> StudyConfig:
+    return load_config(path)
+
+
+class WallClock:
+    """A backend wrapper that times every engine call from the outside, independently of the backend's clock.
+
+    ``calls`` holds ``(method, milliseconds)`` in call order.
+    """
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+        self.calls: list[tuple[str, float]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self.backend, name)
+        if name not in ("start_trial", "count_prompt_tokens", "generate"):
+            return attribute
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return attribute(*args, **kwargs)
+            finally:
+                self.calls.append((name, (time.perf_counter() - start) * 1000))
+        return timed
+
+    def total_ms(self) -> float:
+        return sum(ms for _, ms in self.calls)
+
+
+def run_real_study(config: StudyConfig, *, trials: int, folder: Path,
+                   profile: Path | None = None) -> tuple[Any, float, WallClock]:
+    """Run a study in process, tracked in ``folder`` (sqlite MLflow and Optuna), with an outside engine clock;
+    ``profile``: also write cProfile statistics of ``run_study`` there.
+
+    Returns:
+        The study report, its wall time in seconds (``run_study`` alone), and the clock.
+    """
+    import io
+
+    from rich.console import Console
+
+    from pipeline.study import prepare_study, run_study
+
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        prepared = prepare_study(config, tracking_uri=f"sqlite:///{folder}/mlflow.db")
+        clock = WallClock(prepared.backend)
+        prepared.backend = clock
+        profiler = cProfile.Profile() if profile else None
+        start = time.perf_counter()
+        try:
+            if profiler:
+                profiler.enable()
+            report = run_study(prepared, trials=trials, console=Console(file=io.StringIO()))
+        finally:
+            if profiler:
+                profiler.disable()
+                profiler.dump_stats(str(profile))
+            wall = time.perf_counter() - start
+            clock.backend.close()
+    finally:
+        os.chdir(cwd)
+    return report, wall, clock

@@ -1,0 +1,79 @@
+"""Every benchmark runs end to end in its smoke size and writes its JSON and report.
+
+The figures of the full sizes are in BENCHMARKS.md; here only that the commands work and their results hold
+together. The search and early-abort replays read the committed grid.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def bench(tmp_path, name: str, *extra: str) -> dict:
+    done = subprocess.run([sys.executable, "-m", "benchmarks", name, "--smoke", "--out", str(tmp_path), *extra],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    if name == "grid":
+        return {}
+    assert (tmp_path / f"{name}.md").read_text() in done.stdout
+    return json.loads((tmp_path / f"{name}.json").read_text())
+
+
+def test_grid_measures_settings_and_resumes(tmp_path):
+    data = tmp_path / "grid.csv"
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "grid", "--smoke", "--out", str(data)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = pd.read_csv(data)
+    assert len(rows) == 4 and rows.groupby(["few_shot", "prompt_variant", "format"]).ngroups == 2
+    assert (rows["wall_ms"] >= rows["latency_ms"]).all()
+    again = subprocess.run([sys.executable, "-m", "benchmarks", "grid", "--smoke", "--out", str(data)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=900)
+    assert "2 already in" in again.stderr and len(pd.read_csv(data)) == 4  # nothing measured twice
+
+
+def test_committed_grid_is_complete():
+    from benchmarks.common import GRID_DATA, grid_settings, load
+
+    rows = pd.read_csv(GRID_DATA)
+    settings = grid_settings(load())
+    assert len(settings) == 144
+    assert len(rows) == 144 * 20 and not rows["failed"].any()
+
+
+def test_search_smoke(tmp_path):
+    result = bench(tmp_path, "search")
+    shares = [row["mean"] for row in result["summary"]]
+    assert all(0 < s <= 1 + 1e-9 for s in shares)
+    assert {row["budget"] for row in result["summary"]} == {0.10, 0.15, 0.25}
+
+
+def test_abort_smoke(tmp_path):
+    result = bench(tmp_path, "abort")
+    random = [row for row in result["replay"] if row["sampler"] == "random"]
+    assert all(row["same_front"] == 1.0 for row in random)  # the same settings asked: the same front
+    assert all(row["requests_abort"] <= row["requests_full"] for row in result["replay"])
+    real = result["real"]
+    assert real["abort"]["requests"] <= real["full"]["requests"]
+
+
+def test_overhead_smoke(tmp_path):
+    result = bench(tmp_path, "overhead")
+    assert 0 < result["engine_s"] < result["wall_s"] and result["engine_calls"] >= 4
+
+
+def test_fidelity_smoke(tmp_path):
+    result = bench(tmp_path, "fidelity")
+    assert result["cold_start"]["no_load_or_warmup_in_records"] is True
+    reload = result["cold_start"]["reload_mid_trial"]
+    assert reload["model_loads"] == 1 and reload["model_load_ms"] >= 1500 > reload["max_latency_ms"]
+    assert abs(result["outside_clock"]["fresh_median_diff"]) < 0.05
