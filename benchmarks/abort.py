@@ -25,7 +25,7 @@ import optuna
 import pandas as pd
 
 from benchmarks.common import GRID_CONFIG, ROOT, load, run_real_study, write_result
-from benchmarks.replay import Scale, Table, replay
+from benchmarks.replay import Scale, Table, found_front, replay
 from benchmarks.search import sampler_variants
 from pipeline.config import Constraint, StudyConfig, load_config
 
@@ -58,23 +58,13 @@ def replayed(*, seeds: int) -> pd.DataFrame:
                     label = "abort" if flag else "full"
                     row[f"share_{label}"] = scale.share(found, budget)
                     row[f"requests_{label}"] = int(first["requests"].sum())
-                    row[f"engine_s_{label}"] = sum(latency[k][:n].sum() for k, n in zip(first["key"], first["requests"])) / 1000
+                    spent = zip(first["key"], first["requests"])
+                    row[f"engine_s_{label}"] = sum(latency[k][:n].sum() for k, n in spent) / 1000
                     row[f"aborted_{label}"] = int(first["aborted"].sum())
-                    fronts[label] = _found_front(first, scale)
+                    fronts[label] = found_front(first, scale.objectives)
                 row["same_front"] = fronts["abort"] == fronts["full"]
                 rows.append(row)
     return pd.DataFrame(rows)
-
-
-def _found_front(trials: pd.DataFrame, scale: Scale) -> set[tuple]:
-    from pipeline.compare import to_minimization
-
-    feasible = trials[trials["feasible"]].drop_duplicates("key")
-    if feasible.empty:
-        return set()
-    points = to_minimization(np.array(list(feasible["values"]), dtype=float), scale.objectives)
-    keep = [not ((points <= p).all(axis=1) & (points < p).any(axis=1)).any() for p in points]
-    return set(feasible["key"][keep])
 
 
 def real(*, trials: int, limit: int | None) -> dict[str, Any]:

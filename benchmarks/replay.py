@@ -7,12 +7,12 @@ objective values, so a replayed study sees exactly what a real one on this machi
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import optuna
 import pandas as pd
+from optuna.study._multi_objective import _is_pareto_front
 
 from benchmarks.common import GRID_DATA, rows_to_records, searched
 from pipeline.compare import normalized_hypervolume, to_minimization
@@ -103,7 +103,8 @@ class Scale:
         spread = np.where(nadir > self.ideal, nadir - self.ideal, 1.0)
         self.reference = nadir + 0.1 * spread
         self.true_hypervolume = self.hypervolume(points)
-        self.true_front = _front_keys(feasible, points, table.names)
+        self.true_front = [tuple(row[n] for n in table.names)
+                           for (_, row), kept in zip(feasible.iterrows(), on_front(points)) if kept]
 
     def hypervolume(self, points: np.ndarray) -> float:
         return normalized_hypervolume(points, self.ideal, self.reference)
@@ -118,9 +119,16 @@ class Scale:
         return self.hypervolume(points) / self.true_hypervolume
 
 
-def _front_keys(feasible: pd.DataFrame, points: np.ndarray, names: list[str]) -> list[tuple]:
-    dominated = [(points <= p).all(axis=1).__and__((points < p).any(axis=1)).any() for p in points]
-    return [tuple(row[n] for n in names) for (_, row), d in zip(feasible.iterrows(), dominated) if not d]
+def on_front(points: np.ndarray) -> np.ndarray:
+    """Which minimisation points no other point dominates (Optuna's own rule, as ``Study.best_trials``)."""
+    return _is_pareto_front(points, assume_unique_lexsorted=False)
 
 
-SamplerFactory = Callable[[int], optuna.samplers.BaseSampler]
+def found_front(trials: pd.DataFrame, objectives: tuple) -> set[tuple]:
+    """The settings on the front of a replay's feasible trials."""
+    feasible = trials[trials["feasible"]].drop_duplicates("key")
+    if feasible.empty:
+        return set()
+    points = to_minimization(np.array(list(feasible["values"]), dtype=float), objectives)
+    return set(feasible["key"][on_front(points)])
+
