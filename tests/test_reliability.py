@@ -30,9 +30,15 @@ def environment() -> dict[str, str]:
     return env
 
 
+def _interruptible() -> None:
+    # A suite started in the background by a non-interactive shell ignores SIGINT, and a child would inherit
+    # that: the worker must take Ctrl-C as a terminal's foreground process does.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(folder: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(study_command(folder, *extra), cwd=folder, env=environment(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_interruptible)
 
 
 def wait_for(condition, *, timeout: float = 240.0, what: str) -> None:
