@@ -296,7 +296,7 @@ def _pull_progress(progress: Progress) -> Callable[[str, int | None, int | None]
 
 def front_table(front: pd.DataFrame, title: str) -> Table:
     """A table of front trials: their settings and headline metrics, with the 95% interval where measured."""
-    table = Table(title=title, caption="[low, high]: 95% bootstrap interval over the trial's requests")
+    table = Table(title=title, caption=r"value \[low, high]: 95% bootstrap interval over the trial's requests")
     table.add_column("trial", justify="right")
     columns = [c for c in SETTING_COLUMNS + METRIC_COLUMNS if c in front.columns]
     for column in columns:

@@ -80,3 +80,19 @@ def test_prompt_folder_without_examples(capsys, tmp_path, write_config):
     (prompts / "examples.jsonl").unlink()
     path = write_config(smoke_config(prompts=str(prompts)))
     assert_rejected(capsys, tmp_path, ["--config", str(path)], "examples.jsonl not found")
+
+
+def test_front_table_shows_each_headline_value_with_its_interval():
+    import pandas as pd
+    from rich.console import Console
+
+    from pipeline.cli import front_table
+
+    front = pd.DataFrame([{"number": 3, "schema_valid_rate": 0.9, "schema_valid_rate_ci95_low": 0.75,
+                           "schema_valid_rate_ci95_high": 1.0, "latency_p95_ms": 420.0,
+                           "latency_p95_ms_ci95_low": float("nan"), "latency_p95_ms_ci95_high": float("nan")}])
+    console = Console(width=200, record=True)
+    console.print(front_table(front, "front"))
+    text = console.export_text()
+    assert "0.9 [0.75, 1]" in text and "│    420 │" in text  # no interval where none was measured
+    assert "value [low, high]: 95% bootstrap interval" in " ".join(text.split())
