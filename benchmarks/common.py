@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import cProfile
+import io
 import itertools
 import json
 import os
 import platform
-import subprocess
 import time
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -15,10 +15,12 @@ from typing import Any
 
 import optuna
 import pandas as pd
+from rich.console import Console
 
 from pipeline.config import StudyConfig, load_config
 from pipeline.scoring import AnswerScore, RequestRecord
 from pipeline.space import InferenceSettings, suggest
+from pipeline.study import cpu_model, git_commit, prepare_study, run_study
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -87,17 +89,8 @@ def _maybe_int(value: Any) -> int | None:
 
 def environment() -> dict[str, Any]:
     """Where and when a benchmark ran."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    return {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpu": cpu, "cores": os.cpu_count(),
-            "python": platform.python_version(), "git_commit": commit.stdout.strip() or "unknown"}
+    return {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpu": cpu_model(), "cores": os.cpu_count(),
+            "python": platform.python_version(), "git_commit": git_commit(ROOT)[:7]}
 
 
 def write_result(name: str, result: dict[str, Any], report: str, out: Path) -> Path:
@@ -157,12 +150,6 @@ def run_real_study(config: StudyConfig, *, trials: int, folder: Path,
     Returns:
         The study report, its wall time in seconds (``run_study`` alone), and the clock.
     """
-    import io
-
-    from rich.console import Console
-
-    from pipeline.study import prepare_study, run_study
-
     cwd = os.getcwd()
     os.chdir(folder)
     try:

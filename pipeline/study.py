@@ -38,9 +38,9 @@ from pipeline.space import InferenceSettings, suggest
 from pipeline.storage import WORKER, heartbeat, open_storage, recover_dead_trials, study_lock
 from pipeline.tracking import ArtifactWriteError, StudyTracker, resolve_tracking_uri, sqlite_folder
 
-__all__ = ["REUSE_LIMIT", "PreparedStudy", "StudyReport", "check_definition", "default_storage", "definition_of",
-           "make_sampler", "prepare_study", "requests_frame", "resolve_stores", "reuse_measurement", "run_study",
-           "trial_values"]
+__all__ = ["REUSE_LIMIT", "PreparedStudy", "StudyReport", "check_definition", "cpu_model", "default_storage",
+           "definition_of", "git_commit", "make_sampler", "prepare_study", "requests_frame", "resolve_stores",
+           "reuse_measurement", "run_study", "trial_values"]
 
 CONTEXT_FIT = "context_fit"
 
@@ -159,11 +159,11 @@ def definition_of(prepared: PreparedStudy) -> dict[str, str]:
 
 
 def _environment_tags(backend: Backend, config: StudyConfig) -> dict[str, str]:
-    return {**backend.describe(), "cpu": _cpu_model(), "package_version": pipeline.__version__,
-            "git_commit": _git_commit(config.path.parent), "backend": backend.name}
+    return {**backend.describe(), "cpu": cpu_model(), "package_version": pipeline.__version__,
+            "git_commit": git_commit(config.path.parent), "backend": backend.name}
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -173,7 +173,7 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _git_commit(folder: Path) -> str:
+def git_commit(folder: Path) -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.TimeoutExpired):
