@@ -78,14 +78,33 @@ def real(*, trials: int, limit: int | None) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as folder:
             report, wall, clock = run_real_study(config, trials=trials, folder=Path(folder))
         frame = report.trials
+        shown = dict.fromkeys([*(o.metric for o in config.objectives), "schema_valid_rate"])
         studies["abort" if flag else "full"] = {
             "wall_s": wall, "engine_s": clock.total_ms() / 1000,
             "requests": int(frame["requests_measured"].sum()),
             "aborted": int((frame["aborted"] != "").sum()), "feasible": int(frame["feasible"].sum()),
             "front": sorted(int(n) for n in report.front["number"]),
-            "front_points": report.front[["number", "schema_valid_rate", "latency_p95_ms"]].to_dict(orient="records"),
+            "front_points": report.front[["number", *shown]].to_dict(orient="records"),
+            "trials": frame[["number", "feasible", "latency_p95_ms", "schema_valid_rate", "requests_measured"]]
+            .assign(aborted=frame["aborted"] != "").to_dict(orient="records"),
         }
     return studies
+
+
+def feasibility_changes(studies: dict[str, Any]) -> list[str]:
+    """The trials feasible in one real study and not in the other, with what each measured (the settings are the
+    same both times: random search with one seed)."""
+    full = {t["number"]: t for t in studies["full"]["trials"]}
+    notes = []
+    for trial in studies["abort"]["trials"]:
+        before = full.get(trial["number"])
+        if before is not None and bool(before["feasible"]) != bool(trial["feasible"]):
+            notes.append(f"trial {trial['number']}: without abort feasible={before['feasible']} (p95 "
+                         f"{before['latency_p95_ms']:.0f} ms, schema-valid {before['schema_valid_rate']:.2f}, "
+                         f"{before['requests_measured']:.0f} requests); with abort feasible={trial['feasible']} (p95 "
+                         f"{trial['latency_p95_ms']:.0f} ms, schema-valid {trial['schema_valid_rate']:.2f}, "
+                         f"{trial['requests_measured']:.0f} requests{', stopped early' if trial['aborted'] else ''})")
+    return notes
 
 
 def run(*, out: Path, smoke: bool = False, seeds: int = 40) -> Path:
@@ -120,4 +139,8 @@ def run(*, out: Path, smoke: bool = False, seeds: int = 40) -> Path:
               f"| with early abort | {abort['wall_s']:.0f} | {abort['requests']} | {abort['aborted']} | "
               f"{abort['feasible']} | {abort['front']} |", "",
               f"Wall time saved: **{saved:.0%}** (target 30%)."]
+    changes = feasibility_changes(studies)
+    if changes:
+        lines += ["", "Trials feasible in one run and not the other (the same settings measured twice):", "",
+                  *(f"- {note}" for note in changes)]
     return write_result("abort", result, "\n".join(lines), out)

@@ -18,9 +18,13 @@ import pandas as pd
 from rich.console import Console
 
 from pipeline.config import StudyConfig, load_config
+from pipeline.environment import cpu_model, git_commit
+from pipeline.experiment import Experiment, load_experiment
+from pipeline.prepare import job_defaults, prepare_study
+from pipeline.prompts import load_prompts
 from pipeline.scoring import AnswerScore, RequestRecord
 from pipeline.space import InferenceSettings, suggest
-from pipeline.study import cpu_model, git_commit, prepare_study, run_study
+from pipeline.study import run_study
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -29,7 +33,7 @@ GRID_CONFIG = CONFIGS / "grid.yaml"
 GRID_DATA = HERE / "data" / "grid.csv"
 RESULTS = HERE / "results"
 
-SCORE_COLUMNS = [f.name for f in fields(AnswerScore) if f.name != "error"]
+SCORE_COLUMNS = [f.name for f in fields(AnswerScore) if f.name not in ("fields", "error")]
 TIMING_COLUMNS = ["latency_ms", "ttft_ms", "prefill_ms", "decode_ms", "decode_tokens", "prompt_tokens_estimated",
                   "prompt_tokens_engine", "output_tokens", "truncated", "failed"]
 
@@ -63,14 +67,32 @@ def record_row(settings: InferenceSettings, record: RequestRecord, position: int
     return row
 
 
-def rows_to_records(rows: pd.DataFrame) -> list[RequestRecord]:
-    """The request records of one setting back from its rows, in the order they were measured."""
+def read_grid(path: Path = GRID_DATA) -> pd.DataFrame:
+    """The grid's rows, answers as written (an empty answer stays an empty string, "null" stays "null")."""
+    return pd.read_csv(path, keep_default_na=False, na_values={name: [""] for name in TIMING_COLUMNS})
+
+
+def rows_to_records(rows: pd.DataFrame, experiment: Experiment) -> list[RequestRecord]:
+    """The request records of one setting back from its rows, in the order they were measured.
+
+    Each answer is scored again with the experiment's current rules (a score is a function of the answer), so
+    a replay never sees the scores of the rules the grid was measured under.
+
+    Raises:
+        ValueError: a row's request is not in the experiment's dataset.
+    """
+    examples = {e.id: e for e in experiment.examples}
     records = []
     for row in rows.sort_values("position").itertuples(index=False):
-        score = AnswerScore(*(bool(getattr(row, k)) if k != "field_accuracy" else float(row.field_accuracy)
-                              for k in SCORE_COLUMNS))
+        example = examples.get(row.request_id)
+        if example is None:
+            raise ValueError(f"grid request {row.request_id!r} is not in {experiment.dataset_path}; measure the "
+                             "grid again (python -m benchmarks grid)")
+        answer = "" if pd.isna(row.answer) else str(row.answer)
+        score = (experiment.scorer.unanswered(example.expected, "request failed") if row.failed
+                 else experiment.scorer.score(answer, example.expected, example.schema))
         records.append(RequestRecord(
-            request_id=row.request_id, request="", expected={}, answer="", score=score,
+            request_id=example.id, request=example.request, expected=example.expected, answer=answer, score=score,
             latency_ms=float(row.latency_ms), ttft_ms=_maybe(row.ttft_ms), prefill_ms=_maybe(row.prefill_ms),
             decode_ms=_maybe(row.decode_ms), decode_tokens=_maybe_int(row.decode_tokens),
             prompt_tokens_estimated=int(row.prompt_tokens_estimated),
@@ -112,7 +134,11 @@ def _plain(value: Any) -> Any:
 
 
 def load(path: Path = GRID_CONFIG) -> StudyConfig:
-    return load_config(path)
+    """A config with the search-space defaults that depend on its job filled in (as ``prepared.config``),
+    without opening a backend."""
+    config = load_config(path)
+    experiment = load_experiment(config.experiment)
+    return job_defaults(config, experiment, load_prompts(config.prompts, experiment))
 
 
 class WallClock:

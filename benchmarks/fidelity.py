@@ -28,10 +28,11 @@ import optuna
 import pandas as pd
 
 from benchmarks.common import GRID_CONFIG, GRID_DATA, ROOT, WallClock, load, write_result
-from pipeline.runner import WARMUP_EXAMPLE, prepare_requests, run_trial
+from pipeline.prepare import prepare_study
+from pipeline.runner import prepare_requests, run_trial
 from pipeline.scoring import confidence_intervals, summarize
 from pipeline.space import InferenceSettings, suggest
-from pipeline.study import prepare_study
+from pipeline.study import trial_plan
 
 # Three settings of the grid, from a short plain answer to a long constrained one.
 SETTINGS = (
@@ -55,13 +56,11 @@ def measure(limit: int | None) -> dict[str, Any]:
         config = config.with_overrides(evaluation={"limit": limit})
     prepared = prepare_study(config)
     backend = WallClock(prepared.backend)
-    validator = prepared.experiment.validator()
+    plan = replace(trial_plan(prepared), backend=backend, repetitions=1, abort_on=())
     results = []
     for values in SETTINGS:
         backend.calls.clear()
-        outcome = run_trial(settings_of(values), prepared.examples, prompts=prepared.prompts, backend=backend,
-                            validator=validator, schema=prepared.experiment.schema,
-                            warmup=config.engine.warmup_requests, repetitions=1, margin=config.engine.context_margin)
+        outcome = run_trial(settings_of(values), prepared.examples, plan)
         generated = [ms for name, ms in backend.calls if name == "generate"]
         timed = generated[len(generated) - len(outcome.records):]
         if len(generated) != outcome.warmup_requests + len(outcome.records):
@@ -81,9 +80,10 @@ def measure(limit: int | None) -> dict[str, Any]:
 def cold_start(calls: int) -> dict[str, Any]:
     """One process: load the model, then the same request ``calls`` times; and the load of a second context."""
     prepared = prepare_study(load(GRID_CONFIG))
-    backend, schema = prepared.backend, prepared.experiment.schema  # nothing loaded yet but the vocabulary
+    backend = prepared.backend  # nothing loaded yet but the vocabulary
     settings = settings_of(SETTINGS[1])
-    request = prepare_requests([WARMUP_EXAMPLE], prepared.prompts, settings)[0]
+    request = prepare_requests([prepared.warmup], prepared.prompts, settings)[0]
+    schema = request.example.schema.document
     load_ms = backend.start_trial(settings.num_ctx) * 1000
     first = [backend.generate(request.messages, settings, schema=schema).latency_ms for _ in range(calls)]
     other = replace(settings, num_ctx=1024)
@@ -101,14 +101,14 @@ def reload_mid_trial(limit: int | None) -> dict[str, Any]:
 
     prepared = prepare_study(load(GRID_CONFIG).with_overrides(evaluation={"limit": limit or 10}))
     settings = settings_of(SETTINGS[1])
-    with OllamaDouble(engine=prepared.backend) as double:
+    with OllamaDouble(models={"task-api": None}, engine=prepared.backend) as double:  # the bundled model
         backend = OllamaBackend("task-api", host=double.url, timeout_s=60, reload_threshold_ms=250)
-        run = dict(prompts=prepared.prompts, backend=backend, validator=prepared.experiment.validator(),
-                   schema=prepared.experiment.schema, warmup=1, repetitions=1, margin=0.1)
-        run_trial(settings, prepared.examples, **run)
+        plan = replace(trial_plan(prepared), backend=backend, warmup_requests=1, repetitions=1, margin=0.1,
+                       abort_on=())
+        run_trial(settings, prepared.examples, plan)
         backend.client.chat("task-api", messages=[], options={"num_ctx": 1024})  # another client's request
         double.reload_delay_s = 1.5
-        outcome = run_trial(settings, prepared.examples, **run)
+        outcome = run_trial(settings, prepared.examples, plan)
     return {"requests": len(outcome.records), "model_loads": outcome.model_loads,
             "model_load_ms": outcome.model_load_ms, "warmup_requests": outcome.warmup_requests,
             "max_latency_ms": max(r.latency_ms for r in outcome.records),

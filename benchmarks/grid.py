@@ -2,9 +2,10 @@
 
 ``python -m benchmarks grid`` writes one row per timed request to ``benchmarks/data/grid.csv`` (committed) and
 the run's circumstances to ``grid.json`` next to it. Settings run in a shuffled order, so slow drifts of the
-machine do not line up with any setting; each is measured exactly as a study trial is (``run_trial``: the
-trial's prompt cache emptied, warm-up after the load). ``wall_ms`` is a clock outside the pipeline around the
-same engine call as ``latency_ms``. An interrupted run continues where it stopped.
+machine do not line up with any setting; each is measured exactly as a study trial is (``run_trial`` with the
+study's trial plan: the trial's prompt cache emptied, warm-up after the load), every request of it (no early
+abort). ``wall_ms`` is a clock outside the pipeline around the same engine call as ``latency_ms``. An
+interrupted run continues where it stopped.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -20,8 +22,9 @@ from rich.progress import Progress
 
 from benchmarks.common import (GRID_CONFIG, GRID_DATA, WallClock, environment, grid_settings, load, record_row,
                                searched)
+from pipeline.prepare import prepare_study
 from pipeline.runner import run_trial
-from pipeline.study import prepare_study
+from pipeline.study import trial_plan
 
 
 def key_of(row: dict | pd.Series, names: list[str]) -> str:
@@ -33,6 +36,7 @@ def measure(*, out: Path = GRID_DATA, smoke: bool = False) -> pd.DataFrame:
     if smoke:
         config = config.with_overrides(evaluation={"limit": 2})
     prepared = prepare_study(config)
+    config = prepared.config
     names = searched(config)
     settings = grid_settings(config)
     random.Random(config.study.seed).shuffle(settings)
@@ -46,15 +50,12 @@ def measure(*, out: Path = GRID_DATA, smoke: bool = False) -> pd.DataFrame:
                   f"{len(settings) - len(todo)} already in {out}")
     started = time.perf_counter()
     loads: list[float] = []
-    validator = prepared.experiment.validator()
     backend = WallClock(prepared.backend)  # an outside clock around each engine call, for the fidelity benchmark
+    plan = replace(trial_plan(prepared), backend=backend, repetitions=1, abort_on=())
     with Progress(console=console) as progress:
         task = progress.add_task("settings", total=len(todo))
         for settings_one in todo:
-            outcome = run_trial(settings_one, prepared.examples, prompts=prepared.prompts, backend=backend,
-                                validator=validator, schema=prepared.experiment.schema,
-                                warmup=config.engine.warmup_requests, repetitions=1,
-                                margin=config.engine.context_margin)
+            outcome = run_trial(settings_one, prepared.examples, plan)
             if outcome.infeasible:
                 raise RuntimeError(f"{settings_one}: {outcome.infeasible}; the grid must fit its num_ctx")
             if outcome.model_loads:

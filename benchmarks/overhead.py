@@ -27,6 +27,7 @@ from benchmarks.common import ROOT, run_real_study, write_result
 from pipeline import runner
 from pipeline import study as study_module
 from pipeline.config import load_config
+from pipeline.scoring import Scorer
 from pipeline.tracking import StudyTracker
 
 CONFIG = ROOT / "configs" / "task_api.yaml"
@@ -63,7 +64,7 @@ def measure(*, trials: int, limit: int | None, profile: Path | None = None) -> d
                ("open", "log_study", "start_trial", "finish_trial", "log_front", "finish", "close_failed_runs")}
     targets.update({"optuna: ask": (optuna.Study, "ask"), "optuna: tell": (optuna.Study, "tell"),
                     "metrics and intervals": (study_module, "trial_values"),
-                    "render prompts": (runner, "prepare_requests"), "score answers": (runner, "score_answer")})
+                    "render prompts": (runner, "prepare_requests"), "score answers": (Scorer, "score")})
     with tempfile.TemporaryDirectory() as folder:
         first = replace(config, study=replace(config.study, name="first"),
                         evaluation=replace(config.evaluation, limit=2))

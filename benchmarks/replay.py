@@ -1,8 +1,9 @@
 """Replay studies against the measured grid: a trial looks its setting's requests up instead of running the model.
 
 The trial's outcome goes through the same code as a real trial's: the early-abort rule
-(``runner.abort_reason``) request by request, then ``study.trial_values`` for its metrics, constraints and
-objective values, so a replayed study sees exactly what a real one on this machine would have seen.
+(``runner.abort_reason``) request by request, then ``objectives.trial_values`` for its metrics, constraints and
+objective values, so a replayed study sees exactly what a real one on this machine would have seen. Every answer
+is scored with the experiment's current rules when the grid is read (``common.rows_to_records``).
 """
 
 from __future__ import annotations
@@ -14,24 +15,27 @@ import optuna
 import pandas as pd
 from optuna.study._multi_objective import _is_pareto_front
 
-from benchmarks.common import GRID_DATA, rows_to_records, searched
+from benchmarks.common import read_grid, rows_to_records, searched
 from pipeline.compare import normalized_hypervolume, to_minimization
 from pipeline.config import StudyConfig
+from pipeline.experiment import load_experiment
+from pipeline.objectives import trial_values
+from pipeline.reuse import REUSE_LIMIT, reuse_measurement
 from pipeline.runner import TrialOutcome, abort_reason
 from pipeline.scoring import RequestRecord, summarize
 from pipeline.space import suggest
-from pipeline.study import REUSE_LIMIT, reuse_measurement, trial_values
 
 
 class Table:
-    """The grid's request records, by setting."""
+    """The grid's request records, by setting, scored with the rules of the config's experiment."""
 
     def __init__(self, config: StudyConfig, rows: pd.DataFrame | None = None) -> None:
-        rows = pd.read_csv(GRID_DATA) if rows is None else rows
+        rows = read_grid() if rows is None else rows
+        experiment = load_experiment(config.experiment)
         self.config = config
         self.names = searched(config)
         self.records: dict[tuple, list[RequestRecord]] = {
-            key: rows_to_records(group) for key, group in rows.groupby(self.names, sort=False)}
+            key: rows_to_records(group, experiment) for key, group in rows.groupby(self.names, sort=False)}
 
     def key(self, params: dict) -> tuple:
         return tuple(params[name] for name in self.names)
@@ -67,7 +71,7 @@ class Replay:
 def replay(table: Table, sampler: optuna.samplers.BaseSampler, trials: int, *, early_abort: bool,
            reuse: bool = True) -> Replay:
     """A study of ``trials`` measured settings; ``reuse``: a repeated setting is answered from its earlier
-    measurement, as in a real study (``study.reuse_measurement``), else measured again."""
+    measurement, as in a real study (``reuse.reuse_measurement``), else measured again."""
     config = table.config
     study = optuna.create_study(directions=[o.direction for o in config.objectives], sampler=sampler)
     rows = []

@@ -1,4 +1,4 @@
-"""Command line: ``pipeline study``, ``pipeline compare``, ``pipeline promote``.
+"""Command line: ``pipeline init``, ``pipeline study``, ``pipeline compare``, ``pipeline promote``.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad input, 3 promotion refused.
 """
@@ -24,23 +24,27 @@ from pipeline import pareto
 from pipeline.compare import compare, load_fronts
 from pipeline.config import BACKENDS, SAMPLERS, StudyConfig, load_config
 from pipeline.errors import ConfigError, InputError, PipelineError, redact_url
-from pipeline.storage import open_storage
+from pipeline.locations import resolve_stores
+from pipeline.prepare import PreparedStudy, prepare_study
 from pipeline.promote import CHAMPION, PromotionPolicy, promote
-from pipeline.study import PreparedStudy, prepare_study, resolve_stores, run_study
+from pipeline.scaffold import scaffold
+from pipeline.storage import open_storage
+from pipeline.study import run_study
 from pipeline.tracking import log_comparison
 
 __all__ = ["main"]
 
-SETTING_COLUMNS = ("num_ctx", "num_predict", "temperature", "top_p", "top_k", "few_shot", "prompt_variant",
-                   "example_selection", "format")
-METRIC_COLUMNS = ("schema_valid_rate", "action_accuracy", "exact_match_rate", "latency_p50_ms", "latency_p95_ms",
-                  "ttft_p50_ms", "decode_tokens_per_s")
+SETTING_COLUMNS = pareto.SETTINGS
+# After the settings, a front table shows the study's objectives, then these where they were measured.
+METRIC_COLUMNS = ("field_accuracy", "exact_match_rate", "label_accuracy", "schema_valid_rate", "latency_p50_ms",
+                  "latency_p95_ms", "ttft_p50_ms", "decode_tokens_per_s")
 
 
 HEADERS = {"num_ctx": "ctx", "num_predict": "predict", "temperature": "temp", "few_shot": "shots",
            "prompt_variant": "prompt", "example_selection": "examples", "schema_valid_rate": "valid",
-           "action_accuracy": "action", "exact_match_rate": "exact", "latency_p50_ms": "p50 ms",
-           "latency_p95_ms": "p95 ms", "ttft_p50_ms": "ttft ms", "decode_tokens_per_s": "tok/s"}
+           "field_accuracy": "fields", "label_accuracy": "label", "exact_match_rate": "exact",
+           "latency_p50_ms": "p50 ms", "latency_p95_ms": "p95 ms", "ttft_p50_ms": "ttft ms",
+           "decode_tokens_per_s": "tok/s"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -95,7 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--study-name", help="Optuna study name, also the MLflow parent run name")
     study.add_argument("--sampler", choices=SAMPLERS, help="Optuna sampler")
     study.add_argument("--seed", type=_whole_number, help="seed of the sampler and the engine")
-    study.add_argument("--limit", type=_positive_int, help="requests per trial, taken in turn from each action")
+    study.add_argument("--limit", type=_positive_int, help="requests per trial, taken in turn from each label")
+
+    init = commands.add_parser("init", help="write a new job's files: experiment, prompts and config")
+    init.add_argument("name", help="the job's name: experiments/NAME, prompts/NAME, configs/NAME.yaml")
+    init.add_argument("--root", type=Path, default=Path("."), help="the project folder (default: here)")
 
     compare = commands.add_parser("compare", help="compare the Pareto fronts of studies")
     compare.add_argument("studies", nargs="+", help="study names (or one comma-separated list)")
@@ -110,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--sla-p95-ms", type=_optional(_positive_float),
                          help="latency limit of the sla policy (also checked on held-out data)")
     promote.add_argument("--trial", type=_optional(_whole_number), help="trial number for --policy trial")
-    promote.add_argument("--tolerance", type=_fraction, default=0.05,
+    promote.add_argument("--tolerance", type=_share, default=0.05,
                          help="largest drop of held-out accuracy below dev accuracy that is accepted")
     promote.add_argument("--repetitions", type=_positive_int, default=2, help="passes over the held-out split")
     promote.add_argument("--registered-model", help="MLflow registered model name (default: the study name)")
@@ -143,7 +151,7 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _fraction(text: str) -> float:
+def _share(text: str) -> float:
     value = _number(text)
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"{text} must be between 0 and 1")
@@ -155,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(stderr=True)
     for name in ("mlflow", "alembic"):  # store migrations and the like; our own output says what matters
         logging.getLogger(name).setLevel(logging.WARNING)
-    command = {"study": _study, "compare": _compare, "promote": _promote}[args.command]
+    command = {"init": _init, "study": _study, "compare": _compare, "promote": _promote}[args.command]
     try:
         return command(args, console)
     except PipelineError as exc:
@@ -187,6 +195,17 @@ def _prepare(args: argparse.Namespace, config: StudyConfig, console: Console) ->
     return prepared
 
 
+def _init(args: argparse.Namespace, console: Console) -> int:
+    written = scaffold(args.name, args.root)
+    out = _stdout()
+    for path in written:
+        out.print(f"wrote {path}", markup=False, highlight=False)
+    config = next(p for p in written if p.suffix == ".yaml" and p.parent.name == "configs")
+    out.print(f"Write your schema, labelled requests and prompts, then run: python -m pipeline study --config "
+              f"{config}", markup=False, highlight=False)
+    return 0
+
+
 def _study(args: argparse.Namespace, console: Console) -> int:
     config = _config(args, study={"name": args.study_name, "sampler": args.sampler, "seed": args.seed},
                      evaluation={"limit": args.limit})
@@ -197,7 +216,8 @@ def _study(args: argparse.Namespace, console: Console) -> int:
         prepared.backend.close()
     out = _stdout()
     out.print(front_table(report.front, f"Pareto front of study {report.study_name!r} "
-                                        f"({len(report.front)} of {len(report.trials)} completed trials)"))
+                                        f"({len(report.front)} of {len(report.trials)} completed trials)",
+                          objectives=[o.metric for o in prepared.config.objectives], trials=report.trials))
     out.print(f"Added {report.new_trials} trials. Optuna storage: {redact_url(report.storage_url)}",
               markup=False)
     out.print(f"MLflow parent run {report.parent_run_id} in {redact_url(report.tracking_uri)}", markup=False)
@@ -227,7 +247,8 @@ def _compare(args: argparse.Namespace, console: Console) -> int:
     out = _stdout()
     for front in fronts:
         out.print(front_table(front.front, f"front of {front.name!r} ({len(front.front)} of "
-                                           f"{len(front.trials)} completed trials)"))
+                                           f"{len(front.trials)} completed trials)",
+                              objectives=[o.metric for o in front.objectives], trials=front.trials))
     summary = Table(title="hypervolume against one shared reference point (0..1, larger is better)")
     for column in ("study", "trials", "feasible", "front", "hypervolume"):
         summary.add_column(column, justify="right")
@@ -270,8 +291,10 @@ def _promote(args: argparse.Namespace, console: Console) -> int:
     out = _stdout()
     out.print(f"promoted trial {report.trial} of {report.study!r} as {policy.registered_model or report.study!r} "
               f"version {report.model_version} (alias {CHAMPION})")
-    for metric in ("schema_valid_rate", "action_accuracy", "latency_p95_ms"):
-        out.print(f"  {metric}: dev {report.dev[metric]:.4g}, held-out {report.holdout[metric]:.4g}")
+    shown = dict.fromkeys([*(o.metric for o in config.objectives), *(c.metric for c in config.constraints),
+                           "schema_valid_rate", "latency_p95_ms"])
+    for metric in (m for m in shown if m in report.holdout and m in report.dev):
+        out.print(f"  {metric}: dev {report.dev[metric]:.4g}, held-out {report.holdout[metric]:.4g}", markup=False)
     for note in report.notes:
         out.print(f"  note: {note}")
     out.print(f"Modelfile: {report.modelfile}   sidecar: {report.sidecar}")
@@ -294,11 +317,17 @@ def _pull_progress(progress: Progress) -> Callable[[str, int | None, int | None]
     return update
 
 
-def front_table(front: pd.DataFrame, title: str) -> Table:
-    """A table of front trials: their settings and headline metrics, with the 95% interval where measured."""
+def front_table(front: pd.DataFrame, title: str, *, objectives: Sequence[str] = (),
+                trials: pd.DataFrame | None = None) -> Table:
+    """A table of front trials: the settings that differ between ``trials`` (all, without them), the objectives
+    and the headline metrics, with the 95% interval where measured."""
     table = Table(title=title, caption=r"value \[low, high]: 95% bootstrap interval over the trial's requests")
     table.add_column("trial", justify="right")
-    columns = [c for c in SETTING_COLUMNS + METRIC_COLUMNS if c in front.columns]
+    settings = [c for c in SETTING_COLUMNS if c in front.columns]
+    varying = [c for c in settings if trials is not None and c in trials.columns and trials[c].nunique() > 1]
+    settings = varying or settings
+    metrics = list(dict.fromkeys([*objectives, *METRIC_COLUMNS]))
+    columns = settings + [c for c in metrics if c in front.columns and not front[c].isna().all()]
     for column in columns:
         table.add_column(HEADERS.get(column, column), justify="right")
     for _, row in front.iterrows():

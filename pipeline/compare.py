@@ -53,7 +53,7 @@ def _objectives(study: optuna.Study) -> tuple[Objective, ...]:
     if not text:
         raise InputError(f"study {study.study_name!r} was not recorded by this tool (no objectives); "
                          "compare studies run with `pipeline study`")
-    return tuple(Objective(*item.split(":")) for item in text.split(","))
+    return tuple(Objective(*item.rsplit(":", 1)) for item in text.split(","))
 
 
 def load_fronts(names: list[str], storage: str) -> list[StudyFront]:

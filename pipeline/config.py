@@ -1,25 +1,24 @@
 """Study configuration: one YAML file loaded once into validated dataclasses.
 
 Everything a study needs is read here; the rest of the pipeline receives typed values and never looks at raw
-YAML. Relative paths in a config file are resolved against the file's own folder. Store locations (the Optuna
-storage URL, the MLflow tracking URI) are checked here too, by :func:`check_storage_url` and
-:func:`check_tracking_uri`, without opening them: opening a store creates it.
+YAML. Relative paths in a config file are resolved against the file's own folder. A config named
+``configs/NAME.yaml`` studies ``experiments/NAME`` with ``prompts/NAME`` unless it says otherwise, and its study
+is called ``NAME``. Locations (stores, server hosts) are checked by :mod:`pipeline.locations`.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import re
 from dataclasses import dataclass, field, replace
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
-from pipeline.errors import ConfigError, did_you_mean, redact_url
+from pipeline.errors import ConfigError, did_you_mean
 from pipeline.files import parse_yaml
-from pipeline.scoring import METRICS
+from pipeline.locations import check_host, check_storage_url, check_tracking_uri
+from pipeline.prompts import SELECTIONS
+from pipeline.scoring import FIELD_METRIC, METRICS, metric_direction, metric_name
 
 __all__ = [
     "BACKENDS",
@@ -35,28 +34,27 @@ __all__ = [
     "StudyConfig",
     "StudySection",
     "TrackingConfig",
-    "check_storage_url",
-    "check_tracking_uri",
     "load_config",
 ]
 
 Direction = Literal["maximize", "minimize"]
 BACKENDS = ("embedded", "ollama", "auto")
 SAMPLERS = ("tpe", "nsga2", "random")
-SELECTIONS = ("static", "by_action")
 FORMATS = ("off", "json", "schema")
 
 # The tunable inference settings: Ollama's option names verbatim, plus the prompt-side knobs.
-# name -> (type, default spec, lowest allowed value or allowed strings)
+# name -> (type, default spec, lowest allowed value or allowed strings). A default of None depends on the job
+# and is filled in once its files are loaded (pipeline.prepare): every prompt variant, few-shot counts up to
+# the pool's size, and by_label selection only for an experiment with a label.
 PARAMETERS: dict[str, tuple[type, Any, Any]] = {
     "num_ctx": (int, {"choices": [512, 1024, 2048]}, 64),
     "num_predict": (int, {"choices": [48, 96, 160]}, 1),
     "temperature": (float, {"low": 0.0, "high": 1.0}, 0.0),
     "top_p": (float, {"low": 0.5, "high": 1.0}, 0.0),
     "top_k": (int, {"low": 1, "high": 100}, 0),
-    "few_shot": (int, {"low": 0, "high": 5}, 0),
-    "prompt_variant": (str, {"choices": ["verbose", "compact", "minimal"]}, None),
-    "example_selection": (str, {"choices": list(SELECTIONS)}, SELECTIONS),
+    "few_shot": (int, None, 0),
+    "prompt_variant": (str, None, None),
+    "example_selection": (str, None, SELECTIONS),
     "format": (str, {"choices": list(FORMATS)}, FORMATS),
 }
 
@@ -100,7 +98,7 @@ class Constraint:
 
 @dataclass(frozen=True)
 class StudySection:
-    name: str = "task_api"
+    name: str = ""  # default: the config file's name
     trials: int = 12
     seed: int = 42
     sampler: str = "tpe"
@@ -137,7 +135,7 @@ class EvaluationConfig:
 @dataclass(frozen=True)
 class TrackingConfig:
     tracking_uri: str | None = None
-    experiment_name: str = "task_api"
+    experiment_name: str = ""  # default: the study's name
 
 
 @dataclass(frozen=True)
@@ -169,8 +167,10 @@ class StudyConfig:
         return replace(self, **changed)
 
 
+# Correct answers first: with constrained decoding (format=schema) every answer is schema-valid by
+# construction, so validity cannot tell settings apart; field accuracy can.
 DEFAULT_OBJECTIVES = (
-    Objective("schema_valid_rate", "maximize"),
+    Objective("field_accuracy", "maximize"),
     Objective("latency_p95_ms", "minimize"),
 )
 
@@ -210,13 +210,18 @@ def load_config(path: str | Path) -> StudyConfig:
         return resolved
 
     study = StudySection(**_check_fields(raw.get("study"), StudySection, f"{where} (study)"))
+    if not study.name:
+        study = replace(study, name=_job_name(path, where))
+    tracking = TrackingConfig(**_check_fields(raw.get("tracking"), TrackingConfig, f"{where} (tracking)"))
+    if not tracking.experiment_name:
+        tracking = replace(tracking, experiment_name=study.name)
     engine_values = _check_fields(raw.get("engine"), EngineConfig, f"{where} (engine)")
     if engine_values.get("gguf") is not None:
         engine_values["gguf"] = (base / engine_values["gguf"]).resolve()
     return StudyConfig(
         path=path.resolve(),
-        experiment=folder("experiment", "../experiments/task_api"),
-        prompts=folder("prompts", "../prompts/task_api"),
+        experiment=folder("experiment", f"../experiments/{path.stem}"),
+        prompts=folder("prompts", f"../prompts/{path.stem}"),
         study=study,
         engine=EngineConfig(**engine_values),
         evaluation=EvaluationConfig(**_check_fields(raw.get("evaluation"), EvaluationConfig,
@@ -224,8 +229,16 @@ def load_config(path: str | Path) -> StudyConfig:
         objectives=_objectives(raw.get("objectives"), where),
         constraints=_constraints(raw.get("constraints"), where),
         search_space=_search_space(raw.get("search_space"), where),
-        tracking=TrackingConfig(**_check_fields(raw.get("tracking"), TrackingConfig, f"{where} (tracking)")),
+        tracking=tracking,
     )
+
+
+def _job_name(path: Path, where: str) -> str:
+    """The study name a config without one gets: the file's name, when it is a usable one."""
+    if not _STUDY_NAME.fullmatch(path.stem):
+        raise ConfigError(f"{where}: the file name {path.stem!r} cannot name the study (letters, digits, '.', '_' "
+                          "and '-' only); set study.name")
+    return path.stem
 
 
 def _read_yaml(path: Path) -> Any:
@@ -270,7 +283,7 @@ _FIELD_RULES: dict[str, tuple[tuple[type, ...], str]] = {
     "warmup_requests": ((int,), "non_negative"),
     "request_timeout_s": ((int, float), "positive"),
     "reload_threshold_ms": ((int, float), "positive"),
-    "context_margin": ((int, float), "fraction"),
+    "context_margin": ((int, float), "share"),
     "split": ((str,), "split"),
     "limit": ((int, type(None)), "positive"),
     "repetitions": ((int,), "positive"),
@@ -334,7 +347,7 @@ def _check_rule(key: str, value: Any, rule: str, where: str) -> None:
     elif rule == "tracking_uri":
         check_tracking_uri(value, where)
     elif rule == "host":
-        _check_host(value, where)
+        check_host(value, where)
     elif rule == "study_name" and value.strip() and not _STUDY_NAME.fullmatch(value):
         raise ConfigError(f"{where}: '{key}' {_shown(value)} must start with a letter or digit and hold only "
                           "letters, digits, '.', '_' and '-' (100 at most): it names MLflow runs, metric keys and "
@@ -345,13 +358,13 @@ def _check_rule(key: str, value: Any, rule: str, where: str) -> None:
     problem = {
         "positive": value <= 0 if not isinstance(value, str) else False,
         "non_negative": value < 0 if not isinstance(value, str) else False,
-        "fraction": not 0 <= value < 1 if not isinstance(value, str) else False,
+        "share": not 0 <= value < 1 if not isinstance(value, str) else False,
         "name": isinstance(value, str) and not value.strip(),
         "study_name": isinstance(value, str) and not value.strip(),
         "path": isinstance(value, str) and not value.strip(),
     }.get(rule, False)
     if problem:
-        wanted = {"positive": "greater than 0", "non_negative": "0 or more", "fraction": "in [0, 1)",
+        wanted = {"positive": "greater than 0", "non_negative": "0 or more", "share": "in [0, 1)",
                   "name": "a non-empty string", "study_name": "a non-empty string", "path": "a file path"}[rule]
         raise ConfigError(f"{where}: '{key}' must be {wanted}, got {_shown(value)}")
     options = {"sampler": SAMPLERS, "backend": BACKENDS, "split": ("dev", "holdout")}.get(rule)
@@ -372,7 +385,7 @@ def _objectives(raw: Any, where: str) -> tuple[Objective, ...]:
             raise ConfigError(f"{spot}: must be a mapping with 'metric' and 'direction'")
         _reject_unknown(item, ("metric", "direction"), spot)
         metric = _metric(item.get("metric"), spot)
-        direction = item.get("direction", METRICS[metric])
+        direction = item.get("direction", metric_direction(metric))
         if direction not in ("maximize", "minimize"):
             raise ConfigError(f"{spot}: 'direction' must be maximize or minimize, got {direction!r}")
         objectives.append(Objective(metric, direction))
@@ -390,21 +403,24 @@ def _constraints(raw: Any, where: str) -> tuple[Constraint, ...]:
     constraints = []
     for metric, limit in raw.items():
         spot = f"{where} (constraints.{metric})"
-        _metric(metric, spot)
+        name = _metric(metric, spot)
         if not isinstance(limit, dict) or len(limit) != 1 or next(iter(limit)) not in ("max", "min"):
             raise ConfigError(f"{spot}: must be exactly one of {{max: X}} or {{min: Y}}, got {limit!r}")
         (bound, value), = limit.items()
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ConfigError(f"{spot}: '{bound}' must be a finite number, got {value!r}")
-        constraints.append(Constraint(metric, **{bound: float(value)}))
+        constraints.append(Constraint(name, **{bound: float(value)}))
     return tuple(constraints)
 
 
 def _metric(name: Any, where: str) -> str:
-    if not isinstance(name, str) or name not in METRICS:
+    """A trial metric's name; whether a ``field_accuracy.<path>`` names a field of the job is checked later, with
+    the experiment's files (pipeline.prepare)."""
+    if not isinstance(name, str) or metric_direction(name) is None:
         raise ConfigError(f"{where}: unknown metric {_shown(name)}.{did_you_mean(str(name), METRICS)} "
-                          f"Known metrics: {', '.join(METRICS)}")
-    return name
+                          f"Known metrics: {', '.join(METRICS)}, and {FIELD_METRIC}<path> for one field, e.g. "
+                          f"{FIELD_METRIC}/category")
+    return metric_name(name)
 
 
 def _search_space(raw: Any, where: str) -> dict[str, ParamSpec]:
@@ -414,7 +430,7 @@ def _search_space(raw: Any, where: str) -> dict[str, ParamSpec]:
         raise ConfigError(f"{where}: 'search_space' must map setting names to a value, choices or a range")
     _reject_unknown(raw, list(PARAMETERS), f"{where} (search_space)")
     return {name: _param_spec(name, raw.get(name, default), f"{where} (search_space.{name})")
-            for name, (_, default, _) in PARAMETERS.items()}
+            for name, (_, default, _) in PARAMETERS.items() if name in raw or default is not None}
 
 
 def _param_spec(name: str, raw: Any, where: str) -> ParamSpec:
@@ -475,149 +491,8 @@ def _value(name: str, value: Any, where: str) -> Any:
         if not value.strip() or _CONTROL.search(value):
             raise ConfigError(f"{where}: {_shown(value)} is not a usable name; use letters, digits, - and _")
         return value
-    if not math.isfinite(value) or value < allowed:
+    if (isinstance(value, float) and not math.isfinite(value)) or value < allowed:
         raise ConfigError(f"{where}: {_shown(value)} is out of range; use a value >= {allowed}")
     if name == "top_p" and value > 1:
         raise ConfigError(f"{where}: top_p {value!r} is out of range; use a value in (0, 1]")
     return value
-
-
-# Optuna's journal file storage, as pipeline.storage opens it: journal://<path>, so journal:///abs/study.log.
-_JOURNAL = "journal://"
-_STORAGE_EXAMPLES = "sqlite:///optuna.db, journal:///path/to/study.log or postgresql://user@host/db"
-
-
-def check_storage_url(url: str, where: str, *, existing: bool = False) -> None:
-    """Check an Optuna storage URL without opening it (opening a sqlite or journal storage creates its file).
-
-    ``existing`` is for commands that only read a study (compare, promote): the storage file must be there.
-
-    Raises:
-        ConfigError: one line naming ``where``, the URL (credentials redacted) and the fix: empty, not a URL, an
-            unknown scheme, a database driver that is not installed, an in-memory database (nothing would be
-            kept), a folder that does not exist, a folder where the file should be, or a missing file.
-    """
-    spot = f"{where}: Optuna storage URL {redact_url(url)!r}"
-    if not url.strip():
-        raise ConfigError(f"{where}: the Optuna storage URL is empty; leave it out for the default (optuna.db next "
-                          f"to the MLflow store) or give one, e.g. {_STORAGE_EXAMPLES}")
-    if url.startswith(_JOURNAL):
-        if not url[len(_JOURNAL):]:
-            raise ConfigError(f"{spot} names no file; use journal:///path/to/study.log")
-        _check_store_file(url[len(_JOURNAL):], spot, existing=existing, example="journal:///path/to/study.log")
-        return
-    backend, database = _database_url(url, spot, _STORAGE_EXAMPLES, known=("sqlite", "postgresql", "mysql",
-                                                                            "journal"))
-    if backend == "sqlite":
-        _check_store_file(database, spot, existing=existing, example="sqlite:///optuna.db")
-
-
-def check_tracking_uri(uri: str, where: str | None = None) -> None:
-    """Check an MLflow tracking URI without opening it (opening a store creates it).
-
-    ``where`` says where the URI came from (a config file, ``--tracking-uri``, ``MLFLOW_TRACKING_URI``).
-
-    Raises:
-        ConfigError: one line naming the URI (credentials redacted) and the fix: empty, an unknown scheme, a
-            database driver that is not installed, an in-memory database, a local folder or sqlite file whose
-            folder does not exist, or an http(s) URI without a host.
-    """
-    spot = f"{where + ': ' if where else ''}MLflow tracking URI {redact_url(uri)!r}"
-    examples = "sqlite:///mlflow.db, a folder such as ./mlruns, or http://HOST:PORT of an MLflow server"
-    if not uri.strip():
-        raise ConfigError(f"{spot} is empty; leave it out for the default (sqlite:///mlflow.db) or give one, "
-                          f"e.g. {examples}")
-    try:
-        parts = urlsplit(uri)
-        parts.port  # noqa: B018 - parsing the port is the check
-    except ValueError as exc:
-        raise ConfigError(f"{spot} is not a URI ({exc}); use {examples}") from exc
-    scheme = parts.scheme.lower()
-    if scheme in ("", "file"):  # a folder: MLflow's file store
-        folder = parts.path if scheme == "file" else uri
-        _check_store_file(folder, spot, existing=False, example="./mlruns", folder=True)
-    elif scheme in ("http", "https"):
-        if not parts.hostname:
-            raise ConfigError(f"{spot} has no host; use {scheme}://HOST:PORT of an MLflow server")
-    elif scheme.split("+")[0] in _MLFLOW_DATABASES:
-        backend, database = _database_url(uri, spot, "sqlite:///mlflow.db or postgresql://user@host/db",
-                                          known=_MLFLOW_DATABASES)
-        if backend == "sqlite":
-            _check_store_file(database, spot, existing=False, example="sqlite:///mlflow.db")
-    elif scheme not in _MLFLOW_REMOTE and scheme not in _tracking_plugins():
-        raise ConfigError(f"{spot} has an unknown scheme {scheme!r}."
-                          f"{did_you_mean(scheme, ('sqlite', 'file', 'http', 'https', *_MLFLOW_DATABASES))} "
-                          f"Use {examples}")
-
-
-_MLFLOW_DATABASES = ("sqlite", "postgresql", "mysql", "mssql")  # mlflow.store.db.db_types.DATABASE_ENGINES
-_MLFLOW_REMOTE = ("databricks", "databricks-uc", "uc")
-
-
-def _tracking_plugins() -> set[str]:
-    # Schemes that MLflow plugins register as tracking stores.
-    return {entry.name for entry in entry_points(group="mlflow.tracking_store")}
-
-
-def _database_url(url: str, spot: str, examples: str, *, known: tuple[str, ...]) -> tuple[str, str | None]:
-    """The backend name and database of a SQLAlchemy URL whose dialect and driver can be loaded."""
-    # Imported here: SQLAlchemy is only needed when a URL is checked, and it is slow to import.
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-
-    try:
-        parsed = make_url(url)
-    except (ArgumentError, ValueError) as exc:
-        raise ConfigError(f"{spot} is not a URL; use {examples}") from exc
-    try:
-        dialect = parsed.get_dialect()
-    except NoSuchModuleError as exc:
-        raise ConfigError(f"{spot} has an unknown scheme {parsed.drivername!r}."
-                          f"{did_you_mean(parsed.drivername, known)} Use {examples}") from exc
-    try:
-        dialect.import_dbapi()
-    except ImportError as exc:
-        raise ConfigError(f"{spot} needs a database driver that is not installed ({exc}); pip install it, or use "
-                          "a sqlite:/// file") from exc
-    return parsed.get_backend_name(), parsed.database
-
-
-def _check_store_file(path_text: str | None, spot: str, *, existing: bool, example: str,
-                      folder: bool = False) -> None:
-    """A store kept in a local file (or folder): in a folder that exists, and not the wrong kind of entry."""
-    kind = "folder" if folder else "file"
-    if not path_text or path_text == ":memory:" or "mode=memory" in path_text:
-        raise ConfigError(f"{spot} is an in-memory database, so nothing would be kept; name a {kind}, e.g. {example}")
-    if path_text.startswith("file:"):
-        return  # SQLite's own URI form (uri=true): SQLite reads the options, the path is the user's
-    if "\x00" in path_text:
-        raise ConfigError(f"{spot} contains a NUL character; remove it")
-    path = Path(path_text)
-    if path.exists() and path.is_dir() != folder:
-        found = "folder" if path.is_dir() else "file"
-        raise ConfigError(f"{spot} names a {found}, not a {kind}; name a {kind}, e.g. {example}")
-    parent = Path(os.path.abspath(path)).parent
-    if not parent.is_dir():
-        raise ConfigError(f"{spot}: folder {parent} not found; create it first or put the {kind} in an existing "
-                          "folder")
-    if existing and not path.exists():
-        raise ConfigError(f"{spot}: {os.path.abspath(path)} not found; run `pipeline study` first, or pass the "
-                          "storage the study was run with (--storage)")
-
-
-def _check_host(value: str, where: str) -> None:
-    """An Ollama host as the ``ollama`` client reads it: ``[http[s]://]host[:port][/path]``."""
-    scheme, sep, rest = value.partition("://")
-    if not sep:
-        scheme, rest = "http", value
-    spot = f"{where}: 'host' {redact_url(value)!r}"
-    if not value.strip():
-        raise ConfigError(f"{spot} is empty; leave it out for the default ($OLLAMA_HOST, else "
-                          "http://127.0.0.1:11434) or give http://HOST:PORT")
-    if scheme not in ("http", "https"):
-        raise ConfigError(f"{spot} must start with http:// or https://, e.g. http://127.0.0.1:11434")
-    try:
-        urlsplit(f"{scheme}://{rest}").port  # noqa: B018 - parsing the port is the check
-    except ValueError as exc:
-        raise ConfigError(f"{spot} is not a server URL ({exc}); use http://HOST:PORT, e.g. "
-                          "http://127.0.0.1:11434") from exc

@@ -1,76 +1,103 @@
-"""An experiment: the JSON schema answers must follow and the labelled requests, with their fixed split.
+"""An experiment: a structured-output job described by files, loaded and checked once.
 
-An experiment folder holds ``schema.json`` (JSON Schema draft 2020-12) and ``dataset.jsonl``: one
-``{"id", "split", "request", "expected"}`` object per line, every ``expected`` valid against the schema.
+An experiment folder holds a manifest, ``experiment.yaml``, which names the rest:
+
+- ``schema``: the JSON Schema (draft 2020-12) every answer must follow, or ``schema_field``: the dataset field
+  that holds each request's own schema (tool calling: every request offers other tools); a line without that
+  field falls back to ``schema``;
+- ``dataset`` (default ``dataset.jsonl``): one labelled request per line, ``{"id", "split", "expected", ...}``
+  plus the fields the input template uses; ``split`` is ``dev`` (studies) or ``holdout`` (promotion);
+- ``input`` (default ``"{request}"``): the user message, a template over a line's fields (:mod:`pipeline.template`);
+- ``label``: an optional path (JSON Pointer) into the answer whose value names the request's class: it balances
+  the evaluated requests, routes few-shot examples (``by_label``) and gives ``label_accuracy``;
+- ``scoring``: how each answer path is compared (:mod:`pipeline.rules`): ``default`` and ``fields``;
+- ``warmup``: the fields of an untimed request sent after every model load (default: the first few-shot example);
+- ``description``: free text.
+
+Everything is checked here, before anything is recorded: unknown keys, paths that match nothing in the schema,
+rules that cannot apply to the schema's type there, and every dataset line (``file:line``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections import defaultdict
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from pathlib import Path as FilePath
 from typing import Any
-from urllib.parse import unquote
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError, ValidationError
-from jsonschema.protocols import Validator
-from referencing import Registry
-from referencing.exceptions import Unresolvable
+from pipeline.errors import DataError, did_you_mean
+from pipeline.files import json_kind, jsonl_objects, parse_json, parse_yaml, read_text, shown
+from pipeline.pointers import ANY, MISSING, Path, format_pointer, parse_pointer, resolve
+from pipeline.rules import Ignore, RuleSet, Text, Unordered, make_rule
+from pipeline.schemas import AnswerSchema, check_schema, types_at
+from pipeline.scoring import Scorer
+from pipeline.template import InputTemplate
 
-from pipeline.errors import DataError
+__all__ = ["MANIFEST", "SPLITS", "Example", "Experiment", "label_text", "load_experiment"]
 
-__all__ = ["Example", "Experiment", "first_violation", "has_action", "load_experiment", "parse_json", "read_text"]
-
+MANIFEST = "experiment.yaml"
 SPLITS = ("dev", "holdout")
-# An empty registry: a $ref that leaves the schema file is reported, never fetched (without a registry,
-# jsonschema downloads http(s) references).
-_LOCAL_REFS_ONLY: Registry = Registry()
+_KEYS = ("description", "schema", "schema_field", "dataset", "input", "label", "scoring", "warmup")
+_LINE_KEYS = ("id", "split", "expected")
 
 
 @dataclass(frozen=True)
 class Example:
+    """One request: the line's fields, the user message they render to, and the answer it must get."""
+
     id: str
     split: str
+    fields: Mapping[str, Any]
     request: str
-    expected: dict[str, Any]
-
-    @property
-    def action(self) -> str:
-        return self.expected["action"]
+    expected: Any
+    schema: AnswerSchema
+    label: str | None = None
 
 
 @dataclass(frozen=True)
 class Experiment:
     name: str
-    folder: Path
-    schema: dict[str, Any]
+    folder: FilePath
+    template: InputTemplate
+    schema: AnswerSchema | None
+    schema_field: str | None
+    label: Path | None
+    scorer: Scorer
     examples: tuple[Example, ...]
+    warmup: Mapping[str, Any] | None
     digest: str
+    dataset_path: FilePath
+    description: str = ""
+    _schemas: dict[str, AnswerSchema] = field(default_factory=dict, repr=False, compare=False)
 
     @property
-    def dataset_path(self) -> Path:
-        return self.folder / "dataset.jsonl"
+    def manifest_path(self) -> FilePath:
+        return self.folder / MANIFEST
 
-    def validator(self) -> Draft202012Validator:
-        return Draft202012Validator(self.schema, registry=_LOCAL_REFS_ONLY)
+    @property
+    def label_pointer(self) -> str | None:
+        return None if self.label is None else format_pointer(self.label)
 
     def split(self, name: str, limit: int | None = None) -> list[Example]:
-        """The examples of one split; with ``limit``, the first ``limit`` taken in turn from each action.
+        """The examples of one split; with ``limit``, the first ``limit``, taken in turn from each label.
 
-        Taking actions in turn keeps a small evaluation set balanced over the actions, and the choice is
-        fixed by the file's order, so every trial of a study sees the same requests.
+        Taking labels in turn keeps a small evaluation set balanced over them; without a label the first
+        ``limit`` lines are taken. The choice is fixed by the file's order, so every trial of a study sees the
+        same requests.
         """
         chosen = [e for e in self.examples if e.split == name]
         if limit is None or limit >= len(chosen):
             return chosen
-        by_action: dict[str, list[Example]] = defaultdict(list)
+        if self.label is None:
+            return chosen[:limit]
+        by_label: dict[str | None, list[Example]] = defaultdict(list)
         for example in chosen:
-            by_action[example.action].append(example)
-        queues = list(by_action.values())
+            by_label[example.label].append(example)
+        queues = list(by_label.values())
         picked: list[Example] = []
         while len(picked) < limit:
             for queue in queues:
@@ -78,188 +105,232 @@ class Experiment:
                     picked.append(queue.pop(0))
         return picked
 
+    @cached_property
+    def label_values(self) -> tuple[str, ...]:
+        """The label values the dataset uses, in order of first appearance."""
+        return tuple(dict.fromkeys(e.label for e in self.examples if e.label is not None))
 
-def load_experiment(folder: Path) -> Experiment:
-    """Load and check an experiment folder.
+    @cached_property
+    def field_paths(self) -> tuple[str, ...]:
+        """The field paths (``*`` for array items) the expected answers use, in first-seen order."""
+        paths: dict[str, None] = {}
+        for example in self.examples:
+            for result in self.scorer.fields(example.expected, example.expected):
+                paths.setdefault(result.path)
+        return tuple(paths)
+
+    def read_line(self, item: dict[str, Any], where: str, *, answer_key: str) -> tuple[str, Any, AnswerSchema,
+                                                                                        str | None]:
+        """The user message, answer, schema and label of one line (a dataset line, a few-shot example, the
+        warm-up), checked: the template's fields present, the answer valid against its schema, a label there.
+
+        Raises:
+            DataError: naming ``where`` and the fix.
+        """
+        missing = self.template.missing(item)
+        if missing:
+            raise DataError(f"{where}: missing field {missing[0]!r} that the input template "
+                            f"{shown(self.template.text)} uses; add it or change 'input' in {self.manifest_path}")
+        request = self.template.render(item)
+        if not request.strip():
+            raise DataError(f"{where}: the request renders empty; fill in its fields")
+        schema = self._line_schema(item, where)
+        if answer_key not in item:
+            return request, MISSING, schema, None
+        answer = item[answer_key]
+        error = schema.first_violation(answer, where)
+        if error is not None:
+            kind = "expected answer" if answer_key == "expected" else "example answer"
+            raise DataError(f"{where}: {kind} violates {FilePath(schema.source).name}: {error.message}; fix the "
+                            "label or the schema")
+        label = None
+        if self.label is not None:
+            value = resolve(answer, self.label)
+            if value is MISSING or isinstance(value, (dict, list)):
+                raise DataError(f"{where}: the answer has no value at the label path {self.label_pointer} (got "
+                                f"{shown(value)}); label it, or make the schema require it")
+            label = label_text(value)
+        return request, answer, schema, label
+
+    def _line_schema(self, item: dict[str, Any], where: str) -> AnswerSchema:
+        if self.schema_field is not None and self.schema_field in item:
+            checked = check_schema(item[self.schema_field], f"{where} ({self.schema_field})")
+            return self._schemas.setdefault(checked.digest, checked)
+        if self.schema is None:
+            raise DataError(f"{where}: no schema: add the field {self.schema_field!r} with this request's JSON "
+                            f"Schema, or set 'schema' in {self.manifest_path}")
+        return self.schema
+
+    @property
+    def schemas(self) -> list[AnswerSchema]:
+        """Every distinct schema: the job's, and those the requests carry."""
+        found = [self.schema] if self.schema is not None else []
+        return found + [s for s in self._schemas.values() if s not in found]
+
+
+def label_text(value: Any) -> str:
+    """A label value as the router and the split name it: strings as they are, other values as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def load_experiment(folder: FilePath) -> Experiment:
+    """Load and check an experiment folder (see the module docstring).
 
     Raises:
-        DataError: a file is missing or not UTF-8, the schema is invalid, or a dataset line is not JSON, lacks a
-            field, repeats an id, names an unknown split, or expects an answer the schema rejects (``file:line``).
+        DataError: a missing or unreadable file, an invalid manifest or schema, a scoring rule or label that the
+            schema cannot have, or a bad dataset line (``file:line``).
     """
     if not folder.is_dir():
-        raise DataError(f"experiment folder {folder} not found; point 'experiment' at a folder with schema.json "
-                        "and dataset.jsonl")
-    schema_path = folder / "schema.json"
-    if not schema_path.is_file():
-        raise DataError(f"{schema_path} not found: an experiment folder needs a schema.json")
-    schema_bytes, schema_text = read_text(schema_path)
-    schema = parse_json(schema_text, str(schema_path), whole_file=True)
-    try:
-        Draft202012Validator.check_schema(schema)
-    except SchemaError as exc:
-        where = "/".join(str(p) for p in exc.path) or "(root)"
-        raise DataError(f"{schema_path}: invalid JSON Schema at {where}: {exc.message}; "
-                        "fix it against draft 2020-12") from exc
-    except RecursionError as exc:
-        raise DataError(f"{schema_path}: nested too deeply to check; simplify the schema") from exc
-    external, dangling = _bad_refs(schema)
-    if external is not None:
-        # The embedded engine's grammar builder would fetch it too; a schema must be the whole contract.
-        raise DataError(f"{schema_path}: $ref {_short(external)} points outside the file; copy the definition "
-                        "under $defs and refer to it as #/$defs/<name>")
-    if dangling is not None:
-        # Found now rather than when the first model answer that reaches it is scored, in the middle of a study.
-        raise DataError(f"{schema_path}: $ref {_short(dangling)} points at nothing in the file; fix the path or "
-                        "add the definition under $defs")
-    validator = Draft202012Validator(schema, registry=_LOCAL_REFS_ONLY)
+        raise DataError(f"experiment folder {folder} not found; point 'experiment' at a folder with {MANIFEST} "
+                        "(`python -m pipeline init NAME` writes one)")
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise DataError(f"{manifest_path} not found: an experiment folder needs a manifest naming its schema, "
+                        "dataset and input template; `python -m pipeline init NAME` writes a commented one")
+    manifest_bytes, text = read_text(manifest_path)
+    raw = parse_yaml(manifest_path, text, DataError, what="manifest", depth="a manifest needs three levels at most",
+                     unique_keys=True)
+    where = str(manifest_path)
+    if not isinstance(raw, dict):
+        raise DataError(f"{where}: must be a mapping of {', '.join(_KEYS)}, got {json_kind(raw)}")
+    for key in raw:
+        if key not in _KEYS:
+            raise DataError(f"{where}: unknown key {key!r}.{did_you_mean(str(key), _KEYS)} Known keys: "
+                            f"{', '.join(_KEYS)}")
+    description = raw.get("description") or ""
+    if not isinstance(description, str):
+        raise DataError(f"{where}: 'description' must be text, got {shown(description)}")
+    schema, schema_bytes = _job_schema(folder, raw, where)
+    schema_field = raw.get("schema_field")
+    if schema_field is not None and (not isinstance(schema_field, str) or not schema_field.strip()):
+        raise DataError(f"{where}: 'schema_field' must name a dataset field holding each request's schema, got "
+                        f"{shown(schema_field)}")
+    if schema is None and schema_field is None:
+        raise DataError(f"{where}: no schema: set 'schema' to the JSON Schema file answers must follow, or "
+                        "'schema_field' to the dataset field that holds each request's own")
+    template = InputTemplate.parse(raw.get("input", "{request}"), f"{where} (input)")
+    dataset_path = _file(folder, raw.get("dataset", "dataset.jsonl"), f"{where} (dataset)")
+    label = _pointer(raw.get("label"), f"{where} (label)") if raw.get("label") is not None else None
+    if label is not None and ANY in label:
+        raise DataError(f"{where} (label): the label names one value; {format_pointer(label)} has a '*'")
+    rules = _rules(raw.get("scoring"), f"{where} (scoring)")
+    if label is not None and isinstance(rules.leaf_rule(label), Ignore):
+        raise DataError(f"{where}: the label {format_pointer(label)} is ignored by 'scoring'; score it, or drop the "
+                        "label")
+    experiment = Experiment(
+        name=folder.name, folder=folder, template=template, schema=schema, schema_field=schema_field,
+        label=label, scorer=Scorer(rules, label), examples=(), warmup=None, digest="", dataset_path=dataset_path,
+        description=description)
+    if schema_field is None:  # every schema is known before the lines: check the paths first
+        _check_paths(experiment, rules, label, where)
+    dataset_bytes, examples = _read_dataset(experiment, dataset_path)
+    warmup = raw.get("warmup")
+    if warmup is not None:
+        if not isinstance(warmup, dict):
+            raise DataError(f"{where}: 'warmup' must map the input template's fields to values, e.g. "
+                            f"{{{', '.join(f'{n}: ...' for n in template.fields)}}}")
+        experiment.read_line(warmup, f"{where} (warmup)", answer_key="expected")
+    if schema_field is not None:
+        _check_paths(experiment, rules, label, where)
+    digest = hashlib.sha256(manifest_bytes + b"\0" + schema_bytes + b"\0" + dataset_bytes).hexdigest()
+    return replace(experiment, examples=tuple(examples), warmup=warmup, digest=digest)
 
-    dataset_path = folder / "dataset.jsonl"
-    if not dataset_path.is_file():
-        raise DataError(f"{dataset_path} not found: an experiment folder needs a dataset.jsonl")
-    raw, text = read_text(dataset_path)
+
+def _file(folder: FilePath, value: Any, where: str) -> FilePath:
+    if not isinstance(value, str) or not value.strip() or "\x00" in value:
+        raise DataError(f"{where}: must be a file name in {folder}, got {shown(value)}")
+    path = (folder / value).resolve()
+    if not path.is_file():
+        raise DataError(f"{path} not found ({where}); create it or fix the file name")
+    return path
+
+
+def _job_schema(folder: FilePath, raw: dict[str, Any], where: str) -> tuple[AnswerSchema | None, bytes]:
+    if raw.get("schema") is None:
+        return None, b""
+    path = _file(folder, raw["schema"], f"{where} (schema)")
+    data, text = read_text(path)
+    return check_schema(parse_json(text, str(path), whole_file=True), str(path)), data
+
+
+def _pointer(value: Any, where: str) -> Path:
+    if not isinstance(value, str):
+        raise DataError(f"{where}: a path is a JSON Pointer such as /category, got {shown(value)}")
+    try:
+        return parse_pointer(value)
+    except ValueError as exc:
+        raise DataError(f"{where}: {shown(value)} is not a JSON Pointer: {exc}") from exc
+
+
+def _rules(raw: Any, where: str) -> RuleSet:
+    if raw is None:
+        return RuleSet()
+    if not isinstance(raw, dict):
+        raise DataError(f"{where}: must be a mapping with 'default' (a rule) and 'fields' (path: rule)")
+    for key in raw:
+        if key not in ("default", "fields"):
+            raise DataError(f"{where}: unknown key {key!r}.{did_you_mean(str(key), ('default', 'fields'))} "
+                            "Known keys: default, fields")
+    default = make_rule(raw.get("default", "text"), f"{where} (default)") if "default" in raw else Text()
+    if isinstance(default, Unordered):
+        raise DataError(f"{where} (default): 'unordered' compares arrays; give it per path, e.g. /items: unordered")
+    fields = raw.get("fields") or {}
+    if not isinstance(fields, dict):
+        raise DataError(f"{where} (fields): must map answer paths (JSON Pointers) to rules, got {shown(fields)}")
+    by_path = {_pointer(path, f"{where} (fields)"): make_rule(spec, f"{where} (fields.{path})")
+               for path, spec in fields.items()}
+    return RuleSet(default, by_path)
+
+
+def _read_dataset(experiment: Experiment, path: FilePath) -> tuple[bytes, list[Example]]:
+    raw = read_text(path)[0]
+    shape = "id, split, expected and the input template's fields"
     examples: list[Example] = []
     seen: set[str] = set()
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{dataset_path}:{number}"
-        item = parse_json(line, where)
-        if not isinstance(item, dict):
-            raise DataError(f"{where}: must be a JSON object with id, split, request, expected; "
-                            f"got a JSON {_json_kind(item)}")
-        missing = [k for k in ("id", "split", "request", "expected") if k not in item]
+    for where, item in jsonl_objects(path, shape):
+        missing = [k for k in _LINE_KEYS if k not in item]
         if missing:
-            raise DataError(f"{where}: missing {', '.join(missing)}; each line needs id, split, request, expected")
+            raise DataError(f"{where}: missing {', '.join(missing)}; each line needs {shape}")
         if not isinstance(item["id"], str) or item["id"] in seen:
-            raise DataError(f"{where}: id {_short(item['id'])} must be a unique string")
+            raise DataError(f"{where}: id {shown(item['id'])} must be a unique string")
         if not item["id"].strip():
             raise DataError(f"{where}: id is empty; give each line a unique id")
         if item["split"] not in SPLITS:
-            raise DataError(f"{where}: split {_short(item['split'])} must be one of {', '.join(SPLITS)}")
-        if not isinstance(item["request"], str) or not item["request"].strip():
-            raise DataError(f"{where}: request must be a non-empty string")
-        error = first_violation(validator, item["expected"], schema_path, where)
-        if error is not None:
-            raise DataError(f"{where}: expected answer violates {schema_path.name}: {error.message}; "
-                            "fix the label or the schema")
-        if not has_action(item["expected"]):
-            # The action drives the balanced split and the few-shot router; the schema may not require it.
-            raise DataError(f"{where}: expected answer must be a JSON object with an 'action' string; "
-                            "fix the label, or make the schema require it")
+            raise DataError(f"{where}: split {shown(item['split'])} must be one of {', '.join(SPLITS)}")
+        request, expected, schema, label = experiment.read_line(item, where, answer_key="expected")
         seen.add(item["id"])
-        examples.append(Example(item["id"], item["split"], item["request"], item["expected"]))
+        examples.append(Example(item["id"], item["split"], item, request, expected, schema, label))
     if not examples:
-        raise DataError(f"{dataset_path}: no examples; add one JSON object per line")
-    digest = hashlib.sha256(schema_bytes + raw).hexdigest()
-    return Experiment(folder.name, folder, schema, tuple(examples), digest)
+        raise DataError(f"{path}: no examples; add one JSON object per line")
+    return raw, examples
 
 
-def read_text(path: Path) -> tuple[bytes, str]:
-    """A file's bytes and its UTF-8 text (a leading byte-order mark dropped).
+def _check_paths(experiment: Experiment, rules: RuleSet, label: Path | None, where: str) -> None:
+    """Every path the manifest names must exist in some schema, with a type its rule can judge."""
+    schemas = [s.document for s in experiment.schemas]
 
-    Raises:
-        DataError: the file cannot be read or is not UTF-8.
-    """
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{path} cannot be read ({exc.strerror}); check that it is a readable file") from exc
-    try:
-        return raw, raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise DataError(f"{path}:{line}: not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start}); "
-                        "save it as UTF-8") from exc
+    def types(path: Path) -> frozenset[str] | None:
+        found = [types_at(s, path) for s in schemas]
+        return None if any(t is None for t in found) else frozenset().union(*found)
 
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON; write a number or null")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text} is too large for a number; write a smaller one")
-    return value
-
-
-def parse_json(text: str, where: str, *, whole_file: bool = False) -> Any:
-    """Parse strict JSON (no NaN or Infinity, which Python's json accepts and JSON Schema cannot judge).
-
-    Raises:
-        DataError: one line naming ``where`` (with the line for a whole file) and what is wrong.
-    """
-    fix = "fix the file" if whole_file else "each line must be one JSON object"
-    what = "not valid JSON" if whole_file else "not JSON"
-    try:
-        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
-    except json.JSONDecodeError as exc:
-        line = f":{exc.lineno}" if whole_file else ""
-        raise DataError(f"{where}{line}: {what} ({exc.msg} at column {exc.colno}); {fix}") from exc
-    except ValueError as exc:  # a constant rejected above, or more integer digits than Python converts
-        raise DataError(f"{where}: {what} ({exc.args[0].split(';')[0]}); {fix}") from exc
-    except RecursionError as exc:
-        raise DataError(f"{where}: {what} (nested too deeply); {fix}") from exc
-
-
-def first_violation(validator: Validator, instance: Any, schema_path: Path, where: str) -> ValidationError | None:
-    """The first way ``instance`` breaks the schema (errors ordered by where they are), or None.
-
-    Raises:
-        DataError: the schema has a ``$ref`` that cannot be resolved, or the instance is nested too deeply.
-    """
-    try:
-        return min(validator.iter_errors(instance), key=lambda e: e.path, default=None)
-    except Unresolvable as exc:
-        raise DataError(f"{schema_path}: cannot resolve a $ref ({_short(str(exc))}) checking {where}; define it "
-                        "under $defs: other files and URLs are not fetched") from exc
-    except RecursionError as exc:
-        raise DataError(f"{where}: nested too deeply to check against {schema_path.name}; simplify it") from exc
-
-
-def has_action(answer: Any) -> bool:
-    """Whether an answer is a JSON object with an ``action`` string, as the split and the router need."""
-    return isinstance(answer, dict) and isinstance(answer.get("action"), str)
-
-
-def _bad_refs(schema: Any) -> tuple[str | None, str | None]:
-    """The first ``$ref`` that leaves the file, and the first ``#/...`` pointer that finds nothing (or Nones)."""
-    refs: list[str] = []
-    nested_id = False
-    pending = [(schema, True)]  # a loop, not recursion: the schema may be nested deeper than Python's stack
-    while pending:
-        node, root = pending.pop()
-        if isinstance(node, dict):
-            nested_id = nested_id or (not root and isinstance(node.get("$id"), str))
-            for key, value in node.items():
-                if key in ("$ref", "$dynamicRef") and isinstance(value, str):
-                    refs.append(value)
-                pending.append((value, False))
-        elif isinstance(node, list):
-            pending.extend((item, False) for item in node)
-    external = next((r for r in refs if not r.startswith("#")), None)
-    # A nested $id starts a new base for its pointers; leave those to the validator.
-    pointers = [] if nested_id else [r for r in refs if r == "#" or r.startswith("#/")]
-    return external, next((r for r in pointers if not _points_at_something(schema, r)), None)
-
-
-def _points_at_something(schema: Any, ref: str) -> bool:
-    node = schema
-    for part in ref[2:].split("/") if ref != "#" else []:
-        part = unquote(part).replace("~1", "/").replace("~0", "~")
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            return False
-    return True
-
-
-def _json_kind(value: Any) -> str:
-    return {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else f"{text[:80]}..."
+    checks = [(p, r, f"{where} (scoring.fields.{format_pointer(p)})") for p, r in rules.by_path.items()]
+    for path, rule, spot in checks:
+        allowed = types(path)
+        if allowed is not None and not allowed:
+            raise DataError(f"{spot}: {format_pointer(path)} matches nothing in the schema; fix the path (use * "
+                            "for array items) or the schema")
+        if allowed is not None and rule.applies_to is not None and not allowed & rule.applies_to:
+            raise DataError(f"{spot}: rule {rule.name!r} cannot judge {format_pointer(path)}, which the schema "
+                            f"makes {' or '.join(sorted(allowed))}; use exact or text")
+        if isinstance(rule, Unordered) and rule.key is not None:
+            key_types = types(path + (ANY, rule.key))
+            if key_types is not None and not key_types:
+                raise DataError(f"{spot}: the items of {format_pointer(path)} have no member {rule.key!r}; name "
+                                "one of their members as 'key', or leave 'key' out to pair items as a multiset")
+    if label is not None:
+        allowed = types(label)
+        if allowed is not None and not allowed:
+            raise DataError(f"{where} (label): {format_pointer(label)} matches nothing in the schema; fix the path")
+        if allowed is not None and not allowed - {"object", "array"}:
+            raise DataError(f"{where} (label): {format_pointer(label)} is an {' or '.join(sorted(allowed))} in "
+                            "the schema; a label must be one value, such as an enum string")

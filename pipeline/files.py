@@ -1,15 +1,21 @@
-"""Reading the project's YAML files (study configs, routers): one-line errors naming the file and the line."""
+"""Reading the project's own files: YAML (study configs, manifests, routers), JSON and JSON Lines.
+
+Every reader raises one-line errors that name the file (and the line) and the fix.
+"""
 
 from __future__ import annotations
 
+import json
+import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from pipeline.errors import InputError
+from pipeline.errors import DataError, InputError
 
-__all__ = ["UniqueKeyLoader", "parse_yaml"]
+__all__ = ["UniqueKeyLoader", "json_kind", "jsonl_objects", "parse_json", "parse_yaml", "read_text", "shown"]
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
@@ -57,3 +63,84 @@ def parse_yaml(path: Path, text: str, error: type[InputError], *, what: str, dep
         raise error(f"{path}: nested too deeply to read; {depth}") from exc
     except ValueError as exc:  # Python's limit on the digits of an integer
         raise error(f"{path}: not a usable {what} ({exc.args[0].split(';')[0]}); fix the value") from exc
+
+
+def read_text(path: Path) -> tuple[bytes, str]:
+    """A file's bytes and its UTF-8 text (a leading byte-order mark dropped).
+
+    Raises:
+        DataError: the file cannot be read or is not UTF-8.
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path} cannot be read ({exc.strerror}); check that it is a readable file") from exc
+    try:
+        return raw, raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start}); "
+                        "save it as UTF-8") from exc
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON; write a number or null")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is too large for a number; write a smaller one")
+    return value
+
+
+def parse_json(text: str, where: str, *, whole_file: bool = False) -> Any:
+    """Parse strict JSON (no NaN or Infinity, which Python's json accepts and JSON Schema cannot judge).
+
+    Raises:
+        DataError: one line naming ``where`` (with the line for a whole file) and what is wrong.
+    """
+    fix = "fix the file" if whole_file else "each line must be one JSON object"
+    what = "not valid JSON" if whole_file else "not JSON"
+    try:
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    except json.JSONDecodeError as exc:
+        line = f":{exc.lineno}" if whole_file else ""
+        raise DataError(f"{where}{line}: {what} ({exc.msg} at column {exc.colno}); {fix}") from exc
+    except ValueError as exc:  # a constant rejected above, or more integer digits than Python converts
+        raise DataError(f"{where}: {what} ({exc.args[0].split(';')[0]}); {fix}") from exc
+    except RecursionError as exc:
+        raise DataError(f"{where}: {what} (nested too deeply); {fix}") from exc
+
+
+def jsonl_objects(path: Path, shape: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The JSON objects of a JSON Lines file, each with where it is (``file:line``).
+
+    Blank lines and lines whose first character is ``#`` (comments) are skipped. ``shape`` says what a line
+    must hold, for the error message.
+
+    Raises:
+        DataError: the file cannot be read, is not UTF-8, or a line is not a JSON object.
+    """
+    text = read_text(path)[1]
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        where = f"{path}:{number}"
+        item = parse_json(line, where)
+        if not isinstance(item, dict):
+            raise DataError(f"{where}: must be a JSON object with {shape}; got a JSON {json_kind(item)}")
+        yield where, item
+
+
+def json_kind(value: Any) -> str:
+    """The JSON name of a Python value's type."""
+    if isinstance(value, bool):
+        return "boolean"
+    return {list: "array", dict: "object", str: "string", type(None): "null"}.get(type(value), "number")
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """A value quoted back to the user on one line, cut after ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}..."

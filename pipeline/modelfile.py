@@ -380,7 +380,7 @@ def _check(modelfile: Modelfile) -> tuple[Modelfile, list[_Issue]]:
     issues: list[_Issue] = []
     base = _clean_text(_require_str(modelfile.base, "FROM"), "FROM", issues)
     if not base.strip(_BLANK):
-        raise ModelfileError("FROM: the base model is empty; give a model name (e.g. 'task-api') or a GGUF path")
+        raise ModelfileError("FROM: the base model is empty; give a model name (e.g. 'my-model') or a GGUF path")
     params: dict[str, Any] = {}
     for name, value in modelfile.parameters.items():
         checked = _check_parameter(name, value, issues)

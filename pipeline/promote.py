@@ -11,7 +11,7 @@ schema), a smoke request must pass, and a new version of a registered model gets
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,17 +20,19 @@ import optuna
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from pipeline.backends.base import RequestFailed
 from pipeline import pareto
+from pipeline.backends.base import ModelPublisher, RequestFailed
 from pipeline.compare import to_minimization
 from pipeline.config import Constraint, Objective
 from pipeline.errors import ConfigError, InputError, PipelineError
 from pipeline.modelfile import Modelfile, sanitize, write_modelfile
+from pipeline.prepare import PreparedStudy, check_definition, definition_of
 from pipeline.runner import prepare_requests, run_trial
-from pipeline.scoring import confidence_intervals, score_answer, summarize
+from pipeline.scoring import confidence_intervals, summarize
 from pipeline.space import InferenceSettings, suggest
 from pipeline.storage import open_storage
-from pipeline.study import PreparedStudy, check_definition, definition_of, requests_frame
+from pipeline.study import trial_plan
+from pipeline.tables import field_errors, requests_frame
 from pipeline.tracking import log_batch, start_run
 
 __all__ = ["PromotionPolicy", "PromotionRefused", "PromotionReport", "choose_trial", "decide", "knee_index",
@@ -54,6 +56,7 @@ class PromotionPolicy:
     tolerance: float = 0.05
     repetitions: int = 2
     metric: str | None = None          # the accuracy metric checked on held-out data; default: first maximised
+                                       # objective
     registered_model: str | None = None
     ollama_name: str | None = None
     output: Path = Path("promoted")
@@ -120,57 +123,60 @@ def choose_trial(study: optuna.Study, objectives: tuple[Objective, ...],
 
 def _modelfile(prepared: PreparedStudy, settings: InferenceSettings) -> tuple[Modelfile, dict[str, Any]]:
     """The Modelfile of a setting and its sidecar (what requests must still carry)."""
-    backend, prompts = prepared.backend, prepared.prompts
-    base = getattr(backend, "model", None) if backend.name == "ollama" else str(backend.model_path)
+    prompts, experiment = prepared.prompts, prepared.experiment
     static = settings.example_selection == "static"
     shots = prompts.select_examples("", settings.few_shot, "static") if static else []
     messages = tuple(pair for shot in shots
-                     for pair in (("user", shot.request), ("assistant", json.dumps(shot.answer))))
-    modelfile = Modelfile(base=base, parameters=settings.options(), system=prompts.variants[settings.prompt_variant],
-                          messages=messages)
+                     for pair in (("user", shot.request), ("assistant", json.dumps(shot.answer, ensure_ascii=False))))
+    modelfile = Modelfile(base=prepared.backend.base_model, parameters=settings.options(),
+                          system=prompts.variants[settings.prompt_variant], messages=messages)
     sidecar: dict[str, Any] = {
         "format": settings.format,
         # A Modelfile cannot set `format`: every request must pass it to get the constrained decoding measured.
         "pass_format": settings.format != "off",
-        "schema": prepared.experiment.schema,
+        # The job's schema, or None when each request carries its own (in the field `schema_field` names).
+        "schema": experiment.schema.document if experiment.schema is not None else None,
+        "schema_field": experiment.schema_field,
+        "input_template": experiment.template.text,
         "options": settings.options(),
         "few_shot": settings.few_shot,
         "example_selection": settings.example_selection,
     }
     if not static and settings.few_shot:
         # Per-request examples cannot live in a Modelfile: clients pick them as the router does and send them.
-        sidecar["examples"] = [{"request": e.request, "answer": e.answer} for e in prompts.examples]
-        sidecar["router"] = {a: [p.pattern for p in ps] for a, ps in prompts.keywords.items()}
-        sidecar["router_default"] = prompts.default_action
+        sidecar["examples"] = [{"request": e.request, "answer": e.answer, "label": e.label} for e in prompts.examples]
+        sidecar["label"] = experiment.label_pointer
+        sidecar["router"] = {label: [p.pattern for p in ps] for label, ps in prompts.keywords.items()}
+        sidecar["router_default"] = prompts.default_label
     return modelfile, sidecar
 
 
-def _smoke(prepared: PreparedStudy, settings: InferenceSettings, ollama_name: str | None,
+def _smoke(prepared: PreparedStudy, settings: InferenceSettings, model_name: str | None,
            modelfile: Modelfile) -> str:
-    """One request through the promoted model; return its answer, or raise PromotionRefused."""
+    """One held-out request through the promoted model; return its answer, or raise PromotionRefused.
+
+    Through a server that can create models (``model_name`` given), the model is created from the Modelfile
+    and asked directly; otherwise the promoted settings are sent as a study would send them.
+    """
     example = prepared.experiment.split("holdout")[0]
-    validator = prepared.experiment.validator()
     backend = prepared.backend
-    if ollama_name is not None:
-        client = backend.client  # type: ignore[attr-defined]
-        client.create(model=ollama_name, from_=modelfile.base, system=modelfile.system,
-                      parameters=dict(modelfile.parameters),
-                      messages=[{"role": r, "content": c} for r, c in modelfile.messages])
-        extra = [] if settings.example_selection == "static" else [
-            m for m in prepared.prompts.render(example.request, variant=settings.prompt_variant,
-                                               few_shot=settings.few_shot, selection=settings.example_selection)
-            if m["role"] != "system"][:-1]
-        fmt = {"off": None, "json": "json", "schema": prepared.experiment.schema}[settings.format]
-        answer = client.chat(ollama_name, messages=[*extra, {"role": "user", "content": example.request}],
-                             format=fmt).message.content or ""
-    else:
-        request = prepare_requests([example], prepared.prompts, settings)[0]
-        backend.start_trial(settings.num_ctx)
-        try:
-            answer = backend.generate(request.messages, settings, schema=prepared.experiment.schema).text
-        except RequestFailed as exc:
-            raise PromotionRefused(f"refused: the smoke request failed: {exc}") from exc
-    if not score_answer(answer, example.expected, validator).schema_valid:
+    request = prepare_requests([example], prepared.prompts, settings)[0]
+    try:
+        if model_name is not None and isinstance(backend, ModelPublisher):
+            backend.create_model(model_name, base=modelfile.base, system=modelfile.system,
+                                 parameters=dict(modelfile.parameters),
+                                 messages=[{"role": r, "content": c} for r, c in modelfile.messages])
+            # The Modelfile carries the system prompt and static examples; routed examples come from the client.
+            extra = [] if settings.example_selection == "static" else [
+                m for m in request.messages if m["role"] != "system"][:-1]
+            answer = backend.chat_with(model_name, [*extra, {"role": "user", "content": example.request}],
+                                       schema=example.schema.document, fmt=settings.format)
+        else:
+            backend.start_trial(settings.num_ctx)
+            answer = backend.generate(request.messages, settings, schema=example.schema.document).text
+    except RequestFailed as exc:
+        raise PromotionRefused(f"refused: the smoke request failed: {exc}") from exc
+    if not prepared.experiment.scorer.score(answer, example.expected, example.schema).schema_valid:
         raise PromotionRefused(f"refused: the smoke request's answer does not validate against the schema: "
                                f"{answer[:120]!r}")
     return answer
@@ -213,15 +219,13 @@ def promote(prepared: PreparedStudy, study_name: str, policy: PromotionPolicy, *
                      fix="pass the config (and backend/model) the study used")
     objectives = config.objectives
     chosen = choose_trial(study, objectives, policy)
-    metric = policy.metric or next((o.metric for o in objectives if o.direction == "maximize"), "schema_valid_rate")
+    metric = policy.metric or next((o.metric for o in objectives if o.direction == "maximize"), "field_accuracy")
     # The study's own seed: a replay must be the trial as it ran, whatever seed the config now gives.
     seed = int(study.user_attrs["definition"]["seed"])
     settings = suggest(optuna.trial.FixedTrial(chosen.params), config.search_space, seed=seed)
     holdout_examples = prepared.experiment.split("holdout")
-    outcome = run_trial(settings, holdout_examples, prompts=prepared.prompts, backend=prepared.backend,
-                        validator=prepared.experiment.validator(), schema=prepared.experiment.schema,
-                        warmup=config.engine.warmup_requests, repetitions=policy.repetitions,
-                        margin=config.engine.context_margin, on_request=on_request)
+    plan = replace(trial_plan(prepared), repetitions=policy.repetitions, abort_on=())
+    outcome = run_trial(settings, holdout_examples, plan, on_request=on_request)
     if outcome.infeasible:
         raise PromotionRefused(f"refused: on held-out data {outcome.infeasible}")
     holdout = summarize(outcome.records, model_loads=outcome.model_loads, model_load_ms=outcome.model_load_ms)
@@ -238,6 +242,9 @@ def promote(prepared: PreparedStudy, study_name: str, policy: PromotionPolicy, *
                                       "repetitions": policy.repetitions, "tolerance": policy.tolerance},
               metrics={**{f"holdout_{k}": v for k, v in holdout.items()}, **{f"dev_{k}": v for k, v in dev.items()}})
     client.log_table(run_id, data=requests_frame(outcome.records), artifact_file="holdout_requests.json")
+    errors = field_errors(outcome.records)
+    if not errors.empty:
+        client.log_table(run_id, data=errors, artifact_file="holdout_field_errors.json")
     report = PromotionReport(study_name, chosen.number, settings, dev, holdout, run_id)
     reason = decide(policy, config.constraints, metric, dev, holdout)
     if reason is None:
@@ -264,10 +271,8 @@ def _write_and_register(prepared: PreparedStudy, study_name: str, chosen: optuna
     sidecar.update({"registered_model": name, "ollama_model": policy.ollama_name, "notes": notes,
                     "source": {"study": study_name, "trial": chosen.number, "storage": prepared.storage_url},
                     "holdout": report.holdout, "dev": report.dev})
-    ollama_name = policy.ollama_name if prepared.backend.name == "ollama" else None
-    if prepared.backend.name == "ollama" and ollama_name is None:
-        ollama_name = name
-    _smoke(prepared, settings, ollama_name, modelfile)
+    server_name = (policy.ollama_name or name) if isinstance(prepared.backend, ModelPublisher) else None
+    _smoke(prepared, settings, server_name, modelfile)
 
     policy.output.mkdir(parents=True, exist_ok=True)
     report.modelfile = write_modelfile(policy.output / "Modelfile", modelfile,

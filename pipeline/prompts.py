@@ -1,38 +1,42 @@
 """Prompts: system-prompt variants, the few-shot pool and the rendering of chat messages.
 
-A prompt folder holds one ``<variant>.txt`` per system-prompt variant, ``examples.jsonl`` (the few-shot
-pool, ``{"request", "answer"}`` per line) and ``router.yaml`` (keywords that predict a request's action, used
-by the ``by_action`` example selection). Few-shot examples become user/assistant message pairs, the same
-shape an Ollama Modelfile's ``MESSAGE`` lines carry.
+A prompt folder holds one ``<variant>.txt`` per system-prompt variant, ``examples.jsonl`` (the few-shot pool:
+each line has the fields the experiment's input template uses and an ``answer``) and, for an experiment with a
+label, an optional ``router.yaml``: keywords that predict a request's label value, used by the ``by_label``
+example selection. Few-shot examples become user/assistant message pairs, the same shape an Ollama
+Modelfile's ``MESSAGE`` lines carry.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jsonschema.protocols import Validator
-
 from pipeline.errors import DataError, did_you_mean
-from pipeline.experiment import first_violation, has_action, parse_json, read_text
-from pipeline.files import parse_yaml
+from pipeline.experiment import Experiment
+from pipeline.files import jsonl_objects, parse_yaml, read_text, shown
+from pipeline.schemas import AnswerSchema
 
-__all__ = ["Message", "PromptLibrary", "ShotExample", "load_prompts"]
+__all__ = ["SELECTIONS", "Message", "PromptLibrary", "ShotExample", "load_prompts"]
 
 Message = dict[str, str]
+# How few-shot examples are picked: the pool's first ones, or those of the request's predicted label first.
+SELECTIONS = ("static", "by_label")
 
 
 @dataclass(frozen=True)
 class ShotExample:
-    request: str
-    answer: dict[str, Any]
+    """A few-shot example: the user message its fields render to, its answer and the answer's label."""
 
-    @property
-    def action(self) -> str:
-        return self.answer["action"]
+    request: str
+    answer: Any
+    label: str | None
+    fields: Mapping[str, Any]
+    schema: AnswerSchema
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,7 @@ class PromptLibrary:
     variants: dict[str, str]
     examples: tuple[ShotExample, ...]
     keywords: dict[str, tuple[re.Pattern[str], ...]]
-    default_action: str
+    default_label: str | None
 
     def check_variant(self, name: str, where: str) -> None:
         """Raise DataError naming the known variants when ``name`` is not one."""
@@ -49,20 +53,20 @@ class PromptLibrary:
             raise DataError(f"{where}: unknown prompt variant {name!r}.{did_you_mean(name, self.variants)} "
                             f"Variants in {self.folder}: {', '.join(sorted(self.variants))}")
 
-    def route(self, request: str) -> str:
-        """Predict a request's action from its words: the action with most keyword hits, else the default."""
+    def route(self, request: str) -> str | None:
+        """Predict a request's label from its words: the label with most keyword hits, else the default."""
         text = request.casefold()
-        hits = {action: sum(bool(p.search(text)) for p in patterns) for action, patterns in self.keywords.items()}
-        best = max(hits, key=hits.__getitem__, default=self.default_action)
-        return best if hits.get(best) else self.default_action
+        hits = {label: sum(bool(p.search(text)) for p in patterns) for label, patterns in self.keywords.items()}
+        best = max(hits, key=hits.__getitem__, default=self.default_label)
+        return best if hits.get(best) else self.default_label
 
     def select_examples(self, request: str, count: int, selection: str) -> list[ShotExample]:
-        """Pick ``count`` few-shot examples: ``static`` takes the pool's first ones; ``by_action`` takes the
-        examples of the request's predicted action first, then the rest in pool order."""
+        """Pick ``count`` few-shot examples: ``static`` takes the pool's first ones; ``by_label`` takes the
+        examples of the request's predicted label first, then the rest in pool order."""
         if selection == "static" or count == 0:
             return list(self.examples[:count])
-        action = self.route(request)
-        ranked = [e for e in self.examples if e.action == action] + [e for e in self.examples if e.action != action]
+        label = self.route(request)
+        ranked = [e for e in self.examples if e.label == label] + [e for e in self.examples if e.label != label]
         return ranked[:count]
 
     def render(self, request: str, *, variant: str, few_shot: int, selection: str) -> list[Message]:
@@ -70,13 +74,14 @@ class PromptLibrary:
         messages: list[Message] = [{"role": "system", "content": self.variants[variant]}]
         for shot in self.select_examples(request, few_shot, selection):
             messages.append({"role": "user", "content": shot.request})
-            messages.append({"role": "assistant", "content": json.dumps(shot.answer)})
+            messages.append({"role": "assistant", "content": json.dumps(shot.answer, ensure_ascii=False)})
         messages.append({"role": "user", "content": request})
         return messages
 
 
-def load_prompts(folder: Path, validator: Validator) -> PromptLibrary:
-    """Load a prompt folder; every few-shot answer must validate against the experiment's schema.
+def load_prompts(folder: Path, experiment: Experiment) -> PromptLibrary:
+    """Load a prompt folder for an experiment; every few-shot line is read as the experiment reads its dataset
+    (template fields, an answer valid against its schema, a label value when the experiment has a label).
 
     Raises:
         DataError: a missing folder, no variants, an empty variant file, a file that is not UTF-8, a bad examples
@@ -95,38 +100,32 @@ def load_prompts(folder: Path, validator: Validator) -> PromptLibrary:
 
     examples_path = folder / "examples.jsonl"
     if not examples_path.is_file():
-        raise DataError(f"{examples_path} not found: a prompt folder needs a few-shot pool")
+        raise DataError(f"{examples_path} not found: a prompt folder needs a few-shot pool (it may hold no lines)")
     examples = []
-    for number, line in enumerate(read_text(examples_path)[1].splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{examples_path}:{number}"
-        item = parse_json(line, where)
-        if not isinstance(item, dict) or not isinstance(item.get("request"), str) or "answer" not in item:
-            raise DataError(f"{where}: must be an object with a 'request' string and an 'answer'")
-        if not item["request"].strip():
-            raise DataError(f"{where}: the request is empty; write the example's request")
-        error = first_violation(validator, item["answer"], examples_path, where)
-        if error is not None:
-            raise DataError(f"{where}: example answer violates the schema: {error.message}; fix the example")
-        if not has_action(item["answer"]):
-            # The router picks examples by their action; the schema may not require one.
-            raise DataError(f"{where}: example answer must be a JSON object with an 'action' string; "
-                            "fix the example")
-        examples.append(ShotExample(item["request"], item["answer"]))
+    fields = ", ".join([*experiment.template.fields, "answer"])
+    for where, item in jsonl_objects(examples_path, fields):
+        if "answer" not in item:
+            raise DataError(f"{where}: missing 'answer'; each example needs {fields}")
+        request, answer, schema, label = experiment.read_line(item, where, answer_key="answer")
+        examples.append(ShotExample(request, answer, label, item, schema))
 
     router_path = folder / "router.yaml"
     keywords: dict[str, tuple[re.Pattern[str], ...]] = {}
-    default_action = examples[0].action if examples else ""
+    default_label = next((e.label for e in examples), None)
     if router_path.is_file():
-        keywords, default_action = _load_router(router_path, default_action)
-    return PromptLibrary(folder, variants, tuple(examples), keywords, default_action)
+        if experiment.label is None:
+            raise DataError(f"{router_path}: a router predicts label values, but {experiment.manifest_path} sets no "
+                            "'label'; add one or delete the router")
+        known = tuple(dict.fromkeys([*experiment.label_values, *(e.label for e in examples if e.label)]))
+        keywords, default_label = _load_router(router_path, default_label, known)
+    return PromptLibrary(folder, variants, tuple(examples), keywords, default_label)
 
 
-def _load_router(path: Path, default_action: str) -> tuple[dict[str, tuple[re.Pattern[str], ...]], str]:
+def _load_router(path: Path, default_label: str | None,
+                 known: tuple[str, ...]) -> tuple[dict[str, tuple[re.Pattern[str], ...]], str | None]:
     text = read_text(path)[1]
     router = parse_yaml(path, text, DataError, what="router", depth="a router needs two levels")
-    shape = "needs 'keywords:' mapping each action to a list of words, and may set 'default: <action>'"
+    shape = "needs 'keywords:' mapping each label value to a list of words, and may set 'default: <label value>'"
     if router is None:
         router = {}
     if not isinstance(router, dict):
@@ -138,17 +137,28 @@ def _load_router(path: Path, default_action: str) -> tuple[dict[str, tuple[re.Pa
     words = router.get("keywords")
     if not isinstance(words, dict):
         raise DataError(f"{path}: {shape}")
-    for action, listed in words.items():
-        if not isinstance(action, str) or not isinstance(listed, list):
-            raise DataError(f"{path}: keywords of {action!r} must be a list of words, got {type(listed).__name__}; "
+
+    def known_label(value: Any, what: str) -> str:
+        text = value if isinstance(value, str) else json.dumps(value)
+        if text not in known:
+            raise DataError(f"{path}: {what} {shown(value)} is not a label value of the dataset.{did_you_mean(text, known)}"
+                            f" Label values: {', '.join(known)}")
+        return text
+
+    keywords = {}
+    for label, listed in words.items():
+        if not isinstance(listed, list):
+            raise DataError(f"{path}: keywords of {label!r} must be a list of words, got {type(listed).__name__}; "
                             f"it {shape}")
         for word in listed:
             if isinstance(word, bool) or not isinstance(word, (str, int, float)) or not str(word).strip():
-                raise DataError(f"{path}: keyword {word!r} of {action!r} must be a non-empty word or phrase")
-    default = router.get("default", default_action)
-    if "default" in router and (not isinstance(default, str) or not default.strip()):
-        raise DataError(f"{path}: 'default' must be an action name, got {default!r}")
-    # Whole words only, so that "any" does not match "anything".
-    keywords = {action: tuple(re.compile(rf"\b{re.escape(str(w).casefold())}\b") for w in listed)
-                for action, listed in words.items()}
+                raise DataError(f"{path}: keyword {word!r} of {label!r} must be a non-empty word or phrase")
+        # Whole words only, so that "any" does not match "anything".
+        keywords[known_label(label, "keywords key")] = tuple(
+            re.compile(rf"\b{re.escape(str(w).casefold())}\b") for w in listed)
+    default = router.get("default", default_label)
+    if "default" in router:
+        if default is None or isinstance(default, (dict, list)):
+            raise DataError(f"{path}: 'default' must be a label value, got {default!r}")
+        default = known_label(default, "default")
     return keywords, default

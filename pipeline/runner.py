@@ -9,25 +9,31 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-from jsonschema.protocols import Validator
 
 from pipeline.backends.base import Backend, Generation, RequestFailed
 from pipeline.config import Constraint
 from pipeline.experiment import Example
 from pipeline.prompts import Message, PromptLibrary
-from pipeline.scoring import BOUNDED_METRICS, METRICS, AnswerScore, RequestRecord, optimistic_bound, score_answer
+from pipeline.scoring import BOUNDED_METRICS, RequestRecord, Scorer, metric_direction, optimistic_bound
 from pipeline.space import InferenceSettings
 from pipeline.tokens import estimate_tokens
 
-__all__ = ["Abort", "PreparedRequest", "TrialOutcome", "abort_reason", "can_abort", "check_fit", "prepare_requests",
-           "run_trial"]
+__all__ = ["Abort", "PreparedRequest", "TrialOutcome", "TrialPlan", "abort_reason", "can_abort", "check_fit",
+           "prepare_requests", "run_trial"]
 
 
-WARMUP_EXAMPLE = Example("warmup", "warmup", "Add a task to buy printer paper on Sunday",
-                         {"action": "create_task", "params": {"title": "buy printer paper", "due": "sunday"},
-                          "success": True})
+@dataclass(frozen=True)
+class TrialPlan:
+    """What every trial of a study runs with, built once: how to prompt, where to send, how to score."""
+
+    prompts: PromptLibrary
+    backend: Backend
+    scorer: Scorer
+    warmup: Example
+    warmup_requests: int = 1
+    repetitions: int = 1
+    margin: float = 0.1
+    abort_on: tuple[Constraint, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -67,7 +73,7 @@ def can_abort(constraint: Constraint) -> bool:
     if constraint.metric not in BOUNDED_METRICS:
         return False
     wanted = "minimize" if constraint.max is not None else "maximize"
-    return METRICS[constraint.metric] == wanted
+    return metric_direction(constraint.metric) == wanted
 
 
 def abort_reason(records: list[RequestRecord], planned: int, constraints: tuple[Constraint, ...]) -> Abort | None:
@@ -122,72 +128,70 @@ def check_fit(prepared: list[PreparedRequest], settings: InferenceSettings, back
     return None
 
 
-def run_trial(settings: InferenceSettings, examples: list[Example], *, prompts: PromptLibrary, backend: Backend,
-              validator: Validator, schema: dict[str, Any], warmup: int, repetitions: int, margin: float,
-              abort_on: tuple[Constraint, ...] = (), on_request: Callable[[], None] = lambda: None) -> TrialOutcome:
+def run_trial(settings: InferenceSettings, examples: list[Example], plan: TrialPlan, *,
+              on_request: Callable[[], None] = lambda: None) -> TrialOutcome:
     """Measure one setting on the given examples.
 
-    After each request the constraints ``abort_on`` are checked with :func:`abort_reason`; the trial stops as
-    soon as one of them can no longer be met.
+    After each request the plan's ``abort_on`` constraints are checked with :func:`abort_reason`; the trial
+    stops as soon as one of them can no longer be met.
 
     Returns:
         The outcome: one record per timed request, the model loads this trial caused and their time, why the
         setting is infeasible (then nothing ran), or why it stopped early.
     """
-    prepared = prepare_requests(examples, prompts, settings)
-    # Warm up on a request outside the timed set: with the timed requests' own text, the first of them would
-    # find its whole prompt cached and look faster than any real request.
-    warmup_request = prepare_requests([WARMUP_EXAMPLE], prompts, settings)[0]
+    backend = plan.backend
+    prepared = prepare_requests(examples, plan.prompts, settings)
+    warmup_request = prepare_requests([plan.warmup], plan.prompts, settings)[0]
     outcome = TrialOutcome()
-    outcome.infeasible = check_fit(prepared, settings, backend, margin=margin)
+    outcome.infeasible = check_fit(prepared, settings, backend, margin=plan.margin)
     if outcome.infeasible:
         return outcome
+
     def loaded(milliseconds: float) -> None:
         # The first calls after a load are many times slower; they are never timed.
         outcome.model_loads += 1
         outcome.model_load_ms += milliseconds
-        for _ in range(warmup):
-            _generate(backend, warmup_request, settings, schema)
+        for _ in range(plan.warmup_requests):
+            _generate(backend, warmup_request, settings)
             outcome.warmup_requests += 1
 
     load_seconds = backend.start_trial(settings.num_ctx)
     if load_seconds is not None:
         loaded(load_seconds * 1000)
-    planned = len(prepared) * repetitions
-    for request in prepared * repetitions:
-        result = _generate(backend, request, settings, schema)
+    planned = len(prepared) * plan.repetitions
+    for request in prepared * plan.repetitions:
+        result = _generate(backend, request, settings)
         if isinstance(result, Generation) and result.reload_ms is not None:
             # The server reloaded the model inside this request: count the reload, warm up, measure again.
             loaded(result.reload_ms)
-            result = _generate(backend, request, settings, schema)
-        outcome.records.append(_record(request, result, validator))
+            result = _generate(backend, request, settings)
+        outcome.records.append(_record(request, result, plan.scorer))
         on_request()
-        outcome.aborted = abort_reason(outcome.records, planned, abort_on)
+        outcome.aborted = abort_reason(outcome.records, planned, plan.abort_on)
         if outcome.aborted:
             break
     return outcome
 
 
-def _generate(backend: Backend, request: PreparedRequest, settings: InferenceSettings,
-              schema: dict[str, Any]) -> Generation | RequestFailed:
+def _generate(backend: Backend, request: PreparedRequest, settings: InferenceSettings) -> Generation | RequestFailed:
     try:
-        return backend.generate(request.messages, settings, schema=schema)
+        return backend.generate(request.messages, settings, schema=request.example.schema.document)
     except RequestFailed as exc:
         return exc
 
 
-def _record(request: PreparedRequest, result: Generation | RequestFailed, validator: Validator) -> RequestRecord:
+def _record(request: PreparedRequest, result: Generation | RequestFailed, scorer: Scorer) -> RequestRecord:
     example = request.example
     if isinstance(result, RequestFailed):
-        failed = AnswerScore(False, False, False, False, 0.0, False, str(result))
-        return RequestRecord(example.id, example.request, example.expected, "", failed, float("nan"), None, None,
-                             None, None, request.estimated_tokens, None, 0, False, failed=True)
+        return RequestRecord(example.id, example.request, example.expected, "",
+                             scorer.unanswered(example.expected, str(result)), float("nan"),
+                             prompt_tokens_estimated=request.estimated_tokens, failed=True)
     return RequestRecord(
         request_id=example.id,
         request=example.request,
         expected=example.expected,
         answer=result.text,
-        score=score_answer(result.text, example.expected, validator),
+        score=scorer.score(result.text, example.expected, example.schema),
         latency_ms=result.latency_ms,
         ttft_ms=result.ttft_ms,
         prefill_ms=result.prefill_ms,

@@ -1,10 +1,12 @@
 """Scoring: pure functions from answers and timings to numbers.
 
-Per request, :func:`score_answer` parses an answer (code fences tolerated), validates it against the
-experiment's JSON schema and compares it with the expected answer. Per trial, :func:`summarize` turns the
-request records into the metrics that MLflow records and Optuna optimises.
+Per request, :meth:`Scorer.score` parses an answer (code fences tolerated), validates it against the request's
+JSON schema and compares it with the expected answer field by field: both answers are walked together, every
+leaf (a value that is not a non-empty object or array) of either one is a field, compared under the rule the
+experiment gives its path (:mod:`pipeline.rules`). A field only one answer has is wrong. Arrays are compared
+item by item, or as unordered collections where a rule says so. Per trial, :func:`summarize` turns the request
+records into the metrics that MLflow records and Optuna optimises.
 
-Strings are compared after case folding and collapsing white space; numbers and booleans exactly.
 Latency percentiles use numpy's default linear interpolation over the timed requests only: warm-up calls
 and model loads are never among them, and failed requests are counted apart. :func:`confidence_intervals`
 gives percentile-bootstrap 95% intervals of the headline metrics, so two trials whose intervals overlap are
@@ -19,23 +21,31 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass
+from itertools import zip_longest
 from typing import Any
 
 import numpy as np
-from jsonschema.protocols import Validator
+from scipy.optimize import linear_sum_assignment
 from scipy.stats import bootstrap
 
-__all__ = ["BOUNDED_METRICS", "CI_METRICS", "METRICS", "SERVER_METRICS", "AnswerScore", "RequestRecord",
-           "confidence_intervals", "optimistic_bound", "parse_answer", "score_answer", "summarize"]
+from pipeline.pointers import ANY, MISSING, Path, format_pointer, parse_pointer, resolve
+from pipeline.rules import Ignore, RuleSet
+from pipeline.schemas import AnswerSchema
 
-# Every trial metric, with the direction in which it is better.
+__all__ = ["BOUNDED_METRICS", "CI_METRICS", "FIELD_METRIC", "METRICS", "SERVER_METRICS", "AnswerScore",
+           "FieldResult", "RequestRecord", "Scorer", "confidence_intervals", "field_metric", "metric_name",
+           "metric_direction", "optimistic_bound", "parse_answer", "summarize"]
+
+# Every trial metric, with the direction in which it is better. Besides these, one ``field_accuracy.<path>``
+# per field path of the expected answers (see :func:`field_metric`).
 METRICS: dict[str, str] = {
     "schema_valid_rate": "maximize",
     "parse_rate": "maximize",
-    "action_accuracy": "maximize",
     "exact_match_rate": "maximize",
     "field_accuracy": "maximize",
+    "label_accuracy": "maximize",  # only for experiments with a label
     "latency_p50_ms": "minimize",
     "latency_p95_ms": "minimize",
     "latency_p99_ms": "minimize",
@@ -61,27 +71,68 @@ METRICS: dict[str, str] = {
 }
 
 SERVER_METRICS = ("server_ms_p50", "server_ms_p95", "overhead_ms_mean", "overhead_ms_p95")
+FIELD_METRIC = "field_accuracy."
 
 # Metrics with a 95% bootstrap interval, logged as ``<metric>_ci95_low`` and ``<metric>_ci95_high``.
-CI_METRICS = ("schema_valid_rate", "action_accuracy", "exact_match_rate", "latency_p50_ms", "latency_p95_ms")
+CI_METRICS = ("schema_valid_rate", "exact_match_rate", "field_accuracy", "label_accuracy", "latency_p50_ms",
+              "latency_p95_ms")
+_CI_RATES = CI_METRICS[:4]
 
 # Metrics that no request can make better than a perfect one (correct, not truncated, 0 ms): their value over
 # the requests so far plus perfect ones bounds every value the finished trial can have.
-BOUNDED_METRICS = ("schema_valid_rate", "parse_rate", "action_accuracy", "exact_match_rate", "field_accuracy",
+BOUNDED_METRICS = ("schema_valid_rate", "parse_rate", "exact_match_rate", "field_accuracy", "label_accuracy",
                    "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "latency_mean_ms", "ttft_p50_ms",
                    "ttft_p95_ms", "output_tokens_mean", "truncated_answers", "failed_requests")
 
 _FENCE = re.compile(r"^\s*```[a-zA-Z0-9_-]*\s*\n?(.*?)\n?\s*```\s*$", re.DOTALL)
 
 
+def field_metric(path: str) -> str:
+    """The metric name of one field's accuracy: ``field_accuracy./params/title``. MLflow allows no ``*`` in a
+    metric name, so an array item is written ``-`` there: ``field_accuracy./line_items/-/price``."""
+    return FIELD_METRIC + format_pointer(tuple("-" if p == ANY else p for p in parse_pointer(path)))
+
+
+def metric_name(name: str) -> str:
+    """A metric name as recorded: ``field_accuracy.`` paths may be written with ``*`` or ``-`` for array items."""
+    if name.startswith(FIELD_METRIC):
+        try:
+            return field_metric(name[len(FIELD_METRIC):])
+        except ValueError:
+            return name
+    return name
+
+
+def metric_direction(name: str) -> str | None:
+    """Whether a metric is maximised or minimised; None for a name that is no metric."""
+    if name.startswith(FIELD_METRIC):
+        try:
+            parse_pointer(name[len(FIELD_METRIC):])
+        except ValueError:
+            return None
+        return "maximize"
+    return METRICS.get(name)
+
+
+@dataclass(frozen=True)
+class FieldResult:
+    """One field of an answer: its path (``*`` for array items), both values (MISSING where absent), verdict."""
+
+    path: str
+    expected: Any
+    got: Any
+    correct: bool
+    weight: float = 1.0
+
+
 @dataclass(frozen=True)
 class AnswerScore:
     parsed: bool
     schema_valid: bool
-    action_correct: bool
-    params_exact: bool
-    field_accuracy: float
     exact_match: bool
+    field_accuracy: float
+    label_correct: bool | None = None
+    fields: tuple[FieldResult, ...] = ()
     error: str = ""
 
 
@@ -91,18 +142,18 @@ class RequestRecord:
 
     request_id: str
     request: str
-    expected: dict[str, Any]
+    expected: Any
     answer: str
     score: AnswerScore
     latency_ms: float
-    ttft_ms: float | None
-    prefill_ms: float | None
-    decode_ms: float | None
-    decode_tokens: int | None
-    prompt_tokens_estimated: int
-    prompt_tokens_engine: int | None
-    output_tokens: int
-    truncated: bool
+    ttft_ms: float | None = None
+    prefill_ms: float | None = None
+    decode_ms: float | None = None
+    decode_tokens: int | None = None
+    prompt_tokens_estimated: int = 0
+    prompt_tokens_engine: int | None = None
+    output_tokens: int = 0
+    truncated: bool = False
     failed: bool = False
     server_ms: float | None = None
 
@@ -128,7 +179,7 @@ def parse_answer(text: str) -> Any:
     try:
         return json.loads(stripped)
     except json.JSONDecodeError:
-        start = stripped.find("{")
+        start = stripped.find("{")  # text around one object; an array answer parses whole, above
         if start < 0:
             raise ValueError("no JSON object in the answer") from None
         try:
@@ -138,54 +189,119 @@ def parse_answer(text: str) -> Any:
         return value
 
 
-def _normalize(value: Any) -> Any:
-    if isinstance(value, str):
-        return " ".join(value.split()).casefold()
-    if isinstance(value, dict):
-        return {k: _normalize(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_normalize(v) for v in value]
-    return value
+@dataclass(frozen=True)
+class Scorer:
+    """Scores answers of one experiment: its rules, and its label path (None without a label)."""
 
+    rules: RuleSet = RuleSet()
+    label: Path | None = None
 
-def _flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in params.items():
-        if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
+    def score(self, text: str, expected: Any, schema: AnswerSchema) -> AnswerScore:
+        """Score one answer against its schema and the expected answer.
+
+        ``field_accuracy`` is the weighted share of fields (leaves of the expected answer and of the answer,
+        ignored paths left out) that the rules find equal in both; ``exact_match`` means every field is.
+        """
+        try:
+            answer = parse_answer(text)
+        except ValueError as exc:
+            return self.unanswered(expected, str(exc), parsed=False)
+        fields = self.fields(expected, answer)
+        weight = sum(f.weight for f in fields)
+        return AnswerScore(
+            parsed=True,
+            schema_valid=not schema.violation_message(answer),
+            exact_match=all(f.correct for f in fields),
+            field_accuracy=sum(f.weight for f in fields if f.correct) / weight if weight else 1.0,
+            label_correct=None if self.label is None else self._same_at(self.label, expected, answer),
+            fields=tuple(fields),
+            error=schema.violation_message(answer),
+        )
+
+    def unanswered(self, expected: Any, error: str, *, parsed: bool = False) -> AnswerScore:
+        """The score of a request with no usable answer (failed, or not JSON): every field wrong."""
+        return AnswerScore(parsed, False, False, 0.0, None if self.label is None else False,
+                           tuple(self.fields(expected, MISSING)), error)
+
+    def fields(self, expected: Any, got: Any) -> list[FieldResult]:
+        """Both answers' fields, paired and judged (see the module docstring)."""
+        out: list[FieldResult] = []
+        self._align(expected, got, (), (), out)
+        return out
+
+    def _same_at(self, path: Path, expected: Any, got: Any) -> bool:
+        want, have = resolve(expected, path), resolve(got, path)
+        return want is not MISSING and have is not MISSING and self.rules.leaf_rule(path).same(want, have)
+
+    def _align(self, exp: Any, got: Any, concrete: Path, pattern: Path, out: list[FieldResult]) -> None:
+        rule = self.rules.leaf_rule(concrete)
+        if isinstance(rule, Ignore):
+            return
+        exp_kind, got_kind = _container(exp), _container(got)
+
+        def leaf() -> None:
+            correct = exp is not MISSING and got is not MISSING and rule.same(exp, got)
+            out.append(FieldResult(format_pointer(pattern), exp, got, correct, self.rules.weight(concrete)))
+
+        if exp_kind is not None and got_kind is not None and exp_kind is not got_kind:  # an object for an array
+            self._align(exp, MISSING, concrete, pattern, out)
+            self._align(MISSING, got, concrete, pattern, out)
+        elif exp_kind is not None and got_kind is None and got is not MISSING:  # a value for an object
+            self._align(exp, MISSING, concrete, pattern, out)
+        elif exp_kind is None and (got_kind is None or exp is not MISSING) or _empty(exp) and _empty(got):
+            leaf()  # two values (or one), a value where an object came, or empty containers
+        elif dict in (exp_kind, got_kind):
+            exp_map = exp if isinstance(exp, dict) else {}
+            got_map = got if isinstance(got, dict) else {}
+            for key in [*exp_map, *(k for k in got_map if k not in exp_map)]:
+                self._align(exp_map.get(key, MISSING), got_map.get(key, MISSING), concrete + (key,),
+                            pattern + (key,), out)
         else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+            pairs = self._pairs(exp if isinstance(exp, list) else [], got if isinstance(got, list) else [],
+                                concrete)
+            for index, (item, answered) in enumerate(pairs):
+                self._align(item, answered, concrete + (str(index),), pattern + (ANY,), out)
+
+    def _pairs(self, exp: list[Any], got: list[Any], path: Path) -> list[tuple[Any, Any]]:
+        """Items of two arrays paired for comparison: by position, or as an unordered rule at ``path`` says."""
+        rule = self.rules.array_rule(path)
+        if rule is None:
+            return list(zip_longest(exp, got, fillvalue=MISSING))
+        unpaired = list(range(len(got)))
+        pairs: list[tuple[Any, Any]] = []
+        if rule.key is not None:
+            same_key = self.rules.leaf_rule(path + (ANY, rule.key)).same
+            for item in exp:
+                want = resolve(item, (rule.key,))
+                match = next((j for j in unpaired if want is not MISSING and resolve(got[j], (rule.key,))
+                              is not MISSING and same_key(want, resolve(got[j], (rule.key,)))), None)
+                pairs.append((item, MISSING if match is None else got[match]))
+                if match is not None:
+                    unpaired.remove(match)
+        else:
+            # A multiset: the pairing with the most fields right (Hungarian algorithm), extra items unpaired.
+            scores = np.array([[self._agreement(item, answered, path + (ANY,)) for answered in got] for item in exp])
+            rows, cols = linear_sum_assignment(scores, maximize=True) if scores.size else ([], [])
+            chosen = dict(zip(rows, cols))
+            for i, item in enumerate(exp):
+                pairs.append((item, got[chosen[i]] if i in chosen else MISSING))
+            unpaired = [j for j in unpaired if j not in chosen.values()]
+        return pairs + [(MISSING, got[j]) for j in unpaired]
+
+    def _agreement(self, exp: Any, got: Any, path: Path) -> float:
+        out: list[FieldResult] = []
+        self._align(exp, got, path, path, out)
+        weight = sum(f.weight for f in out)
+        return sum(f.weight for f in out if f.correct) / weight if weight else 1.0
 
 
-def score_answer(text: str, expected: dict[str, Any], validator: Validator) -> AnswerScore:
-    """Score one answer against the schema and the expected answer.
+def _container(value: Any) -> type | None:
+    return dict if isinstance(value, dict) else list if isinstance(value, list) else None
 
-    ``field_accuracy`` is the share of parameter fields (nested ones flattened, e.g. ``fields.due``) present
-    in either answer that hold equal values in both; an answer that is not an object scores 0.
-    """
-    try:
-        answer = parse_answer(text)
-    except ValueError as exc:
-        return AnswerScore(False, False, False, False, 0.0, False, str(exc))
-    errors = sorted(validator.iter_errors(answer), key=lambda e: e.path)
-    error = errors[0].message[:200] if errors else ""
-    if not isinstance(answer, dict):
-        return AnswerScore(True, not errors, False, False, 0.0, False, error or "answer is not an object")
-    normalized, wanted = _normalize(answer), _normalize(expected)
-    got_params = normalized.get("params") if isinstance(normalized.get("params"), dict) else {}
-    got, want = _flatten(got_params), _flatten(wanted["params"])
-    keys = set(got) | set(want)
-    matched = sum(1 for k in keys if k in got and k in want and got[k] == want[k])
-    return AnswerScore(
-        parsed=True,
-        schema_valid=not errors,
-        action_correct=normalized.get("action") == wanted["action"],
-        params_exact=got_params == wanted["params"],
-        field_accuracy=matched / len(keys) if keys else 1.0,
-        exact_match=normalized == wanted,
-        error=error,
-    )
+
+def _empty(value: Any) -> bool:
+    """Missing, or an empty object or array."""
+    return value is MISSING or (_container(value) is not None and not value)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -199,8 +315,10 @@ def _mean(values: list[float]) -> float:
 def summarize(records: list[RequestRecord], *, model_loads: int = 0, model_load_ms: float = 0.0) -> dict[str, float]:
     """Aggregate the request records of one trial into its metrics (see :data:`METRICS`).
 
-    Quality rates are over all requests, a failed request counting as wrong. Latency statistics are over the
-    requests that completed; a trial with none reports NaN for them.
+    Quality rates are over all requests, a failed request counting as wrong. ``label_accuracy`` is there when
+    the experiment has a label, and ``field_accuracy.<path>`` for each field path the expected answers use (the
+    share of that path's fields, in either answer, that are right). Latency statistics are over the requests
+    that completed; a trial with none reports NaN for them.
     """
     n = len(records)
     done = [r for r in records if not r.failed]
@@ -211,12 +329,11 @@ def summarize(records: list[RequestRecord], *, model_loads: int = 0, model_load_
     decode_tokens = sum(r.decode_tokens for r in decoded)
 
     def rate(flag: str) -> float:
-        return sum(getattr(r.score, flag) for r in records) / n if n else 0.0
+        return sum(bool(getattr(r.score, flag)) for r in records) / n if n else 0.0
 
     metrics = {
         "schema_valid_rate": rate("schema_valid"),
         "parse_rate": rate("parsed"),
-        "action_accuracy": rate("action_correct"),
         "exact_match_rate": rate("exact_match"),
         "field_accuracy": sum(r.score.field_accuracy for r in records) / n if n else 0.0,
         "latency_p50_ms": _percentile(latencies, 50),
@@ -237,13 +354,28 @@ def summarize(records: list[RequestRecord], *, model_loads: int = 0, model_load_
         "model_load_ms": float(model_load_ms),
         "requests_measured": float(n),
     }
+    if any(r.score.label_correct is not None for r in records):
+        metrics["label_accuracy"] = rate("label_correct")
     served = [r for r in done if r.server_ms is not None]
     if served:
         server = [r.server_ms for r in served]
         overhead = [r.overhead_ms for r in served]
         metrics.update({"server_ms_p50": _percentile(server, 50), "server_ms_p95": _percentile(server, 95),
                         "overhead_ms_mean": _mean(overhead), "overhead_ms_p95": _percentile(overhead, 95)})
+    metrics.update(_field_metrics(records))
     return metrics
+
+
+def _field_metrics(records: list[RequestRecord]) -> dict[str, float]:
+    paths = {f.path for r in records for f in r.score.fields if f.expected is not MISSING}
+    right: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    for record in records:
+        for f in record.score.fields:
+            if f.path in paths:
+                total[f.path] += 1
+                right[f.path] += f.correct
+    return {field_metric(path): right[path] / total[path] for path in sorted(paths)}
 
 
 def confidence_intervals(records: list[RequestRecord], *, level: float = 0.95, resamples: int = 2000,
@@ -251,13 +383,18 @@ def confidence_intervals(records: list[RequestRecord], *, level: float = 0.95, r
     """Percentile-bootstrap intervals of :data:`CI_METRICS`, resampling the trial's requests.
 
     Returns:
-        ``<metric>_ci95_low`` and ``<metric>_ci95_high`` for each metric; NaN when fewer than two requests
-        count (latencies: the completed requests).
+        ``<metric>_ci95_low`` and ``<metric>_ci95_high`` for each metric the records have (``label_accuracy``
+        only with a label); NaN when fewer than two requests count (latencies: the completed requests).
     """
-    rates = np.array([[r.score.schema_valid, r.score.action_correct, r.score.exact_match] for r in records], float)
+    labelled = any(r.score.label_correct is not None for r in records)
+    rate_names = [m for m in _CI_RATES if labelled or m != "label_accuracy"]
+    values = {"schema_valid_rate": lambda r: r.score.schema_valid, "exact_match_rate": lambda r: r.score.exact_match,
+              "field_accuracy": lambda r: r.score.field_accuracy, "label_accuracy": lambda r: r.score.label_correct}
+    rates = np.array([[float(bool(values[m](r))) if m != "field_accuracy" else values[m](r) for m in rate_names]
+                      for r in records], float).reshape(len(records), len(rate_names))
     latencies = np.array([r.latency_ms for r in records if not r.failed])
-    samples = [(CI_METRICS[:3], rates.T, lambda *flags, axis: np.stack([f.mean(axis=axis) for f in flags])),
-               (CI_METRICS[3:], latencies[None, :],
+    samples = [(rate_names, rates.T, lambda *columns, axis: np.stack([c.mean(axis=axis) for c in columns])),
+               (list(CI_METRICS[4:]), latencies[None, :],
                 lambda ms, axis: np.stack([np.percentile(ms, 50, axis=axis), np.percentile(ms, 95, axis=axis)]))]
     intervals: dict[str, float] = {}
     for metrics, data, statistic in samples:
@@ -269,9 +406,6 @@ def confidence_intervals(records: list[RequestRecord], *, level: float = 0.95, r
         for metric, low, high in zip(metrics, lows, highs):
             intervals[f"{metric}_ci95_low"], intervals[f"{metric}_ci95_high"] = float(low), float(high)
     return intervals
-
-
-_PERFECT = AnswerScore(True, True, True, True, 1.0, True)
 
 
 def optimistic_bound(records: list[RequestRecord], total: int, metric: str) -> float:
@@ -286,5 +420,7 @@ def optimistic_bound(records: list[RequestRecord], total: int, metric: str) -> f
     """
     if metric not in BOUNDED_METRICS:
         raise ValueError(f"{metric} has no optimistic bound")
-    perfect = RequestRecord("", "", {}, "", _PERFECT, 0.0, 0.0, None, None, None, 0, None, 0, False)
+    labelled = any(r.score.label_correct is not None for r in records)
+    perfect = RequestRecord("", "", None, "", AnswerScore(True, True, True, 1.0, True if labelled else None),
+                            0.0, ttft_ms=0.0)
     return summarize(records + [perfect] * max(total - len(records), 0))[metric]

@@ -22,6 +22,7 @@ import hashlib
 import os
 import socket
 import threading
+import warnings
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
@@ -31,8 +32,8 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["GRACE_PERIOD_S", "HEARTBEAT_INTERVAL_S", "WORKER", "heartbeat", "open_storage", "recover_dead_trials",
-           "study_lock"]
+__all__ = ["GRACE_PERIOD_S", "HEARTBEAT_INTERVAL_S", "WORKER", "heartbeat", "heartbeat_helpers", "open_storage",
+           "recover_dead_trials", "study_lock"]
 
 HEARTBEAT_INTERVAL_S = 10
 GRACE_PERIOD_S = 60
@@ -40,7 +41,26 @@ MAX_RETRY = 2
 # Who runs a trial, recorded on it; PIPELINE_WORKER names a worker explicitly (e.g. per machine in a fleet).
 WORKER = os.environ.get("PIPELINE_WORKER") or f"{socket.gethostname()}:{os.getpid()}"
 _JOURNAL = "journal://"
-_retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+
+
+@contextlib.contextmanager
+def heartbeat_helpers() -> Iterator[None]:
+    """Silence what Optuna says about the heartbeat features this module uses on purpose, and nothing else.
+
+    Optuna marks heartbeats, stale-trial failing and the retry callback experimental, and warns that heartbeats
+    are "supposed to be used with Study.optimize": a study here asks and tells its trials itself (to group them
+    by ``num_ctx`` and reuse repeated settings) and sends heartbeats itself (:func:`heartbeat`).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning,
+                                message=r".*(heartbeat|grace_period|fail_stale_trials|RetryHeartbeatStaleTrialCallback)")
+        warnings.filterwarnings("ignore", category=UserWarning,
+                                message="Heartbeat of storage is supposed to be used with Study.optimize")
+        yield
+
+
+with heartbeat_helpers():
+    _retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
 
 
 def open_storage(url: str, *, heartbeat_interval_s: int = HEARTBEAT_INTERVAL_S,
@@ -48,8 +68,9 @@ def open_storage(url: str, *, heartbeat_interval_s: int = HEARTBEAT_INTERVAL_S,
     """The Optuna storage behind ``url``, with heartbeats and retry of stale trials where it supports them."""
     if url.startswith(_JOURNAL):
         return JournalStorage(JournalFileBackend(_journal_path(url)))
-    return RDBStorage(url, heartbeat_interval=heartbeat_interval_s, grace_period=grace_period_s,
-                      heartbeat_stale_trial_callback=_retry)
+    with heartbeat_helpers():
+        return RDBStorage(url, heartbeat_interval=heartbeat_interval_s, grace_period=grace_period_s,
+                          heartbeat_stale_trial_callback=_retry)
 
 
 def _journal_path(url: str) -> str:
@@ -117,7 +138,8 @@ def recover_dead_trials(study: optuna.Study) -> list[FrozenTrial]:
     Raises nothing for a trial another worker fails at the same moment.
     """
     running = {t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    optuna.storages.fail_stale_trials(study)  # heartbeats, on storages that keep them
+    with heartbeat_helpers():
+        optuna.storages.fail_stale_trials(study)  # heartbeats, on storages that keep them
     storage = study._storage
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get("worker", "")

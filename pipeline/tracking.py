@@ -8,8 +8,10 @@ trials may run on several threads. The parent is, in this order: the run ``mlflo
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -22,27 +24,14 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
-from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_LOGGED_ARTIFACTS, MLFLOW_PARENT_RUN_ID
 
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.locations import sqlite_folder
 
-__all__ = ["DEFAULT_TRACKING_URI", "ArtifactWriteError", "StudyTracker", "log_batch", "log_comparison", "metric_key",
-           "resolve_tracking_uri", "sqlite_folder", "start_run"]
+__all__ = ["ArtifactWriteError", "StudyTracker", "log_batch", "log_comparison", "metric_key", "start_run"]
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 _MAX_BATCH = 100  # MLflow's limit of params per log_batch call
-
-
-def resolve_tracking_uri(explicit: str | None, configured: str | None) -> str:
-    """Command line, then ``MLFLOW_TRACKING_URI``, then the config file, then ``sqlite:///mlflow.db``."""
-    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or configured or DEFAULT_TRACKING_URI
-
-
-def sqlite_folder(uri: str) -> Path | None:
-    """The folder of a ``sqlite:///`` database file, or None for other stores."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    return Path(uri[len("sqlite:///"):]).resolve().parent
 
 
 class ArtifactWriteError(PipelineError):
@@ -124,24 +113,35 @@ class StudyTracker:
 
     @_store_errors
     def finish_trial(self, run_id: str, *, metrics: Mapping[str, float], tags: Mapping[str, str],
-                     requests: pd.DataFrame | None) -> None:
-        """Log a finished trial's metrics, tags and request table, and close its run as FINISHED.
+                     tables: Mapping[str, pd.DataFrame] = {}) -> None:
+        """Log a finished trial's metrics, tags and tables (artifact file name: table; empty ones skipped), and
+        close its run as FINISHED.
+
+        The tables are the files ``MlflowClient.log_table`` writes (JSON, ``split`` orient) and are listed in the
+        run's ``mlflow.loggedArtifacts`` tag as it lists them, so the MLflow UI shows them as tables; written
+        together in one upload and one batch, they cost a fraction of one ``log_table`` call each (which reads
+        the run back and sets its tag on every call).
 
         Raises:
-            ArtifactWriteError: the request table could not be written; metrics and tags are recorded and the
-                run is closed with an ``artifact_error`` tag.
+            ArtifactWriteError: a table could not be written; metrics and tags are recorded and the run is
+                closed with an ``artifact_error`` tag.
         """
-        log_batch(self.client, run_id, metrics=metrics, tags=tags)
+        tables = {name: table for name, table in tables.items() if not table.empty}
         try:
-            if requests is not None and not requests.empty:
-                self.client.log_table(run_id, data=requests, artifact_file="requests.json")
+            if tables:
+                with tempfile.TemporaryDirectory() as folder:
+                    for name, table in tables.items():
+                        table.to_json(Path(folder) / name, orient="split", index=False, date_format="iso")
+                    self.client.log_artifacts(run_id, folder)
         except (OSError, MlflowException) as exc:
             reason = getattr(exc, "message", None) or str(exc)
-            self.client.set_tag(run_id, "artifact_error", reason[:5000])
+            log_batch(self.client, run_id, metrics=metrics, tags={**tags, "artifact_error": reason[:5000]})
             self.client.set_terminated(run_id, "FINISHED")
             raise ArtifactWriteError(f"could not write the request table of run {run_id} ({reason[:300]}): "
                                      "free space in the artifact store and run the same command again; the "
                                      "trial's metrics are recorded") from exc
+        listed = {MLFLOW_LOGGED_ARTIFACTS: json.dumps([{"path": name, "type": "table"} for name in tables])}
+        log_batch(self.client, run_id, metrics=metrics, tags={**tags, **(listed if tables else {})})
         self.client.set_terminated(run_id, "FINISHED")
 
     @_store_errors

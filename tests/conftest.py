@@ -31,7 +31,7 @@ def experiment():
 def prompts(experiment):
     from pipeline.prompts import load_prompts
 
-    return load_prompts(PROMPTS, experiment.validator())
+    return load_prompts(PROMPTS, experiment)
 
 
 @pytest.fixture(scope="session")
@@ -72,3 +72,15 @@ def files_under(folder: Path) -> set[str]:
 
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def plan(experiment, prompts, backend, **changes: Any):
+    """The trial plan a study of ``experiment`` would build (warm-up: the pool's first example), changed."""
+    from dataclasses import replace
+
+    from pipeline.prepare import warmup_example
+    from pipeline.runner import TrialPlan
+
+    base = TrialPlan(prompts=prompts, backend=backend, scorer=experiment.scorer,
+                     warmup=warmup_example(experiment, prompts))
+    return replace(base, **changes)

@@ -19,7 +19,7 @@ import yaml
 from mlflow import MlflowClient
 
 from pipeline.cli import main
-from pipeline.config import check_storage_url, check_tracking_uri
+from pipeline.locations import check_storage_url, check_tracking_uri
 from pipeline.errors import ConfigError
 from tests.conftest import EXPERIMENT, PROMPTS, ROOT, files_under, smoke_config
 
@@ -125,6 +125,24 @@ def prompts(change: Callable[[Path], None]) -> Make:
     return run
 
 
+def _no_label(folder: Path, **changes: Any) -> list[str]:
+    """The Task API experiment without its label (and without the router that needs one), under a config."""
+    copy = Path(shutil.copytree(EXPERIMENT, folder / "exp"))
+    manifest = (copy / "experiment.yaml").read_text().replace("label: /action", "")
+    (copy / "experiment.yaml").write_text(manifest)
+    prompt_copy = Path(shutil.copytree(PROMPTS, folder / "prompts"))
+    (prompt_copy / "router.yaml").unlink()
+    raw = smoke_config(experiment=str(copy), prompts=str(prompt_copy), **changes)
+    return ["study", "--config", str(write_config(folder, raw))]
+
+
+def _init_twice(folder: Path) -> list[str]:
+    """A job scaffolded once already: the second `init` must refuse."""
+    (folder / "configs").mkdir()
+    (folder / "configs" / "job.yaml").write_text("study: {}\n")
+    return ["init", "job", "--root", str(folder)]
+
+
 def model_file(content: bytes | None) -> Make:
     """``--model`` naming a file with ``content``, a missing file (None), or a folder (b"/")."""
     def run(folder: Path, _: pytest.MonkeyPatch) -> list[str]:
@@ -208,28 +226,61 @@ CASES = [
     # dataset
     Case("dataset-line-not-json", dataset_line("{not json"), "dataset.jsonl:4: not JSON (Expecting property name"),
     Case("dataset-line-is-an-array", dataset_line("[1, 2]"), "dataset.jsonl:4: must be a JSON object with id, split, "
-                                                             "request, expected; got a JSON array"),
+                                                             "expected and the input template's fields; got a JSON "
+                                                             "array"),
     Case("dataset-missing-field", dataset_line(good_line(expected=...)), "dataset.jsonl:4: missing expected"),
     Case("dataset-duplicate-id", dataset_line(good_line(id="t001")), "dataset.jsonl:4: id 't001' must be a unique"),
     Case("dataset-unknown-split", dataset_line(good_line(split="test")), "dataset.jsonl:4: split 'test' must be one "
                                                                          "of dev, holdout"),
-    Case("dataset-empty-request", dataset_line(good_line(request="  ")), "dataset.jsonl:4: request must be a "
-                                                                         "non-empty string"),
+    Case("dataset-empty-request", dataset_line(good_line(request="  ")), "dataset.jsonl:4: the request renders "
+                                                                         "empty; fill in its fields"),
+    Case("dataset-missing-template-field", dataset_line(good_line(request=...)),
+         "dataset.jsonl:4: missing field 'request' that the input template '{request}' uses"),
     Case("dataset-expected-violates-schema",
          dataset_line(good_line(expected={"action": "create_task", "params": {}, "success": True})),
          "dataset.jsonl:4: expected answer violates schema.json"),
     Case("dataset-nan", dataset_line(good_line(request="x").replace('"success": true', '"success": NaN')),
          "dataset.jsonl:4: not JSON (NaN is not JSON"),
     Case("dataset-empty-file", experiment(write("dataset.jsonl", "")), "dataset.jsonl: no examples; add one JSON"),
-    Case("dataset-missing-file", experiment(delete("dataset.jsonl")), "dataset.jsonl not found: an experiment folder"),
+    Case("dataset-missing-file", experiment(delete("dataset.jsonl")), "dataset.jsonl not found ("),
     Case("dataset-not-utf8", dataset_line(b'{"id": "caf\xe9"}'), "dataset.jsonl:4: not UTF-8 text (byte 0xe9"),
     # schema
     Case("schema-not-json", experiment(write("schema.json", '{"type": "object",\n')), "schema.json:2: not valid JSON"),
     Case("schema-not-a-json-schema", experiment(write("schema.json", '{"type": "objekt"}')),
          "schema.json: invalid JSON Schema at type"),
-    Case("schema-missing", experiment(delete("schema.json")), "schema.json not found: an experiment folder needs"),
+    Case("schema-missing", experiment(delete("schema.json")), "schema.json not found ("),
     Case("schema-remote-ref", experiment(write("schema.json", '{"$ref": "https://example.com/task.json"}')),
-         "schema.json: $ref 'https://example.com/task.json' points outside the file"),
+         "schema.json: $ref 'https://example.com/task.json' points outside the schema"),
+    # the manifest
+    Case("manifest-missing", experiment(delete("experiment.yaml")),
+         "experiment.yaml not found: an experiment folder needs a manifest"),
+    Case("manifest-unknown-key", experiment(write("experiment.yaml", "schema: schema.json\nlabels: /action\n")),
+         "experiment.yaml: unknown key 'labels'. Did you mean 'label'?"),
+    Case("manifest-path-not-in-schema",
+         experiment(write("experiment.yaml", "schema: schema.json\nscoring: {fields: {/params/titel: exact}}\n")),
+         "(scoring.fields./params/titel): /params/titel matches nothing in the schema"),
+    Case("manifest-rule-wrong-type",
+         experiment(write("experiment.yaml", "schema: schema.json\nscoring: {fields: {/action: number}}\n")),
+         "rule 'number' cannot judge /action, which the schema makes string"),
+    Case("manifest-unknown-rule",
+         experiment(write("experiment.yaml", "schema: schema.json\nscoring: {default: fuzzy}\n")),
+         "(scoring) (default): unknown rule 'fuzzy'"),
+    Case("manifest-label-is-an-object", experiment(write("experiment.yaml", "schema: schema.json\nlabel: /params\n")),
+         "(label): /params is an object in the schema; a label must be one value"),
+    Case("manifest-template-placeholder", experiment(write("experiment.yaml", "schema: schema.json\ninput: '{0}'\n")),
+         "input template placeholder '{0}' must be a plain field name"),
+    Case("manifest-by-label-without-label", experiment(write("experiment.yaml", "schema: schema.json\n")),
+         "router.yaml: a router predicts label values, but"),
+    Case("manifest-label-metric-without-label",
+         lambda folder, mp: _no_label(folder, objectives=[{"metric": "label_accuracy"}, {"metric": "latency_p95_ms"}]),
+         "label_accuracy needs a label"),
+    Case("manifest-selection-without-label",
+         lambda folder, mp: _no_label(folder, search_space={"example_selection": "by_label"}),
+         "(search_space.example_selection): by_label picks few-shot examples by the request's label"),
+    Case("manifest-unknown-field-metric",
+         config(objectives=[{"metric": "field_accuracy./params/titel"}, {"metric": "latency_p95_ms"}]),
+         "field_accuracy./params/titel names no field of the expected answers. Did you mean "
+         "'field_accuracy./params/title'?"),
     # prompt files
     Case("prompts-missing-folder", config(prompts="no-such-prompts"), "'prompts' folder"),
     Case("prompts-no-variants", prompts(delete("*.txt")), "no prompt variants; add one <variant>.txt"),
@@ -239,7 +290,15 @@ CASES = [
          "examples.jsonl:1: not JSON"),
     Case("prompts-example-violates-schema",
          prompts(write("examples.jsonl", '{"request": "x", "answer": {"action": "create_task"}}\n')),
-         "examples.jsonl:1: example answer violates the schema"),
+         "examples.jsonl:1: example answer violates schema.json"),
+    Case("prompts-router-unknown-label", prompts(write("router.yaml", "keywords:\n  create_tsk: [add]\n")),
+         "router.yaml: keywords key 'create_tsk' is not a label value of the dataset. Did you mean 'create_task'?"),
+    Case("prompts-example-without-answer", prompts(write("examples.jsonl", '{"request": "x"}\n')),
+         "examples.jsonl:1: missing 'answer'"),
+    # a new job's files
+    Case("init-would-overwrite", lambda folder, mp: _init_twice(folder), "already exists; `pipeline init` never "
+                                                                           "overwrites"),
+    Case("init-bad-name", command("init", "my job", "--root", "{tmp}"), "job name 'my job' must start with a letter"),
     Case("prompts-router-not-a-mapping", prompts(write("router.yaml", "- add\n- show\n")),
          "router.yaml: must be a mapping, got a list"),
     Case("prompts-router-keywords-not-a-list", prompts(write("router.yaml", "keywords:\n  create_task: add\n")),
@@ -379,7 +438,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, folder_state, tmp
 
 def test_catalogue_covers_every_kind_of_input():
     kinds = {case.id.split("-")[0] for case in CASES}
-    assert kinds == {"config", "dataset", "schema", "prompts", "cli", "storage", "model", "tracking"}
+    assert kinds == {"config", "dataset", "schema", "manifest", "prompts", "cli", "storage", "model", "tracking", "init"}
     assert len(CASES) >= 25 and len({case.id for case in CASES}) == len(CASES)
 
 

@@ -29,12 +29,15 @@ def bench(tmp_path, name: str, *extra: str) -> dict:
 
 
 def test_grid_measures_settings_and_resumes(tmp_path):
+    from benchmarks.common import SCORE_COLUMNS
+
     data = tmp_path / "grid.csv"
     done = subprocess.run([sys.executable, "-m", "benchmarks", "grid", "--smoke", "--out", str(data)], cwd=ROOT,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = pd.read_csv(data)
     assert len(rows) == 4 and rows.groupby(["few_shot", "prompt_variant", "format"]).ngroups == 2
+    assert set(SCORE_COLUMNS) <= set(rows.columns)
     assert (rows["wall_ms"] >= rows["latency_ms"]).all()
     again = subprocess.run([sys.executable, "-m", "benchmarks", "grid", "--smoke", "--out", str(data)], cwd=ROOT,
                            capture_output=True, text=True, timeout=900)
@@ -42,12 +45,13 @@ def test_grid_measures_settings_and_resumes(tmp_path):
 
 
 def test_committed_grid_is_complete():
-    from benchmarks.common import GRID_DATA, grid_settings, load
+    from benchmarks.common import GRID_DATA, SCORE_COLUMNS, grid_settings, load
 
     rows = pd.read_csv(GRID_DATA)
     settings = grid_settings(load())
     assert len(settings) == 144
     assert len(rows) == 144 * 20 and not rows["failed"].any()
+    assert set(SCORE_COLUMNS) <= set(rows.columns) and "action_correct" not in rows  # the current score columns
 
 
 def test_search_smoke(tmp_path):
@@ -55,6 +59,8 @@ def test_search_smoke(tmp_path):
     shares = [row["mean"] for row in result["summary"]]
     assert all(0 < s <= 1 + 1e-9 for s in shares)
     assert {row["budget"] for row in result["summary"]} == {0.10, 0.15, 0.25}
+    assert {row["objectives"] for row in result["summary"]} == {"field_accuracy vs p95 (default)",
+                                                                "label_accuracy vs p95"}
 
 
 def test_abort_smoke(tmp_path):
@@ -69,6 +75,7 @@ def test_abort_smoke(tmp_path):
 def test_overhead_smoke(tmp_path):
     result = bench(tmp_path, "overhead")
     assert 0 < result["engine_s"] < result["wall_s"] and result["engine_calls"] >= 4
+    assert result["breakdown_s"]["score answers"] > 0  # the scorer the runner calls is the one timed
 
 
 def test_fidelity_smoke(tmp_path):

@@ -64,7 +64,7 @@ def test_hypervolume_of_points_outside_the_box_is_zero():
 def test_studies_with_other_objectives_are_refused(tmp_path):
     storage = f"sqlite:///{tmp_path}/optuna.db"
     make_study(storage, "a", [(1.0, 600.0)])
-    make_study(storage, "c", [(1.0, 600.0)], objectives="action_accuracy:maximize,latency_p95_ms:minimize")
+    make_study(storage, "c", [(1.0, 600.0)], objectives="label_accuracy:maximize,latency_p95_ms:minimize")
     with pytest.raises(InputError, match="studies 'a' and 'c' have different objectives"):
         load_fronts(["a", "c"], storage)
     with pytest.raises(InputError, match=r"no study 'zz' in .*\(studies there: a, c\)"):

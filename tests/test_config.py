@@ -4,14 +4,15 @@ import pytest
 
 from pipeline.config import Constraint, ParamSpec, load_config
 from pipeline.errors import ConfigError
+from pipeline.prepare import job_defaults
 from tests.conftest import ROOT, smoke_config
 
 
 def test_default_config_loads_with_every_setting():
     config = load_config(ROOT / "configs" / "task_api.yaml")
-    assert [o.metric for o in config.objectives] == ["schema_valid_rate", "latency_p95_ms"]
+    assert [o.metric for o in config.objectives] == ["field_accuracy", "latency_p95_ms"]
     assert [o.direction for o in config.objectives] == ["maximize", "minimize"]
-    assert config.constraints == (Constraint("latency_p95_ms", max=4000.0),)
+    assert config.constraints == (Constraint("schema_valid_rate", min=0.9), Constraint("latency_p95_ms", max=4000.0))
     assert set(config.search_space) == {"num_ctx", "num_predict", "temperature", "top_p", "top_k", "few_shot",
                                         "prompt_variant", "example_selection", "format"}
     assert config.search_space["format"] == ParamSpec("format", "categorical", ("off", "json", "schema"))
@@ -19,11 +20,27 @@ def test_default_config_loads_with_every_setting():
     assert config.experiment == ROOT / "experiments" / "task_api"
 
 
-def test_missing_sections_take_defaults(write_config):
+def test_missing_sections_take_defaults(write_config, experiment, prompts):
     config = load_config(write_config({"experiment": str(ROOT / "experiments/task_api"),
-                                       "prompts": str(ROOT / "prompts/task_api")}))
+                                       "prompts": str(ROOT / "prompts/task_api")}, name="my_job.yaml"))
     assert config.study.trials == 12 and config.evaluation.split == "dev"
+    assert config.study.name == config.tracking.experiment_name == "my_job"  # named after the file
+    assert [o.metric for o in config.objectives] == ["field_accuracy", "latency_p95_ms"]
     assert config.search_space["temperature"].kind == "float"
+    # the settings that depend on the job are filled in from its files
+    assert "prompt_variant" not in config.search_space
+    space = job_defaults(config, experiment, prompts).search_space
+    assert space["prompt_variant"] == ParamSpec("prompt_variant", "categorical", ("compact", "minimal", "verbose"))
+    assert space["few_shot"] == ParamSpec("few_shot", "int", low=0, high=5)
+    assert space["example_selection"].choices == ("static", "by_label")
+
+
+def test_a_config_names_its_experiment_and_prompts_after_itself(tmp_path):
+    for folder in ("configs", "experiments/job", "prompts/job"):
+        (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / "configs" / "job.yaml").write_text("study: {trials: 2}\n")
+    config = load_config(tmp_path / "configs" / "job.yaml")
+    assert config.experiment == tmp_path / "experiments" / "job" and config.prompts == tmp_path / "prompts" / "job"
 
 
 def test_bare_off_in_yaml_means_format_off(write_config):

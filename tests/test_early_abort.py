@@ -15,11 +15,13 @@ P95_SLA = Constraint("latency_p95_ms", max=4000.0)
 VALID_SLA = Constraint("schema_valid_rate", min=0.8)
 
 
-def record(latency: float, *, valid: bool = True, failed: bool = False) -> RequestRecord:
+def record(latency: float, *, valid: bool = True, failed: bool = False, fields: float = 1.0,
+           label: bool = True) -> RequestRecord:
     valid = valid and not failed  # as the runner records a failed request
-    score = AnswerScore(valid, valid, valid, valid, 1.0 if valid else 0.0, valid)
-    return RequestRecord("r", "q", {}, "", score, float("nan") if failed else latency, 1.0, 1.0, 1.0, 1, 10, 10, 1,
-                         False, failed=failed)
+    score = AnswerScore(valid, valid, valid and fields == 1.0, fields if valid else 0.0, label and valid)
+    return RequestRecord("r", "q", {}, "", score, float("nan") if failed else latency, ttft_ms=1.0, prefill_ms=1.0,
+                         decode_ms=1.0, decode_tokens=1, prompt_tokens_estimated=10, prompt_tokens_engine=10,
+                         output_tokens=1, failed=failed)
 
 
 def test_p95_bound_by_hand():
@@ -70,16 +72,18 @@ def test_constraints_that_cannot_be_bounded_never_stop_a_trial():
         optimistic_bound([record(1)], 2, "decode_tokens_per_s")
 
 
-requests = st.lists(st.tuples(st.floats(0, 10_000), st.booleans(), st.booleans()),
+requests = st.lists(st.tuples(st.floats(0, 10_000), st.booleans(), st.booleans(), st.floats(0, 1), st.booleans()),
                     min_size=1, max_size=30)
+RATES = ("schema_valid_rate", "field_accuracy", "label_accuracy", "exact_match_rate")
 
 
 @settings(max_examples=300, derandomize=True, deadline=None)
-@given(requests, st.floats(1, 10_000), st.floats(0.05, 1.0), st.sampled_from([50, 95, 99]))
-def test_an_aborted_trial_would_have_been_infeasible(outcomes, latency_limit, rate_limit, q):
+@given(requests, st.floats(1, 10_000), st.floats(0.05, 1.0), st.sampled_from([50, 95, 99]), st.sampled_from(RATES))
+def test_an_aborted_trial_would_have_been_infeasible(outcomes, latency_limit, rate_limit, q, rate):
     """Exactness: whenever the rule stops a trial, the whole trial breaks the same constraint."""
-    records = [record(latency, valid=valid, failed=failed) for latency, valid, failed in outcomes]
-    constraints = (Constraint(f"latency_p{q}_ms", max=latency_limit), Constraint("schema_valid_rate", min=rate_limit))
+    records = [record(latency, valid=valid, failed=failed, fields=fields, label=label)
+               for latency, valid, failed, fields, label in outcomes]
+    constraints = (Constraint(f"latency_p{q}_ms", max=latency_limit), Constraint(rate, min=rate_limit))
     full = summarize(records)
     for used in range(1, len(records)):
         abort = abort_reason(records[:used], len(records), constraints)

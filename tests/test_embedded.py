@@ -7,6 +7,7 @@ import pytest
 from pipeline.backends.embedded import bundled_model_path
 from pipeline.runner import check_fit, prepare_requests, run_trial
 from pipeline.space import InferenceSettings
+from tests.conftest import plan
 
 pytestmark = pytest.mark.slow
 
@@ -18,7 +19,7 @@ def backend(engine):
 
 def settings(**changes) -> InferenceSettings:
     base = dict(num_ctx=1024, num_predict=64, temperature=0.0, top_p=1.0, top_k=40, few_shot=2,
-                prompt_variant="compact", example_selection="by_action", format="off", seed=11)
+                prompt_variant="compact", example_selection="by_label", format="off", seed=11)
     return InferenceSettings(**{**base, **changes})
 
 
@@ -35,10 +36,9 @@ def test_describe_names_engine_and_model(backend):
 
 def test_one_load_per_context_size_and_warmup_kept_out(backend, experiment, prompts):
     examples = experiment.split("dev", 3)
-    common = dict(prompts=prompts, backend=backend, validator=experiment.validator(), schema=experiment.schema,
-                  warmup=2, repetitions=1, margin=0.1)
-    first = run_trial(settings(num_ctx=768), examples, **common)
-    again = run_trial(settings(num_ctx=768, temperature=0.5), examples, **common)
+    common = plan(experiment, prompts, backend, warmup_requests=2)
+    first = run_trial(settings(num_ctx=768), examples, common)
+    again = run_trial(settings(num_ctx=768, temperature=0.5), examples, common)
     assert (first.model_loads, first.warmup_requests) == (1, 2) and first.model_load_ms > 0
     assert (again.model_loads, again.warmup_requests, again.model_load_ms) == (0, 0, 0.0)
     assert len(first.records) == len(again.records) == 3  # warm-up calls are never records
@@ -47,7 +47,7 @@ def test_one_load_per_context_size_and_warmup_kept_out(backend, experiment, prom
 def test_generation_timings_are_consistent(backend, experiment, prompts):
     backend.start_trial(1024)
     request = prepare_requests(experiment.split("dev", 1), prompts, settings())[0]
-    out = backend.generate(request.messages, settings(), schema=experiment.schema)
+    out = backend.generate(request.messages, settings(), schema=experiment.schema.document)
     assert out.prompt_tokens == backend.count_prompt_tokens(request.messages)
     assert 0 < out.ttft_ms <= out.latency_ms
     assert 0 < out.prefill_ms <= out.ttft_ms
@@ -60,8 +60,7 @@ def test_generation_timings_are_consistent(backend, experiment, prompts):
 def test_schema_format_constrains_answers_to_the_schema(backend, experiment, prompts):
     backend.start_trial(1024)
     outcome = run_trial(settings(format="schema", few_shot=0, num_predict=96), experiment.split("dev", 4),
-                        prompts=prompts, backend=backend, validator=experiment.validator(),
-                        schema=experiment.schema, warmup=0, repetitions=1, margin=0.1)
+                        plan(experiment, prompts, backend, warmup_requests=0))
     # without examples the model answers prose; the grammar forces schema-valid JSON
     assert all(r.score.schema_valid for r in outcome.records if not r.truncated)
     assert any(not r.truncated for r in outcome.records)
@@ -69,9 +68,8 @@ def test_schema_format_constrains_answers_to_the_schema(backend, experiment, pro
 
 def test_output_limit_truncates(backend, experiment, prompts):
     backend.start_trial(1024)
-    outcome = run_trial(settings(num_predict=4, few_shot=0), experiment.split("dev", 2), prompts=prompts,
-                        backend=backend, validator=experiment.validator(), schema=experiment.schema, warmup=0,
-                        repetitions=1, margin=0.1)
+    outcome = run_trial(settings(num_predict=4, few_shot=0), experiment.split("dev", 2),
+                        plan(experiment, prompts, backend, warmup_requests=0))
     assert all(r.truncated and r.output_tokens == 4 for r in outcome.records)
 
 
@@ -81,9 +79,7 @@ def test_prompt_that_cannot_fit_is_infeasible_and_not_run(backend, experiment, p
     reason = check_fit(request, tight, backend, margin=0.1)
     assert reason is not None and "does not fit num_ctx 256" in reason
     loaded = set(backend._contexts)
-    outcome = run_trial(tight, experiment.split("dev", 2), prompts=prompts, backend=backend,
-                        validator=experiment.validator(), schema=experiment.schema, warmup=1, repetitions=1,
-                        margin=0.1)
+    outcome = run_trial(tight, experiment.split("dev", 2), plan(experiment, prompts, backend))
     assert outcome.infeasible and outcome.records == [] and set(backend._contexts) == loaded
     roomy = settings(num_ctx=2048, prompt_variant="minimal", few_shot=0)
     assert check_fit(prepare_requests(experiment.split("dev", 1), prompts, roomy), roomy, backend, margin=0.1) is None
@@ -91,9 +87,8 @@ def test_prompt_that_cannot_fit_is_infeasible_and_not_run(backend, experiment, p
 
 def test_a_trial_is_reproducible_whatever_ran_before(backend, experiment, prompts):
     hot = settings(temperature=0.9, top_p=0.95, few_shot=1)
-    common = dict(prompts=prompts, backend=backend, validator=experiment.validator(), schema=experiment.schema,
-                  warmup=0, repetitions=1, margin=0.1)
+    common = plan(experiment, prompts, backend, warmup_requests=0)
     examples = experiment.split("dev", 4)
-    first = [r.answer for r in run_trial(hot, examples, **common).records]
-    run_trial(settings(few_shot=3), experiment.split("holdout", 2), **common)  # leaves other prompts cached
-    assert [r.answer for r in run_trial(hot, examples, **common).records] == first
+    first = [r.answer for r in run_trial(hot, examples, common).records]
+    run_trial(settings(few_shot=3), experiment.split("holdout", 2), common)  # leaves other prompts cached
+    assert [r.answer for r in run_trial(hot, examples, common).records] == first

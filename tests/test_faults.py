@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 def test_a_trial_whose_every_request_fails_is_fail_and_the_study_goes_on(engine, tmp_path, write_config):
     with OllamaDouble(engine=engine) as server:
-        config = write_config(smoke_config(engine={"backend": "ollama", "ollama_model": "task-api",
+        config = write_config(smoke_config(engine={"backend": "ollama", "ollama_model": "tuned",
                                                    "host": server.url}, study={"batch": 1}))
         server.inject("http_error", count=4, status=500)  # the first trial's warm-up and three requests
         assert main(["study", "--config", str(config), "--trials", "2",

@@ -20,7 +20,6 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from jsonschema import Draft202012Validator
 
 from pipeline.config import PARAMETERS, StudyConfig, load_config
 from pipeline.errors import ConfigError, DataError, PipelineError
@@ -175,12 +174,50 @@ SCHEMAS = (st.just(REAL_SCHEMA) | JSON_DOCS.map(json.dumps) | st.text(max_size=6
            | st.binary(max_size=20))
 
 
+REAL_MANIFEST = (EXPERIMENT / "experiment.yaml").read_text()
+MANIFEST_KEYS = ["description", "schema", "schema_field", "dataset", "input", "label", "scoring", "warmup", "default",
+                 "fields", "rule", "tolerance", "relative", "key", "weight", "exact", "text", "number", "unordered",
+                 "ignore", "/action", "/params", "/params/title", "/params/*", "/success", "request", "schema.json",
+                 "dataset.jsonl", "{request}", "{x}", "{", "}", "~", "*"]
+MANIFEST_TEXT = st.text(max_size=12) | st.sampled_from(MANIFEST_KEYS)
+MANIFEST_DOCS = st.recursive(st.none() | st.booleans() | NUMBERS | MANIFEST_TEXT,
+                             lambda inner: st.lists(inner, max_size=4)
+                             | st.dictionaries(MANIFEST_TEXT, inner, max_size=5), max_leaves=16)
+
+
+@st.composite
+def manifests(draw: st.DrawFn) -> str | bytes:
+    choice = draw(st.integers(0, 3))
+    if choice == 0:
+        return REAL_MANIFEST
+    if choice == 1:
+        manifest = yaml.safe_load(REAL_MANIFEST)
+        key = draw(st.sampled_from(["schema", "input", "label", "scoring", "warmup", "schema_field", "extra",
+                                    ("scoring", "fields"), ("scoring", "default"), ("scoring", "fields", "/action")]))
+        put(manifest, key if isinstance(key, tuple) else (key,), draw(MANIFEST_DOCS))
+        return dump(manifest)
+    if choice == 2:
+        return dump(draw(MANIFEST_DOCS))
+    return draw(st.binary(max_size=20) | st.text(max_size=80))
+
+
+@fuzz(150)
+@given(manifest=manifests())
+def test_experiment_any_manifest(manifest):
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder) / "exp"
+        shutil.copytree(EXPERIMENT, root)
+        write_text(root / "experiment.yaml", manifest)
+        assert_pipeline_outcome(lambda: load_experiment(root), Experiment)
+
+
 @fuzz(150)
 @given(schema=SCHEMAS, lines=lines_of(REAL_LINES, ["id", "split", "request", "expected"], "expected"),
        keep_real=st.booleans())
 def test_experiment_any_schema_and_dataset(schema, lines, keep_real):
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
+        write_text(root / "experiment.yaml", REAL_MANIFEST)
         write_text(root / "schema.json", schema)
         write_text(root / "dataset.jsonl", "\n".join((REAL_LINES[:5] if keep_real else []) + lines) + "\n")
         assert_pipeline_outcome(lambda: load_experiment(root), Experiment)
@@ -190,7 +227,20 @@ def test_experiment_any_schema_and_dataset(schema, lines, keep_real):
 
 REAL_EXAMPLES = (PROMPTS / "examples.jsonl").read_text().splitlines()
 REAL_ROUTER = yaml.safe_load((PROMPTS / "router.yaml").read_text())
-VALIDATORS = [Draft202012Validator(json.loads(REAL_SCHEMA)), Draft202012Validator({})]
+
+
+def _permissive_experiment() -> Experiment:
+    """An experiment whose schema allows anything, labelled by /action: the prompt folder's checks alone decide."""
+    folder = Path(tempfile.mkdtemp())
+    (folder / "experiment.yaml").write_text("schema: schema.json\nlabel: /action\n")
+    (folder / "schema.json").write_text("{}")
+    (folder / "dataset.jsonl").write_text("\n".join(REAL_LINES) + "\n")
+    experiment = load_experiment(folder)
+    shutil.rmtree(folder)
+    return experiment
+
+
+EXPERIMENTS = [load_experiment(EXPERIMENT), _permissive_experiment()]
 
 
 @st.composite
@@ -214,8 +264,8 @@ def router_texts(draw: st.DrawFn) -> str | bytes | None:
 @given(variants=st.dictionaries(st.sampled_from(["compact", "minimal", "verbose", "x-1", "ünï"]),
                                 st.text(max_size=30) | st.binary(max_size=10), max_size=3),
        lines=lines_of(REAL_EXAMPLES, ["request", "answer"], "answer"), router=router_texts(),
-       validator=st.sampled_from(VALIDATORS))
-def test_prompts_any_folder(variants, lines, router, validator):
+       experiment=st.sampled_from(EXPERIMENTS))
+def test_prompts_any_folder(variants, lines, router, experiment):
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         for name, text in variants.items():
@@ -223,7 +273,7 @@ def test_prompts_any_folder(variants, lines, router, validator):
         write_text(root / "examples.jsonl", "\n".join(lines) + "\n")
         if router is not None:
             write_text(root / "router.yaml", router)
-        assert_pipeline_outcome(lambda: load_prompts(root, validator), PromptLibrary)
+        assert_pipeline_outcome(lambda: load_prompts(root, experiment), PromptLibrary)
 
 
 # -- regressions: crashes and values that slipped through, pinned ------------------------------------------
@@ -271,11 +321,10 @@ LINE = '{{"id": "n", "split": "dev", "request": "r", "expected": {}}}'
     pytest.param(None, LINE.format("1e999"), "1e999 is too large for a number", id="overflowing-float"),
     # jsonschema fetched this URL, then let the connection error through
     pytest.param('{"$ref": "http://127.0.0.1:9/nowhere.json"}', LINE.format("{}"),
-                 "schema.json: $ref 'http://127.0.0.1:9/nowhere.json' points outside the file", id="remote-ref"),
+                 "schema.json: $ref 'http://127.0.0.1:9/nowhere.json' points outside the schema", id="remote-ref"),
     pytest.param('{"$ref": "#/$defs/none"}', LINE.format("{}"),
-                 "schema.json: $ref '#/$defs/none' points at nothing in the file", id="dangling-ref"),
-    pytest.param("{}", LINE.format("[1]"), "expected answer must be a JSON object with an 'action' string",
-                 id="no-action"),
+                 "schema.json: $ref '#/$defs/none' points at nothing in the schema", id="dangling-ref"),
+    pytest.param("{}", LINE.format("[1]"), "the answer has no value at the label path /action", id="no-label"),
     pytest.param("[" * 5000, None, "schema.json: not valid JSON (nested too deeply)", id="deep-schema"),
 ])
 def test_experiment_regressions(experiment_copy, schema, line, message):
@@ -292,18 +341,19 @@ def test_experiment_regressions(experiment_copy, schema, line, message):
     ("compact.txt", b"\xff\xfe", "compact.txt:1: not UTF-8 text (byte 0xff at offset 0)"),
     ("examples.jsonl", b'{"request": "\xff"}', "examples.jsonl:1: not UTF-8 text"),
     ("router.yaml", b"keywords: \xff", "router.yaml:1: not UTF-8 text"),
-    ("router.yaml", "keywords: {a: [x]}\ndefault: [a]\n", "'default' must be an action name, got ['a']"),
-    ("router.yaml", "keywords: {a: [x, '']}\n", "keyword '' of 'a' must be a non-empty word"),
+    ("router.yaml", "keywords: {create_task: [x]}\ndefault: [a]\n", "'default' must be a label value, got ['a']"),
+    ("router.yaml", "keywords: {create_task: [x, '']}\n", "keyword '' of 'create_task' must be a non-empty word"),
     ("router.yaml", "keywords: {a: [x]}\n\x00", "router.yaml:2: not valid YAML (character '\\x00' is not allowed)"),
     ("examples.jsonl", '{"request": "x", "answer": ' + "[" * 5000 + "\n", "examples.jsonl:1: not JSON"),
-    ("examples.jsonl", '{"request": "x", "answer": {"action": 1}}\n', "example answer must be a JSON object with an"),
+    ("examples.jsonl", '{"request": "x", "answer": {"action": {}}}\n',
+     "examples.jsonl:1: the answer has no value at the label path /action (got {})"),
 ], ids=["variant-not-utf8", "examples-not-utf8", "router-not-utf8", "router-default-list", "router-empty-keyword",
-        "router-nul-character", "examples-deep-nesting", "example-action-not-a-string"])
+        "router-nul-character", "examples-deep-nesting", "example-label-not-a-value"])
 def test_prompt_regressions(tmp_path, file, content, message):
     folder = Path(shutil.copytree(PROMPTS, tmp_path / "prompts"))
     write_text(folder / file, content)
     with pytest.raises(DataError) as caught:
-        load_prompts(folder, Draft202012Validator({}))
+        load_prompts(folder, EXPERIMENTS[1])
     assert message in str(caught.value) and len(str(caught.value).splitlines()) == 1
 
 
@@ -311,4 +361,4 @@ def test_a_folder_named_like_a_variant_is_reported(tmp_path, experiment):
     folder = Path(shutil.copytree(PROMPTS, tmp_path / "prompts"))
     (folder / "zzz.txt").mkdir()
     with pytest.raises(DataError, match=r"zzz\.txt cannot be read \(Is a directory\)"):
-        load_prompts(folder, experiment.validator())
+        load_prompts(folder, experiment)

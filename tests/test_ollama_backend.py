@@ -15,8 +15,10 @@ from pipeline.config import EngineConfig, load_config
 from pipeline.errors import BackendError, InputError, PipelineError
 from pipeline.runner import run_trial
 from pipeline.space import InferenceSettings
-from pipeline.study import prepare_study, run_study
+from pipeline.prepare import prepare_study
+from pipeline.study import run_study
 from pipeline.testing.ollama_double import OllamaDouble
+from tests.conftest import plan
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -37,19 +39,18 @@ def closed_port_url() -> str:
 
 def settings(**changes) -> InferenceSettings:
     base = dict(num_ctx=1024, num_predict=48, temperature=0.0, top_p=1.0, top_k=40, few_shot=2,
-                prompt_variant="compact", example_selection="by_action", format="off", seed=3)
+                prompt_variant="compact", example_selection="by_label", format="off", seed=3)
     return InferenceSettings(**{**base, **changes})
 
 
 def trial(backend, experiment, prompts, *, count=3, **changes):
-    return run_trial(settings(**changes), experiment.split("dev", count), prompts=prompts, backend=backend,
-                     validator=experiment.validator(), schema=experiment.schema, warmup=1, repetitions=1, margin=0.1)
+    return run_trial(settings(**changes), experiment.split("dev", count), plan(experiment, prompts, backend))
 
 
 def test_preflight_records_server_and_model(double):
-    backend = OllamaBackend("task-api", host=double.url, timeout_s=30)
+    backend = OllamaBackend("tuned", host=double.url, timeout_s=30)
     tags = backend.describe()
-    assert tags["engine"] == "ollama" and tags["engine_version"] == "0.12.0" and tags["model"] == "task-api"
+    assert tags["engine"] == "ollama" and tags["engine_version"] == "0.12.0" and tags["model"] == "tuned"
     assert len(tags["model_digest"]) >= 64 and tags["model_quantization"] == "Q4_1"
     assert tags["model_parameter_size"] == "135M" and tags["model_family"] != "unknown"
     assert tags["ollama_host"] == double.url
@@ -58,7 +59,7 @@ def test_preflight_records_server_and_model(double):
 def test_unreachable_server_names_host_and_fix():
     url = closed_port_url()
     with pytest.raises(InputError) as caught:
-        OllamaBackend("task-api", host=url, timeout_s=5)
+        OllamaBackend("tuned", host=url, timeout_s=5)
     message = str(caught.value)
     assert url in message and "ollama serve" in message and "--backend embedded" in message
 
@@ -78,19 +79,19 @@ def test_pull_flag_pulls_with_progress(double):
 
 
 def test_requests_use_ollamas_names_streaming_and_keep_alive(double, experiment, prompts):
-    backend = OllamaBackend("task-api", host=double.url, timeout_s=60, keep_alive="7m")
+    backend = OllamaBackend("tuned", host=double.url, timeout_s=60, keep_alive="7m")
     outcome = trial(backend, experiment, prompts, count=2, format="schema")
     chats = [r["body"] for r in double.requests if r["path"] == "/api/chat" and r["body"]["messages"]]
     assert len(chats) == 1 + 2  # one warm-up after the load, two timed
     for body in chats:
-        assert body["stream"] is True and body["keep_alive"] == "7m" and body["model"] == "task-api"
+        assert body["stream"] is True and body["keep_alive"] == "7m" and body["model"] == "tuned"
         assert body["options"] == settings(format="schema").options()
-        assert body["format"] == experiment.schema
+        assert body["format"] == experiment.schema.document
     assert all(r.score.schema_valid for r in outcome.records if not r.truncated)
 
 
 def test_server_timings_and_overhead(double, experiment, prompts):
-    backend = OllamaBackend("task-api", host=double.url, timeout_s=60)
+    backend = OllamaBackend("tuned", host=double.url, timeout_s=60)
     outcome = trial(backend, experiment, prompts)
     for record in outcome.records:
         assert 0 < record.server_ms <= record.latency_ms
@@ -100,7 +101,7 @@ def test_server_timings_and_overhead(double, experiment, prompts):
 
 
 def test_num_ctx_change_reloads_once_and_is_kept_out_of_timings(double, experiment, prompts):
-    backend = OllamaBackend("task-api", host=double.url, timeout_s=60)
+    backend = OllamaBackend("tuned", host=double.url, timeout_s=60)
     first = trial(backend, experiment, prompts, num_ctx=1024)
     same = trial(backend, experiment, prompts, num_ctx=1024, temperature=0.3)
     other = trial(backend, experiment, prompts, num_ctx=2048)
@@ -110,10 +111,10 @@ def test_num_ctx_change_reloads_once_and_is_kept_out_of_timings(double, experime
 
 
 def test_reload_inside_a_request_is_detected_and_measured_again(double, experiment, prompts):
-    backend = OllamaBackend("task-api", host=double.url, timeout_s=60, reload_threshold_ms=100)
+    backend = OllamaBackend("tuned", host=double.url, timeout_s=60, reload_threshold_ms=100)
     trial(backend, experiment, prompts, num_ctx=1024)
     # Another client makes the server load another context; then every reload takes 0.3 s.
-    backend.client.chat("task-api", messages=[], options={"num_ctx": 2048})
+    backend.client.chat("tuned", messages=[], options={"num_ctx": 2048})
     double.reload_delay_s = 2.0
     sent = len(double.requests)
     outcome = trial(backend, experiment, prompts, num_ctx=1024)
@@ -131,7 +132,7 @@ def test_reload_inside_a_request_is_detected_and_measured_again(double, experime
 ])
 def test_a_failing_request_is_a_failed_record_and_the_trial_goes_on(double, experiment, prompts, fault, timeout_s,
                                                                      message):
-    backend = OllamaBackend("task-api", host=double.url, timeout_s=timeout_s)
+    backend = OllamaBackend("tuned", host=double.url, timeout_s=timeout_s)
     backend.start_trial(1024)
     double.inject(fault, delay_s=timeout_s + 1)
     outcome = trial(backend, experiment, prompts, count=3)
@@ -141,11 +142,11 @@ def test_a_failing_request_is_a_failed_record_and_the_trial_goes_on(double, expe
 
 
 def test_auto_takes_ollama_when_it_has_the_model(double):
-    backend, choice = make_backend(EngineConfig(backend="auto", ollama_model="task-api", host=double.url))
-    assert backend.name == "ollama" and choice.startswith("ollama: task-api on ")
+    backend, choice = make_backend(EngineConfig(backend="auto", ollama_model="tuned", host=double.url))
+    assert backend.name == "ollama" and choice.startswith("ollama: tuned on ")
 
 
-@pytest.mark.parametrize("model", ["task-api", "missing-model"])
+@pytest.mark.parametrize("model", ["tuned", "missing-model"])
 def test_auto_falls_back_to_embedded(double, model):
     host = double.url if model == "missing-model" else closed_port_url()
     backend, choice = make_backend(EngineConfig(backend="auto", ollama_model=model, host=host))
@@ -169,7 +170,7 @@ def runs(tmp_path):
 
 def test_study_through_the_server(double, tmp_path):
     code = main(["study", "--config", str(ROOT / "configs/smoke.yaml"), "--backend", "ollama", "--model",
-                 "task-api", "--host", double.url, "--trials", "2", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"])
+                 "tuned", "--host", double.url, "--trials", "2", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"])
     assert code == 0
     parents, children = runs(tmp_path)
     assert len(parents) == 1 and len(children) == 2
@@ -186,7 +187,7 @@ def test_dead_server_fails_trials_and_stops_the_study(engine, tmp_path, write_co
     from tests.conftest import smoke_config
 
     path = write_config(smoke_config(study={"max_consecutive_failures": 2, "batch": 1},
-                                     engine={"backend": "ollama", "ollama_model": "task-api"}))
+                                     engine={"backend": "ollama", "ollama_model": "tuned"}))
     config = load_config(path)
     with OllamaDouble(engine=engine) as server:
         config = config.with_overrides(engine={"host": server.url})

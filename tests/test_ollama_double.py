@@ -21,7 +21,7 @@ from pipeline.testing import OllamaDouble
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-MODEL = "task-api"
+MODEL = "tuned"
 CTX = 1024  # the context most tests share, so they do not reload each other's model
 HELLO = [{"role": "user", "content": "Say hello to the team."}]
 
@@ -63,7 +63,7 @@ def test_version_root_and_unknown_paths_answer_as_ollama_does(double):
 
 
 def test_tags_list_the_model_with_the_digest_of_its_file(client, engine):
-    listed = {m.model: m for m in client.list().models}["task-api:latest"]  # other tests create more
+    listed = {m.model: m for m in client.list().models}["tuned:latest"]  # other tests create more
     assert listed.digest == engine.sha256
     assert listed.size == engine.model_path.stat().st_size
     details = listed.details
@@ -91,7 +91,7 @@ def test_streamed_chat_sends_pieces_as_generated_then_measured_timings(client, d
     assert final.prompt_eval_duration + final.eval_duration <= final.total_duration
     assert final.load_duration <= final.total_duration and final.eval_count >= len(pieces)
     (running,) = client.ps().models
-    assert (running.model, running.context_length, running.size_vram) == ("task-api:latest", CTX, 0)
+    assert (running.model, running.context_length, running.size_vram) == ("tuned:latest", CTX, 0)
     assert double.requests[0]["body"]["options"]["num_ctx"] == CTX
 
 
@@ -188,7 +188,7 @@ def test_created_model_brings_its_system_prompt_and_default_options(client):
     answer = client.chat(model="terse", messages=HELLO)
     assert answer.model == "terse" and 0 < answer.eval_count <= 6
     shown = client.show("terse:latest")
-    assert shown.details.parent_model == "task-api:latest" and "num_predict" in shown.parameters
+    assert shown.details.parent_model == "tuned:latest" and "num_predict" in shown.parameters
     assert "terse:latest" in [m.model for m in client.list().models]
 
     # a system prompt too long for the context proves it is put before the request's messages

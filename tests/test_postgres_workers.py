@@ -67,7 +67,7 @@ def test_two_machines_share_a_study_and_a_dead_workers_trial_is_retried(engine, 
         for name, double in zip(("machine-a", "machine-b"), doubles):
             workers.append(subprocess.Popen(
                 ["python", "-m", "pipeline", "study", "--config", str(config), "--trials", "4", "--backend", "ollama",
-                 "--model", "task-api", "--host", double.url, "--storage", postgres_url,
+                 "--model", "tuned", "--host", double.url, "--storage", postgres_url,
                  "--tracking-uri", f"http://127.0.0.1:{port}"],
                 cwd=tmp_path, env={**environment(), "PIPELINE_WORKER": name}, stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, text=True))

@@ -141,16 +141,16 @@ def test_decision_rule_on_accuracy_drop_and_held_out_sla():
 def test_promotion_to_an_ollama_server_creates_the_model_and_smoke_tests_it(engine, tmp_path, write_config):
     with OllamaDouble(engine=engine) as server:
         config = write_config(smoke_config(
-            study={"name": "promo"}, engine={"backend": "ollama", "ollama_model": "task-api", "host": server.url},
+            study={"name": "promo"}, engine={"backend": "ollama", "ollama_model": "tuned", "host": server.url},
             search_space={"format": "schema", "few_shot": 2, "prompt_variant": "compact", "num_predict": 64}))
         uri = f"sqlite:///{tmp_path}/mlflow.db"
         assert main(["study", "--config", str(config), "--trials", "1", "--tracking-uri", uri]) == 0
         assert main(["promote", "promo", "--config", str(config), "--tracking-uri", uri, "--repetitions", "1",
-                     "--ollama-name", "task-api-tuned", "--output", str(tmp_path / "out")]) == 0
+                     "--ollama-name", "tuned-tuned", "--output", str(tmp_path / "out")]) == 0
         creates = [r["body"] for r in server.requests if r["path"] == "/api/create"]
-        assert len(creates) == 1 and creates[0]["model"] == "task-api-tuned" and creates[0]["from"] == "task-api"
+        assert len(creates) == 1 and creates[0]["model"] == "tuned-tuned" and creates[0]["from"] == "tuned"
         assert creates[0]["parameters"]["num_predict"] == 64 and len(creates[0]["messages"]) == 4
         smoke = [r["body"] for r in server.requests if r["path"] == "/api/chat"
-                 and r["body"].get("model") == "task-api-tuned"]
+                 and r["body"].get("model") == "tuned-tuned"]
         assert len(smoke) == 1 and smoke[0]["format"]["oneOf"]
-    assert parse((tmp_path / "out" / "Modelfile").read_text()).base == "task-api"
+    assert parse((tmp_path / "out" / "Modelfile").read_text()).base == "tuned"

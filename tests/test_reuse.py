@@ -9,7 +9,8 @@ import pytest
 
 from pipeline import pareto
 from pipeline.config import Objective, load_config
-from pipeline.study import make_sampler, reuse_measurement
+from pipeline.reuse import reuse_measurement
+from pipeline.samplers import make_sampler
 from tests.conftest import ROOT
 
 OBJECTIVES = (Objective("schema_valid_rate", "maximize"), Objective("latency_p95_ms", "minimize"))

@@ -53,13 +53,13 @@ def test_backend_description_and_choice_carry_no_credentials(engine):
     with OllamaDouble(engine=engine) as double:
         port = double.url.rsplit(":", 1)[1]
         host = f"http://user:s3cret@127.0.0.1:{port}/?token=t0ken"
-        backend, choice = make_backend(EngineConfig(backend="ollama", ollama_model="task-api", host=host))
+        backend, choice = make_backend(EngineConfig(backend="ollama", ollama_model="tuned", host=host))
         try:
             tags = backend.describe()
         finally:
             backend.close()
     assert tags["ollama_host"] == f"http://***@127.0.0.1:{port}/?token=***"
-    assert tags["model"] == "task-api" and len(tags["model_digest"]) >= 64  # the preflight really ran
+    assert tags["model"] == "tuned" and len(tags["model_digest"]) >= 64  # the preflight really ran
     for text in [*tags.values(), choice]:
         assert "s3cret" not in str(text) and "t0ken" not in str(text)
 

@@ -22,7 +22,7 @@ def test_every_suggestion_stays_inside_the_configured_space():
         assert 0.0 <= s.temperature <= 1.0 and 0.5 <= s.top_p <= 1.0 and 1 <= s.top_k <= 100
         assert isinstance(s.top_k, int) and 0 <= s.few_shot <= 5
         assert s.prompt_variant in ("verbose", "compact", "minimal")
-        assert s.example_selection in ("static", "by_action") and s.format in ("off", "json", "schema")
+        assert s.example_selection in ("static", "by_label") and s.format in ("off", "json", "schema")
         assert s.seed == 5
         seen.add((s.prompt_variant, s.format))
         study.tell(trial, [0.5, 100.0])
@@ -31,7 +31,7 @@ def test_every_suggestion_stays_inside_the_configured_space():
 
 def test_fixed_trial_replays_known_params_through_the_same_code():
     params = {"num_ctx": 1024, "num_predict": 96, "temperature": 0.2, "top_p": 0.9, "top_k": 40, "few_shot": 2,
-              "prompt_variant": "compact", "example_selection": "by_action", "format": "schema"}
+              "prompt_variant": "compact", "example_selection": "by_label", "format": "schema"}
     settings = suggest(optuna.trial.FixedTrial(params), SPACE, seed=3)
     assert settings == InferenceSettings(**params, seed=3)
     assert settings.options() == {"num_ctx": 1024, "num_predict": 96, "temperature": 0.2, "top_p": 0.9,

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from pipeline.errors import BackendError
 from pipeline.prompts import Message
 from pipeline.space import InferenceSettings
 
-__all__ = ["Backend", "Generation", "RequestFailed"]
+__all__ = ["Backend", "Generation", "ModelPublisher", "RequestFailed"]
 
 
 class RequestFailed(BackendError):
@@ -41,7 +41,21 @@ class Generation:
 
 
 class Backend(Protocol):
+    """An inference engine. Besides its methods, a backend says what it can do:
+
+    ``server_timings``: its generations carry a server's own total (``Generation.server_ms``), so the
+    ``server_ms_*`` and ``overhead_ms_*`` metrics exist; ``keeps_contexts``: every ``num_ctx`` it has loaded
+    stays loaded (in process), so trials need not be grouped by context to spare reloads; ``base_model``: what an
+    Ollama Modelfile's ``FROM`` names for this model.
+    """
+
     name: str
+    server_timings: bool
+    keeps_contexts: bool
+
+    @property
+    def base_model(self) -> str:
+        """The model as a Modelfile's ``FROM`` names it: a model name on a server, or a GGUF file's path."""
 
     def describe(self) -> dict[str, str]:
         """Tags that identify the engine and model of this backend (recorded on every run)."""
@@ -58,3 +72,16 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Release the engine."""
+
+
+@runtime_checkable
+class ModelPublisher(Protocol):
+    """A backend on a server that can create a named model from a Modelfile's parts and answer with it (what
+    ``ollama create`` and a chat with that model do); promotion's smoke request goes through it."""
+
+    def create_model(self, name: str, *, base: str, system: str | None, parameters: dict[str, Any],
+                     messages: list[Message]) -> None:
+        """Create (or replace) model ``name`` on the server."""
+
+    def chat_with(self, name: str, messages: list[Message], *, schema: dict[str, Any] | None, fmt: str) -> str:
+        """One answer of model ``name``, with ``fmt`` (off, json, schema) as a study's request would send it."""

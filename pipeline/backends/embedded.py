@@ -101,6 +101,8 @@ class EmbeddedBackend:
     """A GGUF model served in process by llama.cpp."""
 
     name = "embedded"
+    server_timings = False
+    keeps_contexts = True
 
     def __init__(self, model_path: Path | None = None, *, threads: int | None = None) -> None:
         self.model_path = check_model_file(model_path or bundled_model_path())
@@ -130,6 +132,10 @@ class EmbeddedBackend:
             bos_token=vocab_model.token_get_text(bos) if bos != -1 else "",
             stop_token_ids=[eos],
         )
+
+    @property
+    def base_model(self) -> str:
+        return str(self.model_path)
 
     @cached_property
     def sha256(self) -> str:

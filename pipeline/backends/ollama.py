@@ -48,6 +48,8 @@ class OllamaBackend:
     """A model on an Ollama server."""
 
     name = "ollama"
+    server_timings = True
+    keeps_contexts = False  # a request with another num_ctx makes the server reload the model
 
     def __init__(self, model: str, *, host: str | None, timeout_s: float, keep_alive: str = "30m",
                  reload_threshold_ms: float = 250.0, pull: bool = False,
@@ -117,6 +119,10 @@ class OllamaBackend:
         except ollama.ResponseError as exc:
             raise InputError(f"`ollama pull {self.model}` failed: {exc.error}; check the model name") from exc
 
+    @property
+    def base_model(self) -> str:
+        return self.model
+
     def describe(self) -> dict[str, str]:
         return {"engine": "ollama", "engine_version": self.version, "model": self.model,
                 "ollama_host": redact_host(self.host), **self._details}
@@ -177,6 +183,14 @@ class OllamaBackend:
             server_ms=(final.total_duration or 0) / _NS_PER_MS,
             reload_ms=load_ms if load_ms > self.reload_threshold_ms else None,
         )
+
+    def create_model(self, name: str, *, base: str, system: str | None, parameters: dict[str, Any],
+                     messages: list[Message]) -> None:
+        self.client.create(model=name, from_=base, system=system, parameters=parameters, messages=messages)
+
+    def chat_with(self, name: str, messages: list[Message], *, schema: dict[str, Any] | None, fmt: str) -> str:
+        answer = self.client.chat(name, messages=messages, format={"off": None, "json": "json", "schema": schema}[fmt])
+        return answer.message.content or ""
 
     def close(self) -> None:
         self.client._client.close()

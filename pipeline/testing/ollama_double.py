@@ -74,7 +74,7 @@ __all__ = ["OllamaDouble"]
 Fault = Literal["slow", "drop", "midstream_error", "http_error"]
 FAULTS: tuple[str, ...] = ("slow", "drop", "midstream_error", "http_error")
 
-DEFAULT_MODEL = "task-api:latest"
+DEFAULT_MODEL = "tuned:latest"
 DEFAULT_OPTIONS: dict[str, Any] = {"num_ctx": 4096, "num_predict": 128, "temperature": 0.8, "top_p": 0.9,
                                    "top_k": 40, "seed": 0}
 UNLIMITED_PREDICT = 512
@@ -390,7 +390,7 @@ class OllamaDouble:
 
     def __init__(self, *, models: dict[str, Path | None] | None = None, engine: EmbeddedBackend | None = None,
                  version: str = "0.12.0", threads: int | None = None) -> None:
-        """Register ``models`` (name -> GGUF path; None is the bundled model; default ``task-api:latest``).
+        """Register ``models`` (name -> GGUF path; None is the bundled model; default ``tuned:latest``).
 
         ``engine`` serves its own model file and is shared, never closed here; engines for other files are
         created when first needed, with ``threads``, and closed by :meth:`stop`.

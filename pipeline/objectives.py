@@ -1,0 +1,49 @@
+"""A trial's verdict for Optuna: its metrics, constraint violations and objective values, from its outcome."""
+
+from __future__ import annotations
+
+import optuna
+
+from pipeline.config import StudyConfig
+from pipeline.errors import BackendError
+from pipeline.runner import TrialOutcome
+from pipeline.scoring import confidence_intervals, summarize
+
+__all__ = ["CONTEXT_FIT", "trial_values"]
+
+# The constraint every trial has: its prompts fit the context (violated: the setting was not run).
+CONTEXT_FIT = "context_fit"
+
+
+def trial_values(trial: optuna.Trial, outcome: TrialOutcome, config: StudyConfig) -> list[float]:
+    """Set the trial's metrics and constraints; return its objective values.
+
+    A setting that cannot fit the context is not run: it gets the worst values (0 for a maximised metric, the
+    request timeout for a minimised one) and a violated ``context_fit`` constraint, so it is never on the front.
+    A trial stopped early has the metrics of the requests it ran; the constraint it cannot meet is set from
+    the best value it could still have reached, which breaks it.
+
+    Raises:
+        BackendError: every request of the trial failed.
+    """
+    if outcome.infeasible:
+        penalty = config.engine.request_timeout_s * 1000
+        metrics = {o.metric: 0.0 if o.direction == "maximize" else penalty for o in config.objectives}
+        trial.set_user_attr("infeasible", outcome.infeasible)
+        trial.set_constraint(CONTEXT_FIT, 1.0)
+        for constraint in config.constraints:
+            trial.set_constraint(constraint.metric, 0.0)
+    else:
+        if all(r.failed for r in outcome.records):
+            raise BackendError(f"all {len(outcome.records)} requests failed: {outcome.records[0].score.error}")
+        metrics = summarize(outcome.records, model_loads=outcome.model_loads, model_load_ms=outcome.model_load_ms)
+        metrics.update(confidence_intervals(outcome.records, seed=config.study.seed))
+        trial.set_constraint(CONTEXT_FIT, 0.0)
+        limits = {c.metric: metrics[c.metric] for c in config.constraints}
+        if outcome.aborted:
+            trial.set_user_attr("aborted", outcome.aborted.describe())
+            limits[outcome.aborted.constraint.metric] = outcome.aborted.bound
+        for constraint in config.constraints:
+            trial.set_constraint(constraint.metric, constraint.violation(limits[constraint.metric]))
+    trial.set_user_attr("metrics", metrics)
+    return [metrics[o.metric] for o in config.objectives]

@@ -1,0 +1,186 @@
+"""Preparing a study: load the job's files, fill in the search-space defaults that depend on them, cross-check
+everything, and open the backend — before anything is recorded.
+
+What makes two invocations the same study (:func:`definition_of`) is decided here too, so that ``study`` and
+``promote`` compare a config with a stored study the same way (:func:`check_definition`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, replace
+
+import optuna
+
+from pipeline.backends import make_backend
+from pipeline.backends.base import Backend
+from pipeline.config import ParamSpec, StudyConfig
+from pipeline.errors import ConfigError, DataError, did_you_mean
+from pipeline.experiment import Example, Experiment, load_experiment
+from pipeline.locations import resolve_stores
+from pipeline.prompts import PromptLibrary, load_prompts
+from pipeline.scoring import FIELD_METRIC, SERVER_METRICS, field_metric
+
+__all__ = ["PreparedStudy", "check_definition", "definition_of", "job_defaults", "prepare_study", "warmup_example"]
+
+# The default few-shot range reaches this many examples, or the pool's size if it is smaller.
+DEFAULT_MAX_SHOTS = 5
+
+
+@dataclass
+class PreparedStudy:
+    """A checked config with everything loaded: nothing has been written yet."""
+
+    config: StudyConfig
+    experiment: Experiment
+    prompts: PromptLibrary
+    examples: list[Example]
+    warmup: Example
+    backend: Backend
+    backend_choice: str
+    tracking_uri: str
+    storage_url: str
+
+
+def prepare_study(config: StudyConfig, *, tracking_uri: str | None = None,
+                  on_pull: Callable[[str, int | None, int | None], None] | None = None,
+                  backend: Backend | None = None) -> PreparedStudy:
+    """Load and cross-check the experiment, prompts, search space, metrics and model.
+
+    ``backend`` replaces the configured one (tests pass ``pipeline.testing.FakeBackend``).
+
+    Raises:
+        InputError: anything in the input is wrong; nothing has been recorded.
+    """
+    experiment = load_experiment(config.experiment)
+    prompts = load_prompts(config.prompts, experiment)
+    config = job_defaults(config, experiment, prompts)
+    _check_space(config, experiment, prompts)
+    _check_metrics(config, experiment)
+    warmup = warmup_example(experiment, prompts)
+    examples = experiment.split(config.evaluation.split, config.evaluation.limit)
+    if not examples:
+        raise DataError(f"{experiment.dataset_path}: no examples in split {config.evaluation.split!r}; "
+                        "label some or choose another split")
+    uri, storage = resolve_stores(tracking_uri, config.tracking.tracking_uri, config.study.storage,
+                                  configured_in=str(config.path), storage_where="Optuna storage")
+    if backend is None:
+        backend, choice = make_backend(config.engine, on_pull=on_pull)
+    else:
+        choice = f"{backend.name} (given)"
+    server_metrics = [m for m in _metrics_used(config) if m in SERVER_METRICS]
+    if server_metrics and not backend.server_timings:
+        backend.close()
+        raise ConfigError(f"{config.path}: {server_metrics[0]} is measured only against a server; "
+                          f"the {backend.name} backend was chosen ({choice})")
+    return PreparedStudy(config, experiment, prompts, examples, warmup, backend, choice, uri, storage)
+
+
+def job_defaults(config: StudyConfig, experiment: Experiment, prompts: PromptLibrary) -> StudyConfig:
+    """The config with the search-space settings it leaves out that depend on the job filled in: every prompt
+    variant; 0 up to 5 few-shot examples (fewer with a smaller pool); ``static`` and, when the experiment has a
+    label and the pool has examples, ``by_label`` selection."""
+    space = dict(config.search_space)
+    variants = tuple(sorted(prompts.variants))
+    pool = len(prompts.examples)
+    defaults = {
+        "prompt_variant": _choices("prompt_variant", variants),
+        "few_shot": (ParamSpec("few_shot", "int", low=0, high=min(DEFAULT_MAX_SHOTS, pool)) if pool
+                     else ParamSpec("few_shot", "fixed", (0,))),
+        "example_selection": _choices("example_selection", ("static", "by_label")
+                                      if experiment.label is not None and pool else ("static",)),
+    }
+    for name, spec in defaults.items():
+        space.setdefault(name, spec)
+    return replace(config, search_space={name: space[name] for name in _ORDER if name in space})
+
+
+_ORDER = ("num_ctx", "num_predict", "temperature", "top_p", "top_k", "few_shot", "prompt_variant",
+          "example_selection", "format")
+
+
+def _choices(name: str, values: tuple) -> ParamSpec:
+    return ParamSpec(name, "categorical" if len(values) > 1 else "fixed", values)
+
+
+def _check_space(config: StudyConfig, experiment: Experiment, prompts: PromptLibrary) -> None:
+    space = config.search_space
+    for variant in space["prompt_variant"].choices:
+        prompts.check_variant(variant, f"{config.path} (search_space.prompt_variant)")
+    few_shot = space["few_shot"]
+    most = max(few_shot.choices) if few_shot.choices else few_shot.high
+    if most > len(prompts.examples):
+        raise ConfigError(f"{config.path} (search_space.few_shot): asks for up to {most} examples but "
+                          f"{prompts.folder / 'examples.jsonl'} has {len(prompts.examples)}; lower it or add examples")
+    if "by_label" in space["example_selection"].choices and experiment.label is None:
+        raise ConfigError(f"{config.path} (search_space.example_selection): by_label picks few-shot examples by the "
+                          f"request's label, but {experiment.manifest_path} sets no 'label'; add one or use static")
+
+
+def _metrics_used(config: StudyConfig) -> list[str]:
+    return [o.metric for o in config.objectives] + [c.metric for c in config.constraints]
+
+
+def _check_metrics(config: StudyConfig, experiment: Experiment) -> None:
+    for metric in _metrics_used(config):
+        if metric == "label_accuracy" and experiment.label is None:
+            raise ConfigError(f"{config.path}: label_accuracy needs a label, and {experiment.manifest_path} sets no "
+                              "'label'; add one (e.g. label: /category) or use field_accuracy")
+        known = [field_metric(path) for path in experiment.field_paths]
+        if metric.startswith(FIELD_METRIC) and metric not in known:
+            raise ConfigError(f"{config.path}: {metric} names no field of the expected answers."
+                              f"{did_you_mean(metric, known)} Fields: {', '.join(experiment.field_paths)}")
+
+
+def warmup_example(experiment: Experiment, prompts: PromptLibrary) -> Example:
+    """The untimed request sent after every load: the manifest's ``warmup``, else the first few-shot example.
+
+    Warm-up uses a request outside the timed set: with a timed request's own text, that request would find its
+    whole prompt cached and look faster than any real one.
+
+    Raises:
+        DataError: there is neither.
+    """
+    if experiment.warmup is not None:
+        request, _, schema, _ = experiment.read_line(dict(experiment.warmup), f"{experiment.manifest_path} (warmup)",
+                                                     answer_key="expected")
+        return Example("warmup", "warmup", experiment.warmup, request, None, schema)
+    if prompts.examples:
+        shot = prompts.examples[0]
+        return Example("warmup", "warmup", shot.fields, shot.request, shot.answer, shot.schema, shot.label)
+    raise DataError(f"{experiment.manifest_path}: no warm-up request: add 'warmup' with the input template's fields, "
+                    f"or a few-shot example to {prompts.folder / 'examples.jsonl'}")
+
+
+def definition_of(prepared: PreparedStudy) -> dict[str, str]:
+    """What makes two invocations the same study; an existing study must match it to be extended."""
+    config, backend = prepared.config, prepared.backend
+    description = backend.describe()
+    return {
+        "objectives": ",".join(f"{o.metric}:{o.direction}" for o in config.objectives),
+        "constraints": ",".join(c.describe() for c in config.constraints) or "none",
+        "search_space": json.dumps({n: {k: v for k, v in asdict(s).items() if v not in (None, (), False)}
+                                    for n, s in config.search_space.items()}, sort_keys=True),
+        "experiment": prepared.experiment.name,
+        "dataset_digest": prepared.experiment.digest[:20],
+        "split": config.evaluation.split,
+        "limit": str(config.evaluation.limit),
+        "requests_per_trial": str(len(prepared.examples) * config.evaluation.repetitions),
+        "repetitions": str(config.evaluation.repetitions),
+        "warmup_requests": str(config.engine.warmup_requests),
+        "backend": backend.name,
+        "model": description["model"],
+        "model_digest": description.get("model_sha256") or description["model_digest"],
+        "sampler": config.study.sampler,
+        "seed": str(config.study.seed),
+    }
+
+
+def check_definition(study: optuna.Study, current: dict[str, str], keys: Iterable[str], *, fix: str) -> None:
+    """Raise ConfigError naming the first of ``keys`` whose value differs from the one the study was run with."""
+    stored = study.user_attrs.get("definition", {})
+    for key in keys:
+        if stored.get(key) != current.get(key):
+            raise ConfigError(f"study {study.study_name!r} was run with {key}={stored.get(key)!r}, this config "
+                              f"gives {current.get(key)!r}: {fix}")

@@ -1,0 +1,40 @@
+"""The progress a study shows on the terminal: trials done, and the requests of the running trial."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+
+__all__ = ["StudyProgress", "study_progress"]
+
+
+class StudyProgress:
+    """Two bars: trials of this run, and requests of the trial that is running."""
+
+    def __init__(self, progress: Progress, *, trials: int, requests: int) -> None:
+        self._progress = progress
+        self._requests_per_trial = requests
+        self._trials = progress.add_task("trials", total=max(trials, 0))
+        self._requests = progress.add_task("requests", total=requests)
+
+    def trial_started(self, number: int) -> None:
+        self._progress.reset(self._requests, total=self._requests_per_trial,
+                             description=f"trial {number} requests")
+
+    def request_done(self) -> None:
+        self._progress.advance(self._requests)
+
+    def trial_done(self) -> None:
+        self._progress.advance(self._trials)
+
+
+@contextlib.contextmanager
+def study_progress(console: Console, *, trials: int, requests: int) -> Iterator[StudyProgress]:
+    """Show the bars on ``console`` (stderr: the front table goes to stdout) while the study runs."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False) as progress:
+        yield StudyProgress(progress, trials=trials, requests=requests)

@@ -1,0 +1,51 @@
+"""Request records as tables, for the MLflow artifacts of a trial or a promotion.
+
+``requests.json``: one row per request (request, expected, raw answer, scores, timings).
+``field_errors.json``: the fields answered wrong, counted by path, expected and got value.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict
+from typing import Any
+
+import pandas as pd
+
+from pipeline.pointers import MISSING
+from pipeline.scoring import RequestRecord
+
+__all__ = ["field_errors", "requests_frame"]
+
+_TIMINGS = ("latency_ms", "ttft_ms", "prefill_ms", "decode_ms", "decode_tokens", "prompt_tokens_estimated",
+            "prompt_tokens_engine", "output_tokens", "truncated", "failed", "server_ms", "overhead_ms")
+
+
+def requests_frame(records: list[RequestRecord]) -> pd.DataFrame:
+    """One row per request; the field-by-field verdicts are summed up in ``wrong_fields``."""
+    rows = []
+    for r in records:
+        score = {k: v for k, v in asdict(r.score).items() if k != "fields"}
+        row = {"request_id": r.request_id, "request": r.request, "expected": json.dumps(r.expected), "answer": r.answer,
+               **score, "wrong_fields": ", ".join(f.path for f in r.score.fields if not f.correct)}
+        row.update({k: getattr(r, k) for k in _TIMINGS})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def field_errors(records: list[RequestRecord]) -> pd.DataFrame:
+    """The wrong fields of the records, counted: path, expected and got (JSON text, or ``(missing)``), count;
+    most frequent first."""
+    counts: Counter[tuple[str, str, str]] = Counter()
+    for record in records:
+        for f in record.score.fields:
+            if not f.correct:
+                counts[f.path, _json_text(f.expected), _json_text(f.got)] += 1
+    rows = [{"path": p, "expected": e, "got": g, "count": c} for (p, e, g), c in counts.items()]
+    frame = pd.DataFrame(rows, columns=["path", "expected", "got", "count"])
+    return frame.sort_values(["count", "path"], ascending=[False, True], kind="stable").reset_index(drop=True)
+
+
+def _json_text(value: Any) -> str:
+    return "(missing)" if value is MISSING else json.dumps(value, ensure_ascii=False)
