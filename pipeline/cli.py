@@ -1,4 +1,4 @@
-"""Command line: ``pipeline init``, ``pipeline study``, ``pipeline compare``, ``pipeline promote``.
+"""Command line: ``pipeline init``, ``study``, ``compare``, ``promote``, ``compare-settings``.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad input, 3 promotion refused.
 """
@@ -22,11 +22,13 @@ from rich.table import Table
 
 from pipeline import pareto
 from pipeline.compare import compare, load_fronts
-from pipeline.config import BACKENDS, SAMPLERS, StudyConfig, load_config
+from pipeline.config import BACKENDS, SAMPLERS, StudyConfig, load_config, load_settings
 from pipeline.errors import ConfigError, InputError, PipelineError, redact_url
 from pipeline.locations import resolve_stores
 from pipeline.prepare import PreparedStudy, prepare_study
-from pipeline.promote import CHAMPION, PromotionPolicy, promote
+from pipeline.compare_settings import compare_settings
+from pipeline.gain import Gain, slower
+from pipeline.promote import CHAMPION, PromotionPolicy, PromotionRefused, promote
 from pipeline.scaffold import scaffold
 from pipeline.storage import open_storage
 from pipeline.study import run_study
@@ -125,6 +127,15 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--ollama-name", help="name of the model to create on the Ollama server "
                                                "(default: the registered model name)")
     promote.add_argument("--output", type=Path, default=Path("promoted"), help="folder for Modelfile and sidecar")
+
+    side = commands.add_parser("compare-settings", help="measure two settings side by side, interleaved")
+    side.add_argument("first", type=Path, help="settings file (YAML: every setting) of the reference, e.g. today's")
+    side.add_argument("second", type=Path, help="settings file of the setting to compare with it")
+    _engine_options(side)
+    _store_options(side)
+    side.add_argument("--split", choices=("dev", "holdout"), default="holdout", help="requests to measure on")
+    side.add_argument("--limit", type=_positive_int, help="requests, taken in turn from each label (default: all)")
+    side.add_argument("--repetitions", type=_positive_int, default=1, help="passes over the requests")
     return parser
 
 
@@ -163,7 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(stderr=True)
     for name in ("mlflow", "alembic"):  # store migrations and the like; our own output says what matters
         logging.getLogger(name).setLevel(logging.WARNING)
-    command = {"init": _init, "study": _study, "compare": _compare, "promote": _promote}[args.command]
+    command = {"init": _init, "study": _study, "compare": _compare, "promote": _promote,
+               "compare-settings": _compare_settings}[args.command]
     try:
         return command(args, console)
     except PipelineError as exc:
@@ -284,11 +296,20 @@ def _promote(args: argparse.Namespace, console: Console) -> int:
         raise InputError(f"no study {args.study!r} in {redact_url(storage)}: run `pipeline study` first or pass "
                          "the --storage it used")
     prepared = _prepare(args, config, console)
+    out = _stdout()
     try:
         report = promote(prepared, args.study, policy)
+    except PromotionRefused as refused:
+        if refused.report is not None and refused.report.gains:
+            out.print(gain_table(refused.report.gains, "the candidate against the baseline (held-out, side by side)"))
+        raise
     finally:
         prepared.backend.close()
-    out = _stdout()
+    if report.choice:
+        out.print(report.choice, markup=False)
+    if report.gains:
+        out.print(gain_table(report.gains, "the candidate against the baseline (held-out, side by side)"))
+        out.print(slower(report.gains) or "the candidate is not slower than the baseline", markup=False)
     out.print(f"promoted trial {report.trial} of {report.study!r} as {policy.registered_model or report.study!r} "
               f"version {report.model_version} (alias {CHAMPION})")
     shown = dict.fromkeys([*(o.metric for o in config.objectives), *(c.metric for c in config.constraints),
@@ -300,6 +321,40 @@ def _promote(args: argparse.Namespace, console: Console) -> int:
     out.print(f"Modelfile: {report.modelfile}   sidecar: {report.sidecar}")
     out.print(f"  ollama create {policy.registered_model or report.study} -f {report.modelfile}")
     return 0
+
+
+def _compare_settings(args: argparse.Namespace, console: Console) -> int:
+    config = _config(args)
+    first, second = ((path.stem, load_settings(path)) for path in (args.first, args.second))
+    if first[0] == second[0]:
+        first, second = (str(args.first), first[1]), (str(args.second), second[1])
+    prepared = _prepare(args, config, console)
+    try:
+        result = compare_settings(prepared, first, second, split=args.split, limit=args.limit,
+                                  repetitions=args.repetitions,
+                                  experiment_name=args.experiment_name or "compare-settings")
+    finally:
+        prepared.backend.close()
+    out = _stdout()
+    a, b = result.names
+    out.print(gain_table(result.gains, f"{b} against {a} ({result.requests} {args.split} requests each, "
+                                       "interleaved)", names=(a, b)))
+    out.print(result.slower or f"{b} is not slower than {a}", markup=False)
+    out.print(f"comparison run {result.run_id} in {redact_url(prepared.tracking_uri)}", markup=False)
+    return 0
+
+
+def gain_table(gains: list[Gain], title: str, *, names: tuple[str, str] = ("baseline", "candidate")) -> Table:
+    """Both settings' values and the change, with its 95% paired-bootstrap interval: a ratio for latencies
+    (below 1: faster), a difference for accuracies (above 0: more accurate)."""
+    table = Table(title=title, caption=r"change \[low, high]: 95% paired bootstrap over the requests")
+    for column in ("metric", names[0], names[1], "change"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for g in gains:
+        change = (f"×{g.change:.3g} [{g.low:.3g}, {g.high:.3g}]" if g.kind == "ratio"
+                  else f"{g.change:+.3g} [{g.low:+.3g}, {g.high:+.3g}]")
+        table.add_row(g.metric, _cell(g.baseline), _cell(g.candidate), change)
+    return table
 
 
 def _stdout() -> Console:
@@ -320,18 +375,25 @@ def _pull_progress(progress: Progress) -> Callable[[str, int | None, int | None]
 def front_table(front: pd.DataFrame, title: str, *, objectives: Sequence[str] = (),
                 trials: pd.DataFrame | None = None) -> Table:
     """A table of front trials: the settings that differ between ``trials`` (all, without them), the objectives
-    and the headline metrics, with the 95% interval where measured."""
+    and the headline metrics, with the 95% interval where measured. The baseline trial (the settings served
+    today) is its own last row when it is not on the front, and marked where it is."""
     table = Table(title=title, caption=r"value \[low, high]: 95% bootstrap interval over the trial's requests")
     table.add_column("trial", justify="right")
     settings = [c for c in SETTING_COLUMNS if c in front.columns]
     varying = [c for c in settings if trials is not None and c in trials.columns and trials[c].nunique() > 1]
     settings = varying or settings
+    served = pareto.baseline_rows(trials) if trials is not None else front.iloc[0:0]
+    rows = pd.concat([front, served[~served["number"].isin(front["number"])]]) if not served.empty else front
     metrics = list(dict.fromkeys([*objectives, *METRIC_COLUMNS]))
-    columns = settings + [c for c in metrics if c in front.columns and not front[c].isna().all()]
+    columns = settings + [c for c in metrics if c in rows.columns and not rows[c].isna().all()]
     for column in columns:
         table.add_column(HEADERS.get(column, column), justify="right")
     for _, row in front.iterrows():
-        table.add_row(str(row["number"]), *(_with_interval(row, c) for c in columns))
+        label = f"{row['number']} baseline" if bool(row.get("baseline", False)) else str(row["number"])
+        table.add_row(label, *(_with_interval(row, c) for c in columns))
+    for _, row in served[~served["number"].isin(front["number"])].iterrows():
+        table.add_section()
+        table.add_row(f"{row['number']} baseline, off the front", *(_with_interval(row, c) for c in columns))
     return table
 
 

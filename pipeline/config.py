@@ -35,6 +35,8 @@ __all__ = [
     "StudySection",
     "TrackingConfig",
     "load_config",
+    "load_settings",
+    "settings_values",
 ]
 
 Direction = Literal["maximize", "minimize"]
@@ -150,6 +152,9 @@ class StudyConfig:
     constraints: tuple[Constraint, ...] = ()
     search_space: dict[str, ParamSpec] = field(default_factory=dict)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    # The settings served today (every setting of the search space), or None: measured first by a study and
+    # against the candidate by `promote`.
+    baseline: dict[str, Any] | None = None
 
     def with_overrides(self, **sections: dict[str, Any]) -> StudyConfig:
         """Return a copy with some section fields replaced (command-line values), validated like the file."""
@@ -175,7 +180,7 @@ DEFAULT_OBJECTIVES = (
 )
 
 _TOP_LEVEL = ("study", "experiment", "prompts", "engine", "evaluation", "objectives", "constraints",
-              "search_space", "tracking")
+              "search_space", "baseline", "tracking")
 
 
 def load_config(path: str | Path) -> StudyConfig:
@@ -230,7 +235,39 @@ def load_config(path: str | Path) -> StudyConfig:
         constraints=_constraints(raw.get("constraints"), where),
         search_space=_search_space(raw.get("search_space"), where),
         tracking=tracking,
+        baseline=settings_values(raw["baseline"], f"{where} (baseline)") if raw.get("baseline") is not None else None,
     )
+
+
+def settings_values(raw: Any, where: str) -> dict[str, Any]:
+    """One point of the search space written out in full (a config's ``baseline``, a settings file): every
+    setting, each value checked as the search space checks it.
+
+    Raises:
+        ConfigError: not a mapping, an unknown or missing setting, or a value the setting cannot take.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must map every setting ({', '.join(PARAMETERS)}) to its value")
+    _reject_unknown(raw, list(PARAMETERS), where)
+    missing = [name for name in PARAMETERS if name not in raw]
+    if missing:
+        raise ConfigError(f"{where}: missing {', '.join(missing)}; give every setting a value (what is served "
+                          "today: Ollama's defaults are num_ctx 4096, num_predict -1, temperature 0.8, top_p 0.9, "
+                          "top_k 40)")
+    return {name: _value(name, raw[name], f"{where}.{name}") for name in PARAMETERS}
+
+
+def load_settings(path: str | Path) -> dict[str, Any]:
+    """A settings file: one YAML mapping of every setting (see :func:`settings_values`).
+
+    Raises:
+        ConfigError: the file is missing, is not UTF-8 YAML, or holds a bad setting.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"settings file {path} not found: write every setting ({', '.join(PARAMETERS)}) in a YAML "
+                          "file")
+    return settings_values(_read_yaml(path), str(path))
 
 
 def _job_name(path: Path, where: str) -> str:

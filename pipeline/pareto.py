@@ -17,11 +17,13 @@ import pandas as pd  # noqa: E402
 
 from pipeline.config import Objective  # noqa: E402
 
-__all__ = ["REUSED", "SETTINGS", "front_frame", "front_trials", "measured_trials", "plot_fronts", "plot_fronts_html",
-           "trials_frame"]
+__all__ = ["BASELINE", "REUSED", "SETTINGS", "baseline_rows", "front_frame", "front_trials", "measured_trials",
+           "plot_fronts", "plot_fronts_html", "trials_frame"]
 
-# User attr of a trial that was not measured: its settings had been, by the trial it names (see study.py).
+# User attr of a trial that was not measured: its settings had been, by the trial it names (see reuse.py).
 REUSED = "same_as"
+# User attr (and MLflow tag) of the trial that measured the config's baseline: the settings served today.
+BASELINE = "baseline"
 
 
 def measured_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -45,13 +47,19 @@ def trials_frame(study: optuna.Study, objectives: tuple[Objective, ...]) -> pd.D
                "feasible": all(v <= 0 for v in trial.constraints.values()),
                "infeasible_reason": trial.user_attrs.get("infeasible", ""),
                "aborted": trial.user_attrs.get("aborted", ""),
-               "mlflow_run_id": trial.user_attrs.get("mlflow_run_id")}
+               "mlflow_run_id": trial.user_attrs.get("mlflow_run_id"),
+               "baseline": bool(trial.user_attrs.get(BASELINE))}
         row.update(trial.params)
         row.update(trial.user_attrs.get("metrics", {}))
         for objective, value in zip(objectives, trial.values):
             row[objective.metric] = value
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def baseline_rows(trials: pd.DataFrame) -> pd.DataFrame:
+    """The row of the trial that measured the baseline (none when the study has no baseline)."""
+    return trials[trials["baseline"]] if "baseline" in trials.columns else trials.iloc[0:0]
 
 
 def front_frame(trials: pd.DataFrame, objectives: tuple[Objective, ...]) -> pd.DataFrame:
@@ -100,9 +108,13 @@ def plot_fronts(studies: dict[str, pd.DataFrame], objectives: tuple[Objective, .
         for _, row in front.iterrows():
             ax.annotate(f"#{row['number']}", (row[x.metric], row[y.metric]), textcoords="offset points",
                         xytext=(4, 4), fontsize=7, color=color)
+        served = baseline_rows(trials)
+        if not served.empty:
+            ax.scatter(served[x.metric], served[y.metric], marker="*", s=180, color=color, edgecolors="black",
+                       linewidths=0.6, zorder=4, label=f"{name} baseline (served today)")
     ax.set_xlabel(f"{x.metric} ({x.direction})")
     ax.set_ylabel(f"{y.metric} ({y.direction})")
-    ax.set_title(f"{title}\n(faint: dominated trials; x: broke a constraint)", fontsize=10)
+    ax.set_title(f"{title}\n(faint: dominated trials; x: broke a constraint; star: the baseline)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
@@ -132,6 +144,11 @@ def plot_fronts_html(studies: dict[str, pd.DataFrame], objectives: tuple[Objecti
         figure.add_scatter(x=front[x.metric], y=front[y.metric], mode="lines+markers", name=f"{name} front",
                            line={"shape": "hv", "color": color}, marker={"size": 9, "color": color},
                            customdata=front["number"], hovertemplate="trial %{customdata}")
+        served = baseline_rows(trials)
+        if not served.empty:
+            figure.add_scatter(x=served[x.metric], y=served[y.metric], mode="markers", name=f"{name} baseline",
+                               marker={"size": 16, "color": color, "symbol": "star", "line": {"width": 1}},
+                               customdata=served["number"], hovertemplate="baseline: trial %{customdata}")
     figure.update_layout(title=title, xaxis_title=f"{x.metric} ({x.direction})",
                          yaxis_title=f"{y.metric} ({y.direction})", template="plotly_white")
     figure.write_html(path, include_plotlyjs=True, full_html=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import optuna
 
@@ -20,9 +21,12 @@ from pipeline.errors import ConfigError, DataError, did_you_mean
 from pipeline.experiment import Example, Experiment, load_experiment
 from pipeline.locations import resolve_stores
 from pipeline.prompts import PromptLibrary, load_prompts
+from pipeline.runner import check_fit, prepare_requests
 from pipeline.scoring import FIELD_METRIC, SERVER_METRICS, field_metric
+from pipeline.space import settings_of
 
-__all__ = ["PreparedStudy", "check_definition", "definition_of", "job_defaults", "prepare_study", "warmup_example"]
+__all__ = ["PreparedStudy", "check_definition", "check_point", "definition_of", "job_defaults", "prepare_study",
+           "warmup_example"]
 
 # The default few-shot range reaches this many examples, or the pool's size if it is smaller.
 DEFAULT_MAX_SHOTS = 5
@@ -65,10 +69,14 @@ def prepare_study(config: StudyConfig, *, tracking_uri: str | None = None,
                         "label some or choose another split")
     uri, storage = resolve_stores(tracking_uri, config.tracking.tracking_uri, config.study.storage,
                                   configured_in=str(config.path), storage_where="Optuna storage")
+    if config.baseline is not None:
+        check_point(config, experiment, prompts, config.baseline, f"{config.path} (baseline)", in_space=True)
     if backend is None:
         backend, choice = make_backend(config.engine, on_pull=on_pull)
     else:
         choice = f"{backend.name} (given)"
+    if config.baseline is not None:
+        _check_fits(config, experiment, prompts, backend, config.baseline, f"{config.path} (baseline)")
     server_metrics = [m for m in _metrics_used(config) if m in SERVER_METRICS]
     if server_metrics and not backend.server_timings:
         backend.close()
@@ -116,6 +124,49 @@ def _check_space(config: StudyConfig, experiment: Experiment, prompts: PromptLib
     if "by_label" in space["example_selection"].choices and experiment.label is None:
         raise ConfigError(f"{config.path} (search_space.example_selection): by_label picks few-shot examples by the "
                           f"request's label, but {experiment.manifest_path} sets no 'label'; add one or use static")
+
+
+def check_point(config: StudyConfig, experiment: Experiment, prompts: PromptLibrary, values: dict[str, Any],
+                where: str, *, in_space: bool = False) -> None:
+    """Check one point of the space written out in full (a baseline, a settings file) against the job's files;
+    ``in_space``: it must also be a point the search space can propose (a study measures its baseline as one of
+    its trials).
+
+    Raises:
+        InputError: an unknown prompt variant, more examples than the pool holds, ``by_label`` without a label,
+            or (``in_space``) a value outside the search space.
+    """
+    prompts.check_variant(values["prompt_variant"], f"{where}.prompt_variant")
+    if values["few_shot"] > len(prompts.examples):
+        raise ConfigError(f"{where}.few_shot: {values['few_shot']} examples but {prompts.folder / 'examples.jsonl'} "
+                          f"has {len(prompts.examples)}; lower it or add examples")
+    if values["example_selection"] == "by_label" and experiment.label is None:
+        raise ConfigError(f"{where}.example_selection: by_label needs a label, and {experiment.manifest_path} sets "
+                          "none; use static")
+    if not in_space:
+        return
+    for name, spec in config.search_space.items():
+        value = values[name]
+        if spec.choices and value not in spec.choices:
+            raise ConfigError(f"{where}.{name}: {value!r} is not in search_space.{name} "
+                              f"({', '.join(map(str, spec.choices))}); add it, so that the study can measure the "
+                              "baseline as one of its trials")
+        if not spec.choices and not spec.low <= value <= spec.high:
+            raise ConfigError(f"{where}.{name}: {value!r} is outside search_space.{name} "
+                              f"({spec.low:g}..{spec.high:g}); widen the range, so that the study can measure the "
+                              "baseline as one of its trials")
+
+
+def _check_fits(config: StudyConfig, experiment: Experiment, prompts: PromptLibrary, backend: Backend,
+                values: dict[str, Any], where: str) -> None:
+    """Every request of either split, rendered with these settings, must fit their context."""
+    settings = settings_of(values, seed=config.study.seed)
+    for split in ("dev", "holdout"):
+        reason = check_fit(prepare_requests(experiment.split(split), prompts, settings), settings, backend,
+                           margin=config.engine.context_margin)
+        if reason:
+            backend.close()
+            raise ConfigError(f"{where}: on the {split} split the {reason}; raise num_ctx or lower num_predict")
 
 
 def _metrics_used(config: StudyConfig) -> list[str]:
@@ -174,6 +225,7 @@ def definition_of(prepared: PreparedStudy) -> dict[str, str]:
         "model_digest": description.get("model_sha256") or description["model_digest"],
         "sampler": config.study.sampler,
         "seed": str(config.study.seed),
+        "baseline": json.dumps(config.baseline, sort_keys=True) if config.baseline is not None else "none",
     }
 
 

@@ -2,8 +2,9 @@
 
 The chosen trial's params are replayed through the study's own code path (``optuna.trial.FixedTrial`` →
 :func:`pipeline.space.suggest` → :func:`pipeline.runner.run_trial`), on the ``holdout`` split that no study
-uses, with repetitions. Promotion is refused when held-out accuracy falls below the dev accuracy by more than
-the tolerance, or when a latency limit fails on held-out data. An accepted point becomes a Modelfile (FROM,
+uses, with repetitions. Promotion is refused when held-out accuracy falls below the baseline's (measured side by
+side) or the dev accuracy (beyond the held-out interval) by more than the tolerance, or when a latency limit
+fails on held-out data. An accepted point becomes a Modelfile (FROM,
 PARAMETER, SYSTEM, MESSAGE) plus a sidecar for what a Modelfile cannot say (whether to pass ``format=`` and the
 schema), a smoke request must pass, and a new version of a registered model gets the ``champion`` alias.
 """
@@ -21,31 +22,39 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from pipeline import pareto
-from pipeline.backends.base import ModelPublisher, RequestFailed
+from pipeline.backends import make_backend
+from pipeline.backends.base import Backend, ModelPublisher, RequestFailed
 from pipeline.compare import to_minimization
 from pipeline.config import Constraint, Objective
 from pipeline.errors import ConfigError, InputError, PipelineError
+from pipeline.gain import Gain, accuracy_metrics, gain_frame, gain_metrics, paired_gain, slower
 from pipeline.modelfile import Modelfile, sanitize, write_modelfile
 from pipeline.prepare import PreparedStudy, check_definition, definition_of
-from pipeline.runner import prepare_requests, run_trial
+from pipeline.runner import TrialPlan, prepare_requests, run_trial
 from pipeline.scoring import confidence_intervals, summarize
-from pipeline.space import InferenceSettings, suggest
+from pipeline.sidebyside import Arm, SideBySide, measure_side_by_side
+from pipeline.space import InferenceSettings, settings_of, suggest
 from pipeline.storage import open_storage
 from pipeline.study import trial_plan
-from pipeline.tables import field_errors, requests_frame
+from pipeline.tables import field_errors, requests_frame, side_by_side_frame
 from pipeline.tracking import log_batch, start_run
 
-__all__ = ["PromotionPolicy", "PromotionRefused", "PromotionReport", "choose_trial", "decide", "knee_index",
-           "promote"]
+__all__ = ["Choice", "PromotionPolicy", "PromotionRefused", "PromotionReport", "beating_baseline", "choose_trial",
+           "decide", "knee_index", "promote"]
 
 CHAMPION = "champion"
 Policy = Literal["sla", "knee", "trial"]
 
 
 class PromotionRefused(PipelineError):
-    """The chosen point did not hold up on held-out data; nothing was registered (exit code 3)."""
+    """The chosen point did not hold up on held-out data; nothing was registered (exit code 3). ``report`` holds
+    what was measured, when the refusal came after the held-out measurement."""
 
     exit_code = 3
+
+    def __init__(self, message: object = "", *, report: PromotionReport | None = None) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 @dataclass(frozen=True)
@@ -70,10 +79,13 @@ class PromotionReport:
     dev: dict[str, float]
     holdout: dict[str, float]
     run_id: str
+    baseline: dict[str, float] | None = None
+    gains: list[Gain] = field(default_factory=list)
     modelfile: Path | None = None
     sidecar: Path | None = None
     model_version: str | None = None
     notes: list[str] = field(default_factory=list)
+    choice: str = ""                   # how the baseline narrowed the choice (see :func:`beating_baseline`)
 
 
 def knee_index(points: np.ndarray) -> int:
@@ -84,12 +96,38 @@ def knee_index(points: np.ndarray) -> int:
     return int(np.argmin(np.linalg.norm(scaled, axis=1)))
 
 
-def choose_trial(study: optuna.Study, objectives: tuple[Objective, ...],
-                 policy: PromotionPolicy) -> optuna.trial.FrozenTrial:
+@dataclass(frozen=True)
+class Choice:
+    trial: optuna.trial.FrozenTrial
+    why: str = ""                      # how the baseline narrowed the choice, when the study measured one
+
+
+def beating_baseline(study: optuna.Study, front: list[optuna.trial.FrozenTrial],
+                     objectives: tuple[Objective, ...]) -> tuple[list[optuna.trial.FrozenTrial], str]:
+    """The front points that dominate the study's baseline trial on dev (no worse on every objective, better on
+    one), and a sentence saying so; the whole front when the study has no baseline or no point beats it."""
+    served = next((t for t in study.trials if t.user_attrs.get(pareto.BASELINE)
+                   and t.state == optuna.trial.TrialState.COMPLETE), None)
+    if served is None or not front:
+        return front, ""
+    base = to_minimization(np.array([served.values], dtype=float), objectives)[0]
+    points = to_minimization(np.array([t.values for t in front], dtype=float), objectives)
+    better = [t for t, p in zip(front, points) if (p <= base).all() and (p < base).any()]
+    if not better:  # the baseline itself is no candidate (it may be on the front): it is what is served
+        others = [t for t in front if t.number != served.number] or front
+        return others, (f"no front point beats the baseline (trial {served.number}) on every objective on dev: "
+                        "chosen from the whole front")
+    return better, (f"chosen among the {len(better)} of {len(front)} front points that beat the baseline "
+                    f"(trial {served.number}) on every objective on dev")
+
+
+def choose_trial(study: optuna.Study, objectives: tuple[Objective, ...], policy: PromotionPolicy) -> Choice:
     """Pick the trial to promote.
 
     ``sla``: the best on the first maximised objective among front trials with ``latency_p95_ms`` within the
     limit; ``knee``: :func:`knee_index` of the front; ``trial``: that trial, which must be complete and feasible.
+    When the study measured a baseline, ``sla`` and ``knee`` choose among the front points that beat it
+    (:func:`beating_baseline`) — a promotion is meant to replace it — and from the whole front when none does.
 
     Raises:
         InputError: no trial fits the policy.
@@ -102,23 +140,30 @@ def choose_trial(study: optuna.Study, objectives: tuple[Objective, ...],
                              f"front trials: {', '.join(str(t.number) for t in front) or 'none'}")
         if any(v > 0 for v in chosen.constraints.values()):
             raise InputError(f"trial {policy.trial} breaks a constraint ({chosen.constraints}); choose a feasible one")
-        return chosen
+        return Choice(chosen)
     if not front:
         raise InputError(f"study {study.study_name!r} has no feasible trials on its front; run more trials")
+    pool, why = beating_baseline(study, front, objectives)
     if policy.policy == "sla":
         if policy.sla_p95_ms is None:
             raise ConfigError("the sla policy needs --sla-p95-ms")
-        within = [t for t in front if t.user_attrs["metrics"]["latency_p95_ms"] <= policy.sla_p95_ms]
-        if not within:
+
+        def within(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+            return [t for t in trials if t.user_attrs["metrics"]["latency_p95_ms"] <= policy.sla_p95_ms]
+
+        if not within(pool) and within(front):
+            pool = [t for t in front if not t.user_attrs.get(pareto.BASELINE)] or front
+            why = "no front point within the SLA beats the baseline on every objective on dev"
+        if not within(pool):
             best = min(t.user_attrs["metrics"]["latency_p95_ms"] for t in front)
             raise InputError(f"no front trial has latency_p95_ms <= {policy.sla_p95_ms:g} (the fastest has "
                              f"{best:.0f}); raise --sla-p95-ms or use --policy knee")
         quality = next((o for o in objectives if o.direction == "maximize"), objectives[0])
         sign = 1 if quality.direction == "maximize" else -1
-        return max(within, key=lambda t: (sign * t.user_attrs["metrics"][quality.metric],
-                                          -t.user_attrs["metrics"]["latency_p95_ms"]))
-    points = to_minimization(np.array([t.values for t in front], dtype=float), objectives)
-    return front[knee_index(points)]
+        return Choice(max(within(pool), key=lambda t: (sign * t.user_attrs["metrics"][quality.metric],
+                                                       -t.user_attrs["metrics"]["latency_p95_ms"])), why)
+    points = to_minimization(np.array([t.values for t in pool], dtype=float), objectives)
+    return Choice(pool[knee_index(points)], why)
 
 
 def _modelfile(prepared: PreparedStudy, settings: InferenceSettings) -> tuple[Modelfile, dict[str, Any]]:
@@ -183,11 +228,20 @@ def _smoke(prepared: PreparedStudy, settings: InferenceSettings, model_name: str
 
 
 def decide(policy: PromotionPolicy, constraints: tuple[Constraint, ...], metric: str, dev: dict[str, float],
-           holdout: dict[str, float]) -> str | None:
-    """Why a point must not be promoted, or None: held-out ``metric`` below dev by more than the tolerance, or
-    a latency limit (the config's constraints, ``policy.sla_p95_ms``) broken on held-out data."""
-    if holdout[metric] < dev[metric] - policy.tolerance:
-        return (f"held-out {metric} {holdout[metric]:.3f} is below dev {dev[metric]:.3f} by more than the "
+           holdout: dict[str, float], *, baseline: dict[str, float] | None = None) -> str | None:
+    """Why a point must not be promoted, or None: held-out ``metric`` below the baseline's (measured side by
+    side) by more than the tolerance, or below dev by more than the tolerance with dev outside the held-out 95%
+    interval (``<metric>_ci95_high``, when ``holdout`` has it), or a latency limit (the config's constraints,
+    ``policy.sla_p95_ms``) broken on held-out data."""
+    if baseline is not None and holdout[metric] < baseline[metric] - policy.tolerance:
+        return (f"held-out {metric} {holdout[metric]:.3f} is below the baseline's {baseline[metric]:.3f} (the "
+                f"settings served today, measured side by side) by more than the tolerance {policy.tolerance:g}")
+    # Dev is an estimate too, and the best of a study's trials on it (chosen for it): held-out accuracy a little
+    # below it is expected. Refused: below by more than the tolerance, with dev outside the held-out interval.
+    high = holdout.get(f"{metric}_ci95_high", float("-inf"))
+    if holdout[metric] < dev[metric] - policy.tolerance and not high >= dev[metric]:
+        shown = "" if np.isinf(high) else f" (95% interval up to {high:.3f})"
+        return (f"held-out {metric} {holdout[metric]:.3f}{shown} is below dev {dev[metric]:.3f} by more than the "
                 f"tolerance {policy.tolerance:g}")
     limits = [(c.describe(), c.violation(holdout[c.metric])) for c in constraints]
     if policy.sla_p95_ms is not None:
@@ -199,8 +253,12 @@ def decide(policy: PromotionPolicy, constraints: tuple[Constraint, ...], metric:
 
 
 def promote(prepared: PreparedStudy, study_name: str, policy: PromotionPolicy, *,
-            on_request: Any = lambda: None) -> PromotionReport:
+            baseline_backend: Backend | None = None, on_request: Any = lambda: None) -> PromotionReport:
     """Choose, re-check and promote a point of ``study_name``'s front.
+
+    With a baseline in the config, the candidate and the baseline are measured side by side on the held-out
+    requests (:mod:`pipeline.sidebyside`; the baseline on ``baseline_backend``, default: a second backend made
+    from the config) and the gain is reported with paired intervals (:mod:`pipeline.gain`).
 
     Returns:
         What was promoted, with held-out metrics, the files written and the registered version.
@@ -218,35 +276,61 @@ def promote(prepared: PreparedStudy, study_name: str, policy: PromotionPolicy, *
                                                       "backend", "model", "model_digest"),
                      fix="pass the config (and backend/model) the study used")
     objectives = config.objectives
-    chosen = choose_trial(study, objectives, policy)
+    choice = choose_trial(study, objectives, policy)
+    chosen = choice.trial
     metric = policy.metric or next((o.metric for o in objectives if o.direction == "maximize"), "field_accuracy")
     # The study's own seed: a replay must be the trial as it ran, whatever seed the config now gives.
     seed = int(study.user_attrs["definition"]["seed"])
     settings = suggest(optuna.trial.FixedTrial(chosen.params), config.search_space, seed=seed)
     holdout_examples = prepared.experiment.split("holdout")
     plan = replace(trial_plan(prepared), repetitions=policy.repetitions, abort_on=())
-    outcome = run_trial(settings, holdout_examples, plan, on_request=on_request)
+    side = None
+    if config.baseline is None:
+        outcome = run_trial(settings, holdout_examples, plan, on_request=on_request)
+    else:
+        side = _against_baseline(prepared, settings, seed, holdout_examples, plan, policy.repetitions,
+                                 baseline_backend=baseline_backend, on_request=on_request)
+        outcome = side.outcomes[CANDIDATE]
     if outcome.infeasible:
         raise PromotionRefused(f"refused: on held-out data {outcome.infeasible}")
+    if side is not None and side.infeasible:
+        raise PromotionRefused(f"refused: on held-out data the {side.infeasible}")
     holdout = summarize(outcome.records, model_loads=outcome.model_loads, model_load_ms=outcome.model_load_ms)
     holdout.update(confidence_intervals(outcome.records, seed=seed))
     dev = chosen.user_attrs["metrics"]
+    baseline = gains = None
+    if side is not None:
+        served = side.outcomes[BASELINE].records
+        baseline = {**summarize(served), **confidence_intervals(served, seed=seed)}
+        gains = paired_gain(served, outcome.records, accuracy_metrics(config.objectives,
+                                                                      labelled=prepared.experiment.label is not None),
+                            seed=seed)
 
     parent = study.user_attrs.get("mlflow_parent_run_id")
     client, run_id = start_run(prepared.tracking_uri, experiment_name=config.tracking.experiment_name,
                                beside_run=parent, run_name=f"promote {study_name} trial {chosen.number}",
                                tags={"kind": "promotion", "source_study": study_name,
                                      "source_trial": str(chosen.number), "source_run": parent or "",
-                                     "policy": policy.policy, **prepared.backend.describe()})
+                                     "policy": policy.policy, **({"choice": choice.why} if choice.why else {}),
+                                     **prepared.backend.describe()})
     log_batch(client, run_id, params={**settings.as_params(), "holdout_requests": len(outcome.records),
-                                      "repetitions": policy.repetitions, "tolerance": policy.tolerance},
-              metrics={**{f"holdout_{k}": v for k, v in holdout.items()}, **{f"dev_{k}": v for k, v in dev.items()}})
+                                      "repetitions": policy.repetitions, "tolerance": policy.tolerance,
+                                      **{f"baseline.{k}": v for k, v in (config.baseline or {}).items()}},
+              metrics={**{f"holdout_{k}": v for k, v in holdout.items()}, **{f"dev_{k}": v for k, v in dev.items()},
+                       **{f"baseline_holdout_{k}": v for k, v in (baseline or {}).items()},
+                       **gain_metrics(gains or [])})
     client.log_table(run_id, data=requests_frame(outcome.records), artifact_file="holdout_requests.json")
     errors = field_errors(outcome.records)
     if not errors.empty:
         client.log_table(run_id, data=errors, artifact_file="holdout_field_errors.json")
-    report = PromotionReport(study_name, chosen.number, settings, dev, holdout, run_id)
-    reason = decide(policy, config.constraints, metric, dev, holdout)
+    if side is not None:
+        client.log_table(run_id, data=side_by_side_frame(side), artifact_file="side_by_side.json")
+        client.log_table(run_id, data=gain_frame(gains), artifact_file="gain.json")
+    report = PromotionReport(study_name, chosen.number, settings, dev, holdout, run_id, baseline=baseline,
+                             gains=gains or [], choice=choice.why)
+    if gains and slower(gains):
+        client.set_tag(run_id, "slower_than_baseline", slower(gains))
+    reason = decide(policy, config.constraints, metric, dev, holdout, baseline=baseline)
     if reason is None:
         try:
             _write_and_register(prepared, study_name, chosen, settings, policy, report, client)
@@ -256,9 +340,28 @@ def promote(prepared: PreparedStudy, study_name: str, policy: PromotionPolicy, *
     if reason:
         client.set_tag(run_id, "refused_because", reason)
         client.set_terminated(run_id, "FINISHED")
-        raise PromotionRefused(f"refused: trial {chosen.number} of {study_name!r}: {reason}")
+        raise PromotionRefused(f"refused: trial {chosen.number} of {study_name!r}: {reason}", report=report)
     client.set_terminated(run_id, "FINISHED")
     return report
+
+
+BASELINE, CANDIDATE = "baseline", "candidate"
+
+
+def _against_baseline(prepared: PreparedStudy, settings: InferenceSettings, seed: int, examples: list,
+                      plan: TrialPlan, repetitions: int, *, baseline_backend: Backend | None,
+                      on_request: Any) -> SideBySide:
+    """The baseline and the candidate measured side by side, the baseline on a backend of its own."""
+    config = prepared.config
+    own = baseline_backend is None
+    backend = make_backend(config.engine)[0] if own else baseline_backend
+    try:
+        baseline = Arm(BASELINE, settings_of(config.baseline, seed=seed), replace(plan, backend=backend))
+        return measure_side_by_side(baseline, Arm(CANDIDATE, settings, plan), examples, repetitions=repetitions,
+                                    on_request=on_request)
+    finally:
+        if own:
+            backend.close()
 
 
 def _write_and_register(prepared: PreparedStudy, study_name: str, chosen: optuna.trial.FrozenTrial,

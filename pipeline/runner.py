@@ -18,8 +18,8 @@ from pipeline.scoring import BOUNDED_METRICS, RequestRecord, Scorer, metric_dire
 from pipeline.space import InferenceSettings
 from pipeline.tokens import estimate_tokens
 
-__all__ = ["Abort", "PreparedRequest", "TrialOutcome", "TrialPlan", "abort_reason", "can_abort", "check_fit",
-           "prepare_requests", "run_trial"]
+__all__ = ["Abort", "PreparedRequest", "SettingRun", "TrialOutcome", "TrialPlan", "abort_reason", "can_abort",
+           "check_fit", "prepare_requests", "run_trial"]
 
 
 @dataclass(frozen=True)
@@ -128,6 +128,50 @@ def check_fit(prepared: list[PreparedRequest], settings: InferenceSettings, back
     return None
 
 
+class SettingRun:
+    """One setting measured on one backend, a request at a time: the requests rendered once, the fit check,
+    the load and warm-up (kept apart from every timing), and timed requests — a model reload inside a request
+    counted as a load and the request measured again."""
+
+    def __init__(self, settings: InferenceSettings, examples: list[Example], plan: TrialPlan) -> None:
+        self.settings, self.plan = settings, plan
+        self.requests = prepare_requests(examples, plan.prompts, settings)
+        # Warm up on a request outside the timed set: with the timed requests' own text, the first of them would
+        # find its whole prompt cached and look faster than any real request.
+        self._warmup = prepare_requests([plan.warmup], plan.prompts, settings)[0]
+        self.outcome = TrialOutcome()
+
+    def check_fit(self) -> str | None:
+        """Why the setting cannot fit its context (then it must not run), or None; also kept on the outcome."""
+        self.outcome.infeasible = check_fit(self.requests, self.settings, self.plan.backend, margin=self.plan.margin)
+        return self.outcome.infeasible
+
+    def ready(self) -> None:
+        """Load the setting's context if the backend must, and warm up after a load."""
+        load_seconds = self.plan.backend.start_trial(self.settings.num_ctx)
+        if load_seconds is not None:
+            self._loaded(load_seconds * 1000)
+
+    def measure(self, request: PreparedRequest) -> RequestRecord:
+        """Time and score one request; the record is also appended to the outcome."""
+        result = _generate(self.plan.backend, request, self.settings)
+        if isinstance(result, Generation) and result.reload_ms is not None:
+            # The server reloaded the model inside this request: count the reload, warm up, measure again.
+            self._loaded(result.reload_ms)
+            result = _generate(self.plan.backend, request, self.settings)
+        record = _record(request, result, self.plan.scorer)
+        self.outcome.records.append(record)
+        return record
+
+    def _loaded(self, milliseconds: float) -> None:
+        # The first calls after a load are many times slower; they are never timed.
+        self.outcome.model_loads += 1
+        self.outcome.model_load_ms += milliseconds
+        for _ in range(self.plan.warmup_requests):
+            _generate(self.plan.backend, self._warmup, self.settings)
+            self.outcome.warmup_requests += 1
+
+
 def run_trial(settings: InferenceSettings, examples: list[Example], plan: TrialPlan, *,
               on_request: Callable[[], None] = lambda: None) -> TrialOutcome:
     """Measure one setting on the given examples.
@@ -139,38 +183,18 @@ def run_trial(settings: InferenceSettings, examples: list[Example], plan: TrialP
         The outcome: one record per timed request, the model loads this trial caused and their time, why the
         setting is infeasible (then nothing ran), or why it stopped early.
     """
-    backend = plan.backend
-    prepared = prepare_requests(examples, plan.prompts, settings)
-    warmup_request = prepare_requests([plan.warmup], plan.prompts, settings)[0]
-    outcome = TrialOutcome()
-    outcome.infeasible = check_fit(prepared, settings, backend, margin=plan.margin)
-    if outcome.infeasible:
-        return outcome
-
-    def loaded(milliseconds: float) -> None:
-        # The first calls after a load are many times slower; they are never timed.
-        outcome.model_loads += 1
-        outcome.model_load_ms += milliseconds
-        for _ in range(plan.warmup_requests):
-            _generate(backend, warmup_request, settings)
-            outcome.warmup_requests += 1
-
-    load_seconds = backend.start_trial(settings.num_ctx)
-    if load_seconds is not None:
-        loaded(load_seconds * 1000)
-    planned = len(prepared) * plan.repetitions
-    for request in prepared * plan.repetitions:
-        result = _generate(backend, request, settings)
-        if isinstance(result, Generation) and result.reload_ms is not None:
-            # The server reloaded the model inside this request: count the reload, warm up, measure again.
-            loaded(result.reload_ms)
-            result = _generate(backend, request, settings)
-        outcome.records.append(_record(request, result, plan.scorer))
+    run = SettingRun(settings, examples, plan)
+    if run.check_fit():
+        return run.outcome
+    run.ready()
+    planned = len(run.requests) * plan.repetitions
+    for request in run.requests * plan.repetitions:
+        run.measure(request)
         on_request()
-        outcome.aborted = abort_reason(outcome.records, planned, plan.abort_on)
-        if outcome.aborted:
+        run.outcome.aborted = abort_reason(run.outcome.records, planned, plan.abort_on)
+        if run.outcome.aborted:
             break
-    return outcome
+    return run.outcome
 
 
 def _generate(backend: Backend, request: PreparedRequest, settings: InferenceSettings) -> Generation | RequestFailed:

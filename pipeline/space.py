@@ -14,7 +14,7 @@ import optuna
 
 from pipeline.config import ParamSpec
 
-__all__ = ["InferenceSettings", "suggest"]
+__all__ = ["InferenceSettings", "settings_of", "suggest"]
 
 
 @dataclass(frozen=True)
@@ -58,3 +58,8 @@ def _suggest_one(trial: optuna.Trial | optuna.trial.FixedTrial, spec: ParamSpec)
     if spec.kind == "int":
         return trial.suggest_int(spec.name, int(spec.low), int(spec.high), step=int(spec.step or 1), log=spec.log)
     return trial.suggest_float(spec.name, spec.low, spec.high, step=spec.step, log=spec.log)
+
+
+def settings_of(values: dict[str, Any], *, seed: int) -> InferenceSettings:
+    """The settings a point of the space written out in full stands for (a baseline, a settings file)."""
+    return InferenceSettings(**values, seed=seed)

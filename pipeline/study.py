@@ -10,7 +10,7 @@ import json
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import optuna
@@ -68,6 +68,10 @@ def _open_study(prepared: PreparedStudy, storage: optuna.storages.BaseStorage,
                                 sampler=make_sampler(config, offset))
     if existing is None:
         study.set_user_attr("definition", definition)
+        if config.baseline is not None:
+            # Measured first, as any trial: every later point is seen against what is served today.
+            study.enqueue_trial({name: config.baseline[name] for name in config.search_space},
+                                user_attrs={pareto.BASELINE: True})
     return study
 
 
@@ -135,12 +139,16 @@ def run_study(prepared: PreparedStudy, *, trials: int, console: Console | None =
     with study_progress(console, trials=target - complete, requests=per_trial) as progress:
 
         def evaluate(trial: optuna.Trial, settings: InferenceSettings) -> list[float]:
+            baseline = bool(trial.user_attrs.get(pareto.BASELINE))
             run_id = tracker.start_trial(trial.number, params=settings.as_params(),
-                                         tags={**env_tags, "study": config.study.name})
+                                         tags={**env_tags, "study": config.study.name,
+                                               **({pareto.BASELINE: "true"} if baseline else {})})
             trial.set_user_attr("mlflow_run_id", run_id)
             progress.trial_started(trial.number)
             try:
-                outcome = run_trial(settings, prepared.examples, plan, on_request=progress.request_done)
+                # The baseline is the reference every point is seen against: measured in full, never stopped early.
+                outcome = run_trial(settings, prepared.examples, replace(plan, abort_on=()) if baseline else plan,
+                                    on_request=progress.request_done)
                 values = trial_values(trial, outcome, config)
             except BaseException as exc:
                 tracker.fail_trial(run_id, f"{type(exc).__name__}: {exc}")

@@ -2,6 +2,7 @@
 
 ``requests.json``: one row per request (request, expected, raw answer, scores, timings).
 ``field_errors.json``: the fields answered wrong, counted by path, expected and got value.
+``side_by_side.json``: two settings' requests in the order they were measured, interleaved.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import pandas as pd
 
 from pipeline.pointers import MISSING
 from pipeline.scoring import RequestRecord
+from pipeline.sidebyside import SideBySide
 
-__all__ = ["field_errors", "requests_frame"]
+__all__ = ["field_errors", "requests_frame", "side_by_side_frame"]
 
 _TIMINGS = ("latency_ms", "ttft_ms", "prefill_ms", "decode_ms", "decode_tokens", "prompt_tokens_estimated",
             "prompt_tokens_engine", "output_tokens", "truncated", "failed", "server_ms", "overhead_ms")
@@ -49,3 +51,16 @@ def field_errors(records: list[RequestRecord]) -> pd.DataFrame:
 
 def _json_text(value: Any) -> str:
     return "(missing)" if value is MISSING else json.dumps(value, ensure_ascii=False)
+
+
+def side_by_side_frame(side: SideBySide) -> pd.DataFrame:
+    """Every request both arms measured, in measuring order: step, request position, arm, then as
+    :func:`requests_frame`."""
+    frames = {name: requests_frame(outcome.records) for name, outcome in side.outcomes.items()}
+    seen: dict[str, int] = {}
+    rows = []
+    for step, (position, name) in enumerate(side.order):
+        index = seen.get(name, 0)
+        seen[name] = index + 1
+        rows.append({"step": step, "position": position, "arm": name, **frames[name].iloc[index].to_dict()})
+    return pd.DataFrame(rows)

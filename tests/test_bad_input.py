@@ -156,6 +156,9 @@ def model_file(content: bytes | None) -> Make:
     return run
 
 
+BASELINE = {"num_ctx": 1024, "num_predict": 32, "temperature": 0.0, "top_p": 1.0, "top_k": 40, "few_shot": 0,
+            "prompt_variant": "compact", "example_selection": "static", "format": "off"}
+
 # What each row needs fixed elsewhere.
 PREPARE_CHECKS_TRACKING = ("pipeline/study.py: prepare_study must call config.check_tracking_uri(uri, ...) on the "
                            "resolved URI and config.check_storage_url(storage, ...) on the resolved storage before "
@@ -295,6 +298,13 @@ CASES = [
          "router.yaml: keywords key 'create_tsk' is not a label value of the dataset. Did you mean 'create_task'?"),
     Case("prompts-example-without-answer", prompts(write("examples.jsonl", '{"request": "x"}\n')),
          "examples.jsonl:1: missing 'answer'"),
+    # the baseline
+    Case("baseline-missing-setting", config(baseline={"num_ctx": 1024}), "(baseline): missing num_predict"),
+    Case("baseline-outside-the-space", config(baseline=dict(BASELINE, num_ctx=4096)),
+         "(baseline).num_ctx: 4096 is not in search_space.num_ctx (1024); add it"),
+    Case("baseline-does-not-fit",
+         config(baseline=dict(BASELINE, num_ctx=128), search_space={"num_ctx": {"choices": [128, 1024]}}),
+         "(baseline): on the dev split the prompt of request"),
     # a new job's files
     Case("init-would-overwrite", lambda folder, mp: _init_twice(folder), "already exists; `pipeline init` never "
                                                                            "overwrites"),
@@ -438,7 +448,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, folder_state, tmp
 
 def test_catalogue_covers_every_kind_of_input():
     kinds = {case.id.split("-")[0] for case in CASES}
-    assert kinds == {"config", "dataset", "schema", "manifest", "prompts", "cli", "storage", "model", "tracking", "init"}
+    assert kinds == {"config", "dataset", "schema", "manifest", "prompts", "cli", "storage", "model", "tracking",
+                     "init", "baseline"}
     assert len(CASES) >= 25 and len({case.id for case in CASES}) == len(CASES)
 
 

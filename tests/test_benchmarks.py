@@ -84,3 +84,13 @@ def test_fidelity_smoke(tmp_path):
     reload = result["cold_start"]["reload_mid_trial"]
     assert reload["model_loads"] == 1 and reload["model_load_ms"] >= 1500 > reload["max_latency_ms"]
     assert abs(result["outside_clock"]["fresh_median_diff"]) < 0.05
+
+
+def test_outcome_smoke(tmp_path):
+    result = bench(tmp_path, "outcome")
+    (job,) = result["jobs"]
+    assert job["job"] == "task_api" and job["trials"] == 2
+    gains = {g["metric"]: g for g in job["gains"]}
+    assert {"latency_p50_ms", "latency_p95_ms", "field_accuracy", "exact_match_rate", "label_accuracy"} <= set(gains)
+    assert job["held_out_requests"] == 40 and job["floor_p95_ms"] > 0 and job["p95_over_floor"] > 0
+    assert job["baseline_dev"]["latency_p95_ms"] > 0  # the study measured its baseline first

@@ -12,7 +12,9 @@ from pipeline.cli import main
 from pipeline.config import Constraint, Objective
 from pipeline.errors import InputError
 from pipeline.modelfile import parse
-from pipeline.promote import PromotionPolicy, choose_trial, decide, knee_index
+from pipeline import pareto
+from pipeline.pareto import BASELINE
+from pipeline.promote import Choice, PromotionPolicy, beating_baseline, choose_trial, decide, knee_index
 from pipeline.testing.ollama_double import OllamaDouble
 from tests.conftest import ROOT, smoke_config
 
@@ -38,16 +40,50 @@ def study():
 
 
 def test_policies_choose_from_the_feasible_front(study):
-    assert choose_trial(study, OBJECTIVES, PromotionPolicy("sla", sla_p95_ms=1000)).number == 0
-    assert choose_trial(study, OBJECTIVES, PromotionPolicy("sla", sla_p95_ms=500)).number == 1
-    assert choose_trial(study, OBJECTIVES, PromotionPolicy("knee")).number == 1
-    assert choose_trial(study, OBJECTIVES, PromotionPolicy("trial", trial=2)).number == 2
+    assert choose_trial(study, OBJECTIVES, PromotionPolicy("sla", sla_p95_ms=1000)).trial.number == 0
+    assert choose_trial(study, OBJECTIVES, PromotionPolicy("sla", sla_p95_ms=500)).trial.number == 1
+    assert choose_trial(study, OBJECTIVES, PromotionPolicy("knee")).trial.number == 1
+    assert choose_trial(study, OBJECTIVES, PromotionPolicy("trial", trial=2)).trial.number == 2
     with pytest.raises(InputError, match="no front trial has latency_p95_ms <= 60 \\(the fastest has 100\\)"):
         choose_trial(study, OBJECTIVES, PromotionPolicy("sla", sla_p95_ms=60))
     with pytest.raises(InputError, match="trial 3 breaks a constraint"):
         choose_trial(study, OBJECTIVES, PromotionPolicy("trial", trial=3))
     with pytest.raises(InputError, match="trial 9 of study .* is not a completed trial"):
         choose_trial(study, OBJECTIVES, PromotionPolicy("trial", trial=9))
+
+
+def constructed(points, *, baseline_at=None) -> optuna.Study:
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for i, (valid, p95) in enumerate(points):
+        trial = study.ask()
+        trial.set_constraint("latency_p95_ms", -1.0)
+        trial.set_user_attr("metrics", {"schema_valid_rate": valid, "latency_p95_ms": p95})
+        if i == baseline_at:
+            trial.set_user_attr(BASELINE, True)
+        study.tell(trial, [valid, p95])
+    return study
+
+
+def test_with_a_baseline_the_policies_choose_among_the_front_points_that_beat_it():
+    # front: A (1.0, 900), B (0.9, 300), C (0.2, 100); the baseline (0.95, 950) is beaten by A alone
+    points = [(1.0, 900.0), (0.9, 300.0), (0.2, 100.0), (0.95, 950.0)]
+    plain = constructed(points)
+    assert choose_trial(plain, OBJECTIVES, PromotionPolicy("knee")) == Choice(plain.trials[1])
+    served = constructed(points, baseline_at=3)
+    choice = choose_trial(served, OBJECTIVES, PromotionPolicy("knee"))
+    assert choice.trial.number == 0  # not the plain knee: B is faster than the baseline but less accurate
+    assert choice.why == ("chosen among the 1 of 3 front points that beat the baseline (trial 3) on every "
+                          "objective on dev")
+    assert choose_trial(served, OBJECTIVES, PromotionPolicy("sla", sla_p95_ms=950)).trial.number == 0
+    # within the SLA nothing beats it: the whole front, said so
+    choice = choose_trial(served, OBJECTIVES, PromotionPolicy("sla", sla_p95_ms=500))
+    assert choice.trial.number == 1 and choice.why.startswith("no front point within the SLA beats the baseline")
+    # the baseline on the front: nothing beats it, the whole front is the pool, said so
+    on_front = constructed([(1.0, 900.0), (0.2, 100.0)], baseline_at=0)
+    pool, why = beating_baseline(on_front, pareto.front_trials(on_front), OBJECTIVES)
+    assert [t.number for t in pool] == [1] and why.startswith("no front point beats the baseline (trial 0)")
+    assert choose_trial(on_front, OBJECTIVES, PromotionPolicy("knee")).trial.number == 1  # never the baseline
+    assert choose_trial(on_front, OBJECTIVES, PromotionPolicy("trial", trial=1)).why == ""
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +165,11 @@ def test_decision_rule_on_accuracy_drop_and_held_out_sla():
     assert decide(policy, (), "schema_valid_rate", dev, {"schema_valid_rate": 0.86, "latency_p95_ms": 900.0}) is None
     reason = decide(policy, (), "schema_valid_rate", dev, {"schema_valid_rate": 0.84, "latency_p95_ms": 900.0})
     assert reason.startswith("held-out schema_valid_rate 0.840 is below dev 0.900 by more than the tolerance 0.05")
+    # a drop within the held-out noise (dev inside its interval) is the winner's curse, not a failure
+    noisy = {"schema_valid_rate": 0.84, "schema_valid_rate_ci95_high": 0.93, "latency_p95_ms": 900.0}
+    assert decide(policy, (), "schema_valid_rate", dev, noisy) is None
+    reason = decide(policy, (), "schema_valid_rate", dev, {**noisy, "schema_valid_rate_ci95_high": 0.88})
+    assert reason.startswith("held-out schema_valid_rate 0.840 (95% interval up to 0.880) is below dev 0.900 by")
     sla = (Constraint("latency_p95_ms", max=850.0),)
     reason = decide(policy, sla, "schema_valid_rate", dev, {"schema_valid_rate": 0.9, "latency_p95_ms": 900.0})
     assert reason == "held-out data breaks the SLA latency_p95_ms <= 850 (off by 50)"

@@ -18,7 +18,7 @@ def test_every_suggestion_stays_inside_the_configured_space():
     for _ in range(60):
         trial = study.ask()
         s = suggest(trial, SPACE, seed=5)
-        assert s.num_ctx in (512, 1024, 2048) and s.num_predict in (48, 96, 160)
+        assert s.num_ctx in (512, 1024, 2048, 4096) and s.num_predict in (48, 96, 160, 256)
         assert 0.0 <= s.temperature <= 1.0 and 0.5 <= s.top_p <= 1.0 and 1 <= s.top_k <= 100
         assert isinstance(s.top_k, int) and 0 <= s.few_shot <= 5
         assert s.prompt_variant in ("verbose", "compact", "minimal")
@@ -48,7 +48,7 @@ def test_fixed_values_are_recorded_as_params():
 
 
 def test_a_value_outside_the_space_is_rejected_on_replay():
-    params = {"num_ctx": 4096, "num_predict": 96, "temperature": 0.2, "top_p": 0.9, "top_k": 40, "few_shot": 2,
+    params = {"num_ctx": 8192, "num_predict": 96, "temperature": 0.2, "top_p": 0.9, "top_k": 40, "few_shot": 2,
               "prompt_variant": "compact", "example_selection": "static", "format": "off"}
     with pytest.raises(ValueError):
         suggest(optuna.trial.FixedTrial(params), SPACE, seed=0)
