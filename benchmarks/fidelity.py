@@ -30,7 +30,7 @@ import pandas as pd
 from benchmarks.common import GRID_CONFIG, GRID_DATA, ROOT, WallClock, load, write_result
 from pipeline.prepare import prepare_study
 from pipeline.runner import prepare_requests, run_trial
-from pipeline.scoring import confidence_intervals, summarize
+from pipeline.scoring import measured_metrics
 from pipeline.space import InferenceSettings, suggest
 from pipeline.study import trial_plan
 
@@ -71,7 +71,7 @@ def measure(limit: int | None) -> dict[str, Any]:
             "wall_ms": timed,
             "warmup_calls_ms": generated[:len(generated) - len(outcome.records)],
             "model_load_ms": outcome.model_load_ms,
-            "metrics": {**summarize(outcome.records), **confidence_intervals(outcome.records)},
+            "metrics": measured_metrics(outcome.records),
         })
     prepared.backend.close()
     return {"settings": results}

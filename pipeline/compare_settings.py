@@ -12,13 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from pipeline.backends import make_backend
 from pipeline.backends.base import Backend
 from pipeline.errors import InputError
 from pipeline.gain import Gain, accuracy_metrics, gain_frame, gain_metrics, paired_gain, slower
 from pipeline.prepare import PreparedStudy, check_point
-from pipeline.scoring import confidence_intervals, summarize
-from pipeline.sidebyside import Arm, measure_side_by_side
+from pipeline.scoring import measured_metrics
+from pipeline.sidebyside import measure_on_own_backends
 from pipeline.space import settings_of
 from pipeline.study import trial_plan
 from pipeline.tables import side_by_side_frame
@@ -39,9 +38,10 @@ class SettingsComparison:
 
 def compare_settings(prepared: PreparedStudy, first: tuple[str, dict[str, Any]], second: tuple[str, dict[str, Any]],
                      *, split: str, limit: int | None, repetitions: int, experiment_name: str,
-                     second_backend: Backend | None = None,
+                     first_backend: Backend | None = None,
                      on_request: Callable[[], None] = lambda: None) -> SettingsComparison:
-    """Measure ``second`` against ``first`` (each a name and its settings) on ``split``, interleaved.
+    """Measure ``second`` against ``first`` (each a name and its settings) on ``split``, interleaved: ``second``
+    on the study's backend, ``first`` on ``first_backend`` (default: a second one made from the config).
 
     Raises:
         InputError: a setting does not suit the job's files or does not fit its context on these requests.
@@ -52,20 +52,14 @@ def compare_settings(prepared: PreparedStudy, first: tuple[str, dict[str, Any]],
         check_point(config, experiment, prepared.prompts, values, name)
     examples = experiment.split(split, limit)
     plan = replace(trial_plan(prepared), repetitions=1, abort_on=())
-    own = second_backend is None
-    other = make_backend(config.engine)[0] if own else second_backend
-    try:
-        arms = (Arm(first[0], settings_of(first[1], seed=config.study.seed), plan),
-                Arm(second[0], settings_of(second[1], seed=config.study.seed), replace(plan, backend=other)))
-        side = measure_side_by_side(*arms, examples, repetitions=repetitions, on_request=on_request)
-    finally:
-        if own:
-            other.close()
+    side = measure_on_own_backends((first[0], settings_of(first[1], seed=config.study.seed)),
+                                   (second[0], settings_of(second[1], seed=config.study.seed)), examples, plan,
+                                   engine=config.engine, first_backend=first_backend, repetitions=repetitions,
+                                   on_request=on_request)
     if side.infeasible:
         raise InputError(f"{side.infeasible}; raise num_ctx or lower num_predict")
-    records = {arm.name: side.outcomes[arm.name].records for arm in arms}
-    metrics = {name: {**summarize(rs), **confidence_intervals(rs, seed=config.study.seed)}
-               for name, rs in records.items()}
+    records = {name: side.outcomes[name].records for name in (first[0], second[0])}
+    metrics = {name: measured_metrics(rs, seed=config.study.seed) for name, rs in records.items()}
     gains = paired_gain(records[first[0]], records[second[0]],
                         accuracy_metrics(config.objectives, labelled=experiment.label is not None),
                         seed=config.study.seed)

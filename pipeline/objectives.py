@@ -7,7 +7,7 @@ import optuna
 from pipeline.config import StudyConfig
 from pipeline.errors import BackendError
 from pipeline.runner import TrialOutcome
-from pipeline.scoring import confidence_intervals, summarize
+from pipeline.scoring import measured_metrics
 
 __all__ = ["CONTEXT_FIT", "trial_values"]
 
@@ -36,8 +36,8 @@ def trial_values(trial: optuna.Trial, outcome: TrialOutcome, config: StudyConfig
     else:
         if all(r.failed for r in outcome.records):
             raise BackendError(f"all {len(outcome.records)} requests failed: {outcome.records[0].score.error}")
-        metrics = summarize(outcome.records, model_loads=outcome.model_loads, model_load_ms=outcome.model_load_ms)
-        metrics.update(confidence_intervals(outcome.records, seed=config.study.seed))
+        metrics = measured_metrics(outcome.records, seed=config.study.seed, model_loads=outcome.model_loads,
+                                   model_load_ms=outcome.model_load_ms)
         trial.set_constraint(CONTEXT_FIT, 0.0)
         limits = {c.metric: metrics[c.metric] for c in config.constraints}
         if outcome.aborted:

@@ -22,7 +22,6 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from pipeline import pareto
-from pipeline.backends import make_backend
 from pipeline.backends.base import Backend, ModelPublisher, RequestFailed
 from pipeline.compare import to_minimization
 from pipeline.config import Constraint, Objective
@@ -30,9 +29,9 @@ from pipeline.errors import ConfigError, InputError, PipelineError
 from pipeline.gain import Gain, accuracy_metrics, gain_frame, gain_metrics, paired_gain, slower
 from pipeline.modelfile import Modelfile, sanitize, write_modelfile
 from pipeline.prepare import PreparedStudy, check_definition, definition_of
-from pipeline.runner import TrialPlan, prepare_requests, run_trial
-from pipeline.scoring import confidence_intervals, summarize
-from pipeline.sidebyside import Arm, SideBySide, measure_side_by_side
+from pipeline.runner import prepare_requests, run_trial
+from pipeline.scoring import measured_metrics
+from pipeline.sidebyside import measure_on_own_backends
 from pipeline.space import InferenceSettings, settings_of, suggest
 from pipeline.storage import open_storage
 from pipeline.study import trial_plan
@@ -43,6 +42,7 @@ __all__ = ["Choice", "PromotionPolicy", "PromotionRefused", "PromotionReport", "
            "decide", "knee_index", "promote"]
 
 CHAMPION = "champion"
+BASELINE, CANDIDATE = "baseline", "candidate"      # the two arms of the side-by-side measurement
 Policy = Literal["sla", "knee", "trial"]
 
 
@@ -288,20 +288,21 @@ def promote(prepared: PreparedStudy, study_name: str, policy: PromotionPolicy, *
     if config.baseline is None:
         outcome = run_trial(settings, holdout_examples, plan, on_request=on_request)
     else:
-        side = _against_baseline(prepared, settings, seed, holdout_examples, plan, policy.repetitions,
-                                 baseline_backend=baseline_backend, on_request=on_request)
+        side = measure_on_own_backends((BASELINE, settings_of(config.baseline, seed=seed)), (CANDIDATE, settings),
+                                       holdout_examples, plan, engine=config.engine, first_backend=baseline_backend,
+                                       repetitions=policy.repetitions, on_request=on_request)
         outcome = side.outcomes[CANDIDATE]
     if outcome.infeasible:
         raise PromotionRefused(f"refused: on held-out data {outcome.infeasible}")
     if side is not None and side.infeasible:
         raise PromotionRefused(f"refused: on held-out data the {side.infeasible}")
-    holdout = summarize(outcome.records, model_loads=outcome.model_loads, model_load_ms=outcome.model_load_ms)
-    holdout.update(confidence_intervals(outcome.records, seed=seed))
+    holdout = measured_metrics(outcome.records, seed=seed, model_loads=outcome.model_loads,
+                               model_load_ms=outcome.model_load_ms)
     dev = chosen.user_attrs["metrics"]
     baseline = gains = None
     if side is not None:
         served = side.outcomes[BASELINE].records
-        baseline = {**summarize(served), **confidence_intervals(served, seed=seed)}
+        baseline = measured_metrics(served, seed=seed)
         gains = paired_gain(served, outcome.records, accuracy_metrics(config.objectives,
                                                                       labelled=prepared.experiment.label is not None),
                             seed=seed)
@@ -344,24 +345,6 @@ def promote(prepared: PreparedStudy, study_name: str, policy: PromotionPolicy, *
     client.set_terminated(run_id, "FINISHED")
     return report
 
-
-BASELINE, CANDIDATE = "baseline", "candidate"
-
-
-def _against_baseline(prepared: PreparedStudy, settings: InferenceSettings, seed: int, examples: list,
-                      plan: TrialPlan, repetitions: int, *, baseline_backend: Backend | None,
-                      on_request: Any) -> SideBySide:
-    """The baseline and the candidate measured side by side, the baseline on a backend of its own."""
-    config = prepared.config
-    own = baseline_backend is None
-    backend = make_backend(config.engine)[0] if own else baseline_backend
-    try:
-        baseline = Arm(BASELINE, settings_of(config.baseline, seed=seed), replace(plan, backend=backend))
-        return measure_side_by_side(baseline, Arm(CANDIDATE, settings, plan), examples, repetitions=repetitions,
-                                    on_request=on_request)
-    finally:
-        if own:
-            backend.close()
 
 
 def _write_and_register(prepared: PreparedStudy, study_name: str, chosen: optuna.trial.FrozenTrial,

@@ -36,7 +36,7 @@ from pipeline.schemas import AnswerSchema
 
 __all__ = ["BOUNDED_METRICS", "CI_METRICS", "FIELD_METRIC", "METRICS", "SERVER_METRICS", "AnswerScore",
            "FieldResult", "RequestRecord", "Scorer", "confidence_intervals", "field_metric", "metric_name",
-           "metric_direction", "optimistic_bound", "parse_answer", "summarize"]
+           "measured_metrics", "metric_direction", "optimistic_bound", "parse_answer", "summarize"]
 
 # Every trial metric, with the direction in which it is better. Besides these, one ``field_accuracy.<path>``
 # per field path of the expected answers (see :func:`field_metric`).
@@ -406,6 +406,13 @@ def confidence_intervals(records: list[RequestRecord], *, level: float = 0.95, r
         for metric, low, high in zip(metrics, lows, highs):
             intervals[f"{metric}_ci95_low"], intervals[f"{metric}_ci95_high"] = float(low), float(high)
     return intervals
+
+
+def measured_metrics(records: list[RequestRecord], *, seed: int = 0, model_loads: int = 0,
+                     model_load_ms: float = 0.0) -> dict[str, float]:
+    """A measured setting's metrics: :func:`summarize` and, beside each, its :func:`confidence_intervals`."""
+    return {**summarize(records, model_loads=model_loads, model_load_ms=model_load_ms),
+            **confidence_intervals(records, seed=seed)}
 
 
 def optimistic_bound(records: list[RequestRecord], total: int, metric: str) -> float:

@@ -10,13 +10,16 @@ two runs 25 minutes apart) slows both arms alike, and neither arm always runs ri
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from pipeline.backends import make_backend
+from pipeline.backends.base import Backend
+from pipeline.config import EngineConfig
 from pipeline.experiment import Example
 from pipeline.runner import SettingRun, TrialOutcome, TrialPlan
 from pipeline.space import InferenceSettings
 
-__all__ = ["Arm", "SideBySide", "interleaving", "measure_side_by_side"]
+__all__ = ["Arm", "SideBySide", "interleaving", "measure_on_own_backends", "measure_side_by_side"]
 
 
 @dataclass(frozen=True)
@@ -68,3 +71,19 @@ def measure_side_by_side(first: Arm, second: Arm, examples: list[Example], *, re
         result.order.append((position, arms[index].name))
         on_request()
     return result
+
+
+def measure_on_own_backends(first: tuple[str, InferenceSettings], second: tuple[str, InferenceSettings],
+                            examples: list[Example], plan: TrialPlan, *, engine: EngineConfig,
+                            first_backend: Backend | None = None, repetitions: int = 1,
+                            on_request: Callable[[], None] = lambda: None) -> SideBySide:
+    """:func:`measure_side_by_side` of two named settings: ``second`` on the plan's backend, ``first`` on one of
+    its own — ``first_backend``, or one made from ``engine`` and closed afterwards."""
+    own = first_backend is None
+    backend = make_backend(engine)[0] if own else first_backend
+    try:
+        return measure_side_by_side(Arm(*first, replace(plan, backend=backend)), Arm(*second, plan), examples,
+                                    repetitions=repetitions, on_request=on_request)
+    finally:
+        if own:
+            backend.close()
