@@ -8,7 +8,7 @@ from pathlib import Path
 
 from benchmarks.common import GRID_DATA, RESULTS
 
-NAMES = ("grid", "fidelity", "overhead", "search", "abort", "outcome")
+NAMES = ("grid", "fidelity", "overhead", "search", "abort", "outcome", "serving")
 
 
 def main(argv: list[str] | None = None) -> int:

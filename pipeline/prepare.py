@@ -16,13 +16,14 @@ import optuna
 
 from pipeline.backends import make_backend
 from pipeline.backends.base import Backend
-from pipeline.config import ParamSpec, StudyConfig
+from pipeline.config import CORE_PARAMETERS, SERVING_PARAMETERS, ParamSpec, StudyConfig
 from pipeline.errors import ConfigError, DataError, did_you_mean
 from pipeline.experiment import Example, Experiment, load_experiment
 from pipeline.locations import resolve_stores
 from pipeline.prompts import PromptLibrary, load_prompts
 from pipeline.runner import check_fit, prepare_requests
 from pipeline.scoring import FIELD_METRIC, SERVER_METRICS, field_metric
+from pipeline.serving import CONCURRENCY, combination_problem
 from pipeline.space import settings_of
 
 __all__ = ["PreparedStudy", "check_definition", "check_point", "definition_of", "job_defaults", "prepare_study",
@@ -70,11 +71,16 @@ def prepare_study(config: StudyConfig, *, tracking_uri: str | None = None,
     uri, storage = resolve_stores(tracking_uri, config.tracking.tracking_uri, config.study.storage,
                                   configured_in=str(config.path), storage_where="Optuna storage")
     if config.baseline is not None:
+        config = replace(config, baseline=_complete(config, config.baseline, f"{config.path} (baseline)"))
         check_point(config, experiment, prompts, config.baseline, f"{config.path} (baseline)", in_space=True)
     if backend is None:
         backend, choice = make_backend(config.engine, on_pull=on_pull)
     else:
         choice = f"{backend.name} (given)"
+    problem = _serving_problem(config, backend)
+    if problem:
+        backend.close()
+        raise ConfigError(f"{config.path}: {problem}")
     if config.baseline is not None:
         _check_fits(config, experiment, prompts, backend, config.baseline, f"{config.path} (baseline)")
     server_metrics = [m for m in _metrics_used(config) if m in SERVER_METRICS]
@@ -104,8 +110,7 @@ def job_defaults(config: StudyConfig, experiment: Experiment, prompts: PromptLib
     return replace(config, search_space={name: space[name] for name in _ORDER if name in space})
 
 
-_ORDER = ("num_ctx", "num_predict", "temperature", "top_p", "top_k", "few_shot", "prompt_variant",
-          "example_selection", "format")
+_ORDER = (*CORE_PARAMETERS, *SERVING_PARAMETERS)
 
 
 def _choices(name: str, values: tuple) -> ParamSpec:
@@ -155,6 +160,46 @@ def check_point(config: StudyConfig, experiment: Experiment, prompts: PromptLibr
             raise ConfigError(f"{where}.{name}: {value!r} is outside search_space.{name} "
                               f"({spec.low:g}..{spec.high:g}); widen the range, so that the study can measure the "
                               "baseline as one of its trials")
+
+
+def _complete(config: StudyConfig, values: dict[str, Any], where: str) -> dict[str, Any]:
+    """A point with the serving settings it leaves out that the space fixes filled in; one the space searches
+    must be given (what is served today).
+
+    Raises:
+        ConfigError: a searched serving setting is missing, or the server settings do not go together.
+    """
+    completed = dict(values)
+    for name in SERVING_PARAMETERS:
+        spec = config.search_space.get(name)
+        if spec is None or name in completed:
+            continue
+        if spec.kind != "fixed":
+            raise ConfigError(f"{where}: missing {name}, which search_space searches; give the value served today")
+        completed[name] = spec.choices[0]
+    problem = combination_problem({k: v for k, v in completed.items() if k in SERVING_PARAMETERS and k != CONCURRENCY})
+    if problem:
+        raise ConfigError(f"{where}: {problem}; change the baseline's server settings")
+    return completed
+
+
+def _serving_problem(config: StudyConfig, backend: Backend) -> str | None:
+    """Why the backend cannot serve the space's serving settings, or None."""
+    server = [name for name in SERVING_PARAMETERS if name in config.search_space and name != CONCURRENCY]
+    if server and not backend.server_settings:
+        return (f"search_space.{server[0]} is a setting of llama-server, which the {backend.name} backend does not "
+                "start; use --backend llama-server, or remove it (README: each one's Ollama and vLLM counterpart)")
+    load = config.search_space.get(CONCURRENCY)
+    if load is not None and max(load.choices) > 1 and not backend.concurrent:
+        return (f"evaluation.concurrency {max(load.choices)}: the {backend.name} engine answers one request at a "
+                "time in this process, so more clients would only queue; measure load on a server (--backend "
+                "llama-server, openai or ollama) or set concurrency 1")
+    context = config.search_space["num_ctx"]
+    if getattr(backend, "fixed_context", False) and context.kind != "fixed":
+        return (f"search_space.num_ctx is searched, but the context of a server the {backend.name} backend only "
+                "speaks to is set when that server starts; fix num_ctx to the server's context, or use "
+                "--backend llama-server")
+    return None
 
 
 def _check_fits(config: StudyConfig, experiment: Experiment, prompts: PromptLibrary, backend: Backend,

@@ -7,11 +7,16 @@ side) or the dev accuracy (beyond the held-out interval) by more than the tolera
 fails on held-out data. An accepted point becomes a Modelfile (FROM,
 PARAMETER, SYSTEM, MESSAGE) plus a sidecar for what a Modelfile cannot say (whether to pass ``format=`` and the
 schema), a smoke request must pass, and a new version of a registered model gets the ``champion`` alias.
+
+On an OpenAI-compatible server the sidecar also holds the request defaults (sampling options and
+``response_format``, as a study sent them); on llama-server, the server's launch command with the chosen flags
+(``llama-server.sh``), and the smoke request goes through a server freshly started with exactly that command.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -83,6 +88,7 @@ class PromotionReport:
     gains: list[Gain] = field(default_factory=list)
     modelfile: Path | None = None
     sidecar: Path | None = None
+    launch: Path | None = None         # the server's launch command (llama-server)
     model_version: str | None = None
     notes: list[str] = field(default_factory=list)
     choice: str = ""                   # how the baseline narrowed the choice (see :func:`beating_baseline`)
@@ -217,7 +223,10 @@ def _smoke(prepared: PreparedStudy, settings: InferenceSettings, model_name: str
             answer = backend.chat_with(model_name, [*extra, {"role": "user", "content": example.request}],
                                        schema=example.schema.document, fmt=settings.format)
         else:
-            backend.start_trial(settings.num_ctx)
+            stop = getattr(backend, "stop", None)
+            if stop is not None:  # a server the tool starts: start it afresh with the promoted settings
+                stop()
+            backend.start_trial(settings.num_ctx, server=settings.server)
             answer = backend.generate(request.messages, settings, schema=example.schema.document).text
     except RequestFailed as exc:
         raise PromotionRefused(f"refused: the smoke request failed: {exc}") from exc
@@ -225,6 +234,22 @@ def _smoke(prepared: PreparedStudy, settings: InferenceSettings, model_name: str
         raise PromotionRefused(f"refused: the smoke request's answer does not validate against the schema: "
                                f"{answer[:120]!r}")
     return answer
+
+
+def _serving(prepared: PreparedStudy, settings: InferenceSettings) -> dict[str, Any]:
+    """What a serving stack other than Ollama needs: the request defaults a study sent (OpenAI-compatible
+    servers) and the launch command of the server the smoke request went through (llama-server), on port 8080."""
+    backend, found = prepared.backend, {}
+    request_body = getattr(backend, "request_body", None)
+    if request_body is not None:
+        schema = prepared.experiment.schema.document if prepared.experiment.schema is not None else {}
+        found["request_defaults"] = {k: v for k, v in request_body([], settings, schema=schema).items()
+                                     if k != "messages"}
+    command = list(getattr(backend, "command", []))
+    if command:
+        command[command.index("--port") + 1] = "8080"
+        found["launch_command"] = command
+    return found
 
 
 def decide(policy: PromotionPolicy, constraints: tuple[Constraint, ...], metric: str, dev: dict[str, float],
@@ -359,14 +384,22 @@ def _write_and_register(prepared: PreparedStudy, study_name: str, chosen: optuna
                     "holdout": report.holdout, "dev": report.dev})
     server_name = (policy.ollama_name or name) if isinstance(prepared.backend, ModelPublisher) else None
     _smoke(prepared, settings, server_name, modelfile)
+    sidecar.update(_serving(prepared, settings))
 
     policy.output.mkdir(parents=True, exist_ok=True)
     report.modelfile = write_modelfile(policy.output / "Modelfile", modelfile,
                                        header=f"{name}: study {study_name}, trial {chosen.number} (promoted)")
     report.sidecar = policy.output / "promotion.json"
     report.sidecar.write_text(json.dumps(sidecar, indent=2, default=float), encoding="utf-8")
+    written = [report.modelfile, report.sidecar]
+    if "launch_command" in sidecar:
+        report.launch = policy.output / "llama-server.sh"
+        report.launch.write_text(f"#!/bin/sh\n# {name}: study {study_name}, trial {chosen.number} (promoted)\n"
+                                 f"exec {shlex.join(sidecar['launch_command'])} \"$@\"\n", encoding="utf-8")
+        report.launch.chmod(0o755)
+        written.append(report.launch)
     run_id = report.run_id
-    for path in (report.modelfile, report.sidecar):
+    for path in written:
         client.log_artifact(run_id, str(path), artifact_path="modelfile")
     try:
         try:

@@ -2,11 +2,15 @@
 
 The loop reads like the method: build requests → check they fit → make sure the model is loaded (loads and
 warm-up kept apart from all timings) → run and score each request → stop early when the trial can no longer
-meet a constraint (:func:`abort_reason`).
+meet a constraint (:func:`abort_reason`). At a ``concurrency`` above 1 the requests are sent by that many
+closed-loop clients (each sends its next request when its answer is in), and the span from the first request
+to the last answer gives the throughput.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -15,6 +19,7 @@ from pipeline.config import Constraint
 from pipeline.experiment import Example
 from pipeline.prompts import Message, PromptLibrary
 from pipeline.scoring import BOUNDED_METRICS, RequestRecord, Scorer, metric_direction, optimistic_bound
+from pipeline.serving import combination_problem
 from pipeline.space import InferenceSettings
 from pipeline.tokens import estimate_tokens
 
@@ -65,6 +70,8 @@ class TrialOutcome:
     warmup_requests: int = 0
     infeasible: str | None = None
     aborted: Abort | None = None
+    span_s: float | None = None  # first request sent to last answer
+    tags: dict[str, str] = field(default_factory=dict)  # what the backend served this trial with
 
 
 def can_abort(constraint: Constraint) -> bool:
@@ -140,17 +147,25 @@ class SettingRun:
         # find its whole prompt cached and look faster than any real request.
         self._warmup = prepare_requests([plan.warmup], plan.prompts, settings)[0]
         self.outcome = TrialOutcome()
+        self._lock = threading.Lock()
 
     def check_fit(self) -> str | None:
-        """Why the setting cannot fit its context (then it must not run), or None; also kept on the outcome."""
-        self.outcome.infeasible = check_fit(self.requests, self.settings, self.plan.backend, margin=self.plan.margin)
+        """Why the setting cannot be served (server settings that do not go together) or cannot fit its context
+        (then it must not run), or None; also kept on the outcome."""
+        self.outcome.infeasible = (combination_problem(self.settings.server)
+                                   or check_fit(self.requests, self.settings, self.plan.backend,
+                                                margin=self.plan.margin))
         return self.outcome.infeasible
 
     def ready(self) -> None:
-        """Load the setting's context if the backend must, and warm up after a load."""
-        load_seconds = self.plan.backend.start_trial(self.settings.num_ctx)
+        """Load the setting's context (or start the server with its settings) if the backend must, and warm up
+        after a load."""
+        load_seconds = self.plan.backend.start_trial(self.settings.num_ctx, server=self.settings.server)
         if load_seconds is not None:
             self._loaded(load_seconds * 1000)
+        describe = getattr(self.plan.backend, "serving_tags", None)
+        if describe is not None:
+            self.outcome.tags.update(describe())
 
     def measure(self, request: PreparedRequest) -> RequestRecord:
         """Time and score one request; the record is also appended to the outcome."""
@@ -160,7 +175,8 @@ class SettingRun:
             self._loaded(result.reload_ms)
             result = _generate(self.plan.backend, request, self.settings)
         record = _record(request, result, self.plan.scorer)
-        self.outcome.records.append(record)
+        with self._lock:
+            self.outcome.records.append(record)
         return record
 
     def _loaded(self, milliseconds: float) -> None:
@@ -187,13 +203,48 @@ def run_trial(settings: InferenceSettings, examples: list[Example], plan: TrialP
     if run.check_fit():
         return run.outcome
     run.ready()
+    queue = iter(run.requests * plan.repetitions)
     planned = len(run.requests) * plan.repetitions
-    for request in run.requests * plan.repetitions:
-        run.measure(request)
-        on_request()
-        run.outcome.aborted = abort_reason(run.outcome.records, planned, plan.abort_on)
-        if run.outcome.aborted:
-            break
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def client() -> None:
+        # One closed-loop client: the next request as soon as its answer is in, until none is left or the
+        # trial is stopped.
+        while True:
+            with lock:
+                request = next(queue, None) if run.outcome.aborted is None and not errors else None
+            if request is None:
+                return
+            try:
+                run.measure(request)
+            except BaseException as exc:  # a dead server: the trial fails once every client has stopped
+                with lock:
+                    errors.append(exc)
+                return
+            with lock:
+                on_request()
+                run.outcome.aborted = run.outcome.aborted or abort_reason(run.outcome.records, planned,
+                                                                          plan.abort_on)
+
+    start = time.perf_counter()
+    if settings.concurrency == 1:
+        client()
+    else:
+        clients = [threading.Thread(target=client, name=f"client-{i}") for i in range(settings.concurrency)]
+        for thread in clients:
+            thread.start()
+        try:
+            for thread in clients:
+                thread.join()
+        except BaseException as exc:  # Ctrl-C: no client takes another request; the ones in flight finish
+            with lock:
+                errors.append(exc)
+            for thread in clients:
+                thread.join()
+    run.outcome.span_s = time.perf_counter() - start
+    if errors:
+        raise errors[0]
     return run.outcome
 
 

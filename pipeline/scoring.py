@@ -63,6 +63,10 @@ METRICS: dict[str, str] = {
     "model_loads": "minimize",
     "model_load_ms": "minimize",
     "requests_measured": "minimize",
+    # over the trial's measured span (first request sent to last answer), at its concurrency
+    "throughput_rps": "maximize",
+    "output_tokens_per_s": "maximize",
+    "goodput_rps": "maximize",
     # only for backends with a server's own timings (Ollama)
     "server_ms_p50": "minimize",
     "server_ms_p95": "minimize",
@@ -312,8 +316,14 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def summarize(records: list[RequestRecord], *, model_loads: int = 0, model_load_ms: float = 0.0) -> dict[str, float]:
+def summarize(records: list[RequestRecord], *, model_loads: int = 0, model_load_ms: float = 0.0,
+              span_s: float | None = None, slos: dict[str, float] | None = None) -> dict[str, float]:
     """Aggregate the request records of one trial into its metrics (see :data:`METRICS`).
+
+    With ``span_s``, the seconds from the first request sent to the last answer, the load metrics are there too:
+    requests and output tokens per second, and goodput as ``vllm bench serve --goodput`` defines it, the
+    requests per second that completed within every per-request limit of ``slos`` (``latency_ms``,
+    ``ttft_ms``; with none, every completed request counts).
 
     Quality rates are over all requests, a failed request counting as wrong. ``label_accuracy`` is there when
     the experiment has a label, and ``field_accuracy.<path>`` for each field path the expected answers use (the
@@ -362,8 +372,18 @@ def summarize(records: list[RequestRecord], *, model_loads: int = 0, model_load_
         overhead = [r.overhead_ms for r in served]
         metrics.update({"server_ms_p50": _percentile(server, 50), "server_ms_p95": _percentile(server, 95),
                         "overhead_ms_mean": _mean(overhead), "overhead_ms_p95": _percentile(overhead, 95)})
+    if span_s:
+        good = [r for r in done if all(_within(r, key, limit) for key, limit in (slos or {}).items())]
+        metrics.update({"throughput_rps": len(done) / span_s,
+                        "output_tokens_per_s": sum(r.output_tokens for r in done) / span_s,
+                        "goodput_rps": len(good) / span_s})
     metrics.update(_field_metrics(records))
     return metrics
+
+
+def _within(record: RequestRecord, key: str, limit: float) -> bool:
+    value = getattr(record, key)
+    return value is not None and value <= limit
 
 
 def _field_metrics(records: list[RequestRecord]) -> dict[str, float]:
@@ -409,9 +429,10 @@ def confidence_intervals(records: list[RequestRecord], *, level: float = 0.95, r
 
 
 def measured_metrics(records: list[RequestRecord], *, seed: int = 0, model_loads: int = 0,
-                     model_load_ms: float = 0.0) -> dict[str, float]:
+                     model_load_ms: float = 0.0, span_s: float | None = None,
+                     slos: dict[str, float] | None = None) -> dict[str, float]:
     """A measured setting's metrics: :func:`summarize` and, beside each, its :func:`confidence_intervals`."""
-    return {**summarize(records, model_loads=model_loads, model_load_ms=model_load_ms),
+    return {**summarize(records, model_loads=model_loads, model_load_ms=model_load_ms, span_s=span_s, slos=slos),
             **confidence_intervals(records, seed=seed)}
 
 

@@ -12,14 +12,17 @@ from typing import Any
 
 import optuna
 
-from pipeline.config import ParamSpec
+from pipeline.config import CORE_PARAMETERS, ParamSpec
+from pipeline.serving import CONCURRENCY
 
 __all__ = ["InferenceSettings", "settings_of", "suggest"]
 
 
 @dataclass(frozen=True)
 class InferenceSettings:
-    """One point of the search space. Option names are Ollama's, verbatim."""
+    """One point of the search space. Option names are Ollama's, verbatim; ``serving`` holds the serving
+    settings the space has (llama-server's own settings, the load ``concurrency``; pipeline.serving) as
+    ``(name, value)`` pairs, in the space's order."""
 
     num_ctx: int
     num_predict: int
@@ -31,6 +34,22 @@ class InferenceSettings:
     example_selection: str
     format: str
     seed: int = 0
+    serving: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def server(self) -> dict[str, Any]:
+        """The server's own settings (empty: the server's defaults)."""
+        return {name: value for name, value in self.serving if name != CONCURRENCY}
+
+    @property
+    def concurrency(self) -> int:
+        """How many clients send requests at once (1: one request at a time)."""
+        return dict(self.serving).get(CONCURRENCY, 1)
+
+    @property
+    def load_key(self) -> tuple[Any, ...]:
+        """What a server must be (re)started or reloaded for: the context and the server's settings."""
+        return (self.num_ctx, tuple(sorted(self.server.items())))
 
     def options(self) -> dict[str, Any]:
         """The Ollama ``options`` of a request made with these settings."""
@@ -38,7 +57,8 @@ class InferenceSettings:
                 "top_p": self.top_p, "top_k": self.top_k, "seed": self.seed}
 
     def as_params(self) -> dict[str, Any]:
-        return asdict(self)
+        params = asdict(self)
+        return {**{k: v for k, v in params.items() if k != "serving"}, **dict(self.serving)}
 
 
 def suggest(trial: optuna.Trial | optuna.trial.FixedTrial, space: dict[str, ParamSpec], *,
@@ -48,8 +68,7 @@ def suggest(trial: optuna.Trial | optuna.trial.FixedTrial, space: dict[str, Para
     Returns:
         The settings of this trial; ``seed`` is the study's, the same for every trial.
     """
-    values = {name: _suggest_one(trial, spec) for name, spec in space.items()}
-    return InferenceSettings(**values, seed=seed)
+    return settings_of({name: _suggest_one(trial, spec) for name, spec in space.items()}, seed=seed)
 
 
 def _suggest_one(trial: optuna.Trial | optuna.trial.FixedTrial, spec: ParamSpec) -> Any:
@@ -62,4 +81,5 @@ def _suggest_one(trial: optuna.Trial | optuna.trial.FixedTrial, spec: ParamSpec)
 
 def settings_of(values: dict[str, Any], *, seed: int) -> InferenceSettings:
     """The settings a point of the space written out in full stands for (a baseline, a settings file)."""
-    return InferenceSettings(**values, seed=seed)
+    serving = tuple((name, value) for name, value in values.items() if name not in CORE_PARAMETERS)
+    return InferenceSettings(**{name: values[name] for name in CORE_PARAMETERS}, seed=seed, serving=serving)

@@ -153,7 +153,7 @@ def run_study(prepared: PreparedStudy, *, trials: int, console: Console | None =
             except BaseException as exc:
                 tracker.fail_trial(run_id, f"{type(exc).__name__}: {exc}")
                 raise
-            tags = {"feasible": str(all(v <= 0 for v in trial.constraints.values())).lower()}
+            tags = {"feasible": str(all(v <= 0 for v in trial.constraints.values())).lower(), **outcome.tags}
             if outcome.infeasible:
                 tags["infeasible"] = outcome.infeasible
             if outcome.aborted:
@@ -201,14 +201,15 @@ def _optimize(study: optuna.Study, evaluate: Callable[[optuna.Trial, InferenceSe
 
     Trials are asked ``batch`` at a time (default: 4 against a server, 1 in process) under the study lock,
     never more than are left to do counting the ones other workers are running, so N requested trials are N
-    trials whatever the number of workers. The trials of a batch run grouped by ``num_ctx``, the loaded value
-    first: every change of ``num_ctx`` makes a server reload the model. A trial whose engine fails is FAIL
+    trials whatever the number of workers. The trials of a batch run grouped by ``num_ctx`` and server settings
+    (``InferenceSettings.load_key``), the loaded ones first: every change of them makes a server reload the model
+    or restart. A trial whose engine fails is FAIL
     and the study goes on, until ``study.max_consecutive_failures`` fail in a row. Nothing is left RUNNING:
     on any exit, the trials asked but not run are told FAIL. A trial whose settings were measured before is
     answered from that measurement (:func:`reuse_measurement`) and does not count; after ``REUSE_LIMIT`` such
     trials in a row the study ends.
     """
-    failures, last_ctx, reused = 0, None, 0
+    failures, last_key, reused = 0, None, 0
     # How long to wait for other workers' trials before leaving them (and the open target) to a later run.
     wait_s = config.study.grace_period_s + 2 * config.study.heartbeat_interval_s
     patience = time.monotonic() + wait_s
@@ -231,7 +232,7 @@ def _optimize(study: optuna.Study, evaluate: Callable[[optuna.Trial, InferenceSe
             time.sleep(1.0)
             continue
         plans = [(trial, suggest(trial, config.search_space, seed=config.study.seed)) for trial in asked]
-        plans.sort(key=lambda plan: (plan[1].num_ctx != last_ctx, plan[1].num_ctx))
+        plans.sort(key=lambda plan: (plan[1].load_key != last_key, plan[1].load_key))
         repeats = [plan for plan in plans if reuse_measurement(study, plan[0])]
         plans = [plan for plan in plans if plan not in repeats]
         reused = reused + len(repeats) if not plans else 0
@@ -262,7 +263,7 @@ def _optimize(study: optuna.Study, evaluate: Callable[[optuna.Trial, InferenceSe
                 raise PipelineError(stop[0])
             failures = 0
             if not trial.user_attrs.get("infeasible"):
-                last_ctx = settings.num_ctx
+                last_key = settings.load_key
             on_trial()
         patience = time.monotonic() + wait_s
 

@@ -181,6 +181,19 @@ MODEL_KEY = ("pipeline/backends/embedded.py: check_model_file and bundled_model_
 
 CASES = [
     # config file
+    Case("config-server-setting-without-llama-server", config(search_space={"parallel": {"choices": [1, 2]}}),
+         "search_space.parallel is a setting of llama-server, which the embedded backend does not start"),
+    Case("config-concurrency-in-process", config(evaluation={"concurrency": 2}),
+         "evaluation.concurrency 2: the embedded engine answers one request at a time in this process"),
+    Case("config-concurrency-range", config(evaluation={"concurrency": {"low": 1, "high": 4}}),
+         "give a number of clients or {choices: [1, 2, 4]}, not a range"),
+    Case("config-concurrency-zero", config(evaluation={"concurrency": 0}), "0 is out of range; use a value >= 1"),
+    Case("config-unknown-cache-type", config(search_space={"cache_type_k": "q5"}),
+         "'q5' is not one of f16, q8_0, q4_0"),
+    Case("config-server-args-not-a-list", config(engine={"server_args": "--mlock"}),
+         "'server_args' must be list or tuple, got '--mlock'"),
+    Case("config-openai-without-host", config(engine={"backend": "openai"}),
+         "the openai backend needs the server's URL"),
     Case("config-unknown-top-level-key", config(studdy={}), "unknown key 'studdy'. Did you mean 'study'?"),
     Case("config-unknown-nested-key", config(study={"trails": 3}), "(study): unknown key 'trails'. Did you mean "
                                                                     "'trials'?"),
@@ -321,7 +334,8 @@ CASES = [
     Case("cli-negative-limit", study("--limit", "-1"), "argument --limit: -1 must be 1 or more"),
     Case("cli-fractional-seed", study("--seed", "1.5"), "argument --seed: '1.5' is not a whole number"),
     Case("cli-negative-seed", study("--seed", "-1"), "command line (study): 'seed' must be 0 or more, got -1"),
-    Case("cli-unknown-backend", study("--backend", "vllm"), "argument --backend: invalid choice: 'vllm'"),
+    Case("cli-unknown-backend", study("--backend", "vllm"),
+         "argument --backend: 'vllm' is not one of embedded, ollama, auto, openai, llama-server"),
     Case("cli-unknown-policy", command("promote", "smoke", "--config", "{smoke}", "--policy", "best"),
          "argument --policy: invalid choice: 'best'"),
     Case("cli-tolerance-above-one", command("promote", "smoke", "--config", "{smoke}", "--tolerance", "2"),

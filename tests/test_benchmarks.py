@@ -94,3 +94,16 @@ def test_outcome_smoke(tmp_path):
     assert {"latency_p50_ms", "latency_p95_ms", "field_accuracy", "exact_match_rate", "label_accuracy"} <= set(gains)
     assert job["held_out_requests"] == 40 and job["floor_p95_ms"] > 0 and job["p95_over_floor"] > 0
     assert job["baseline_dev"]["latency_p95_ms"] > 0  # the study measured its baseline first
+
+
+def test_serving_smoke(tmp_path):
+    result = bench(tmp_path, "serving")
+    assert {(r["parallel"], r["concurrency"]) for r in result["grid"]} == {(1, 1), (1, 2), (2, 1), (2, 2)}
+    for row in result["grid"]:
+        assert row["requests"] == 4 and row["failed"] == 0 and row["throughput_rps"] > 0
+        assert row["goodput_rps"] <= row["throughput_rps"]
+    # one restart per number of slots, none between concurrencies on the same server
+    assert [r["restarts"] for r in result["grid"]] == [1, 0, 1, 0]
+    assert [r["batch"] for r in result["batched_bench"]] == [1, 2]
+    assert result["output_tokens_per_s_bound"] > 0 and result["batch_gain"] > 0
+    assert result["http_overhead"]["requests"] == 3

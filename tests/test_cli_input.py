@@ -31,8 +31,8 @@ def assert_rejected(capsys, tmp_path: Path, args: list[str], message: str) -> No
 @pytest.mark.parametrize("args, message", [
     (["--trials", "0"], "argument --trials: 0 must be 1 or more"),
     (["--trials", "2.5"], "argument --trials: '2.5' is not a whole number"),
-    (["--backend", "vllm"], "argument --backend: invalid choice: 'vllm'"),
-    (["--sampler", "grid"], "argument --sampler: invalid choice: 'grid'"),
+    (["--backend", "vllm"], "argument --backend: 'vllm' is not one of embedded, ollama, auto, openai, llama-server"),
+    (["--sampler", "grid"], "argument --sampler: 'grid' is not one of tpe, nsga2, random"),
     (["--limit", "-3"], "argument --limit: -3 must be 1 or more"),
     (["--config", "missing.yaml"], "config file missing.yaml not found"),
 ])

@@ -206,3 +206,16 @@ def test_dead_server_fails_trials_and_stops_the_study(engine, tmp_path, write_co
     assert json.loads(json.dumps(study.trials[0].user_attrs["metrics"]))["schema_valid_rate"] >= 0
     with pytest.raises(BackendError):
         prepared.backend.start_trial(4096)
+
+
+def test_concurrent_clients_against_the_server(double, experiment, prompts):
+    # Two closed-loop clients: the server takes one request at a time (as OLLAMA_NUM_PARALLEL=1 does), so the
+    # other waits inside it; its total_duration counts the wait (the clock starts when the request arrives, as
+    # in Ollama's handlers), so the waiting shows in the latencies, which overlap.
+    backend = OllamaBackend("tuned", host=double.url, timeout_s=60)
+    outcome = run_trial(settings(serving=(("concurrency", 2),)), experiment.split("dev", 6),
+                        plan(experiment, prompts, backend))
+    records = outcome.records
+    assert len(records) == 6 and not any(r.failed for r in records)
+    assert sum(r.latency_ms for r in records) / 1000 / outcome.span_s > 1.3
+    assert max(r.server_ms for r in records) > 1.5 * min(r.server_ms for r in records)

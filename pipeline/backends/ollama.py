@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
 import ollama
 
-from pipeline.backends.base import Generation, RequestFailed
+from pipeline.backends.base import Generation, RequestFailed, http_failures
 from pipeline.errors import BackendError, InputError, redact_url
 from pipeline.prompts import Message
 from pipeline.space import InferenceSettings
@@ -50,6 +50,8 @@ class OllamaBackend:
     name = "ollama"
     server_timings = True
     keeps_contexts = False  # a request with another num_ctx makes the server reload the model
+    server_settings = False
+    concurrent = True
 
     def __init__(self, model: str, *, host: str | None, timeout_s: float, keep_alive: str = "30m",
                  reload_threshold_ms: float = 250.0, pull: bool = False,
@@ -127,7 +129,7 @@ class OllamaBackend:
         return {"engine": "ollama", "engine_version": self.version, "model": self.model,
                 "ollama_host": redact_host(self.host), **self._details}
 
-    def start_trial(self, num_ctx: int) -> float | None:
+    def start_trial(self, num_ctx: int, *, server: Mapping[str, Any] | None = None) -> float | None:
         if num_ctx == self._loaded_ctx:
             return None
         start = time.perf_counter()
@@ -148,23 +150,18 @@ class OllamaBackend:
         final = None
         ttft = None
         start = time.perf_counter()
-        try:
-            for chunk in self.client.chat(self.model, messages=messages, options=settings.options(), format=fmt,
-                                          stream=True, keep_alive=self.keep_alive):
-                if ttft is None and chunk.message.content:
-                    ttft = time.perf_counter() - start
-                pieces.append(chunk.message.content or "")
-                if chunk.done:
-                    final = chunk
-        except (httpx.ConnectError, ConnectionError) as exc:
-            raise BackendError(f"Ollama server at {redact_host(self.host)} is gone: {exc}") from exc
-        except httpx.TimeoutException as exc:
-            raise RequestFailed(f"timed out after {self.timeout_s:g} s ({type(exc).__name__})") from exc
-        except ollama.ResponseError as exc:
-            where = "mid-stream" if exc.status_code == -1 else f"HTTP {exc.status_code}"
-            raise RequestFailed(f"Ollama error ({where}): {exc.error}") from exc
-        except httpx.HTTPError as exc:
-            raise RequestFailed(f"connection dropped ({type(exc).__name__}: {exc})") from exc
+        with http_failures(f"Ollama server at {redact_host(self.host)}", self.timeout_s):
+            try:
+                for chunk in self.client.chat(self.model, messages=messages, options=settings.options(),
+                                              format=fmt, stream=True, keep_alive=self.keep_alive):
+                    if ttft is None and chunk.message.content:
+                        ttft = time.perf_counter() - start
+                    pieces.append(chunk.message.content or "")
+                    if chunk.done:
+                        final = chunk
+            except ollama.ResponseError as exc:
+                where = "mid-stream" if exc.status_code == -1 else f"HTTP {exc.status_code}"
+                raise RequestFailed(f"Ollama error ({where}): {exc.error}") from exc
         latency = time.perf_counter() - start
         if final is None:
             raise RequestFailed("the stream ended without a final chunk")

@@ -10,7 +10,7 @@ are slower) and a study has a front to find. Requests can be made to fail.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pipeline.backends.base import Generation, RequestFailed
@@ -37,6 +37,8 @@ class FakeBackend:
     name = "fake"
     server_timings = False
     keeps_contexts = True
+    server_settings = False
+    concurrent = True
 
     def __init__(self, answer: Answer = _from_examples, *, base_ms: float = 20.0, per_prompt_char_ms: float = 0.05,
                  per_answer_char_ms: float = 0.5, load_ms: float = 30.0,
@@ -56,7 +58,7 @@ class FakeBackend:
     def describe(self) -> dict[str, str]:
         return {"engine": "fake", "engine_version": "0", "model": "fake-model", "model_digest": "0" * 64}
 
-    def start_trial(self, num_ctx: int) -> float | None:
+    def start_trial(self, num_ctx: int, *, server: Mapping[str, Any] | None = None) -> float | None:
         if num_ctx in self.loaded:
             return None
         self.loaded.add(num_ctx)
