@@ -419,6 +419,10 @@ def _check_rule(key: str, value: Any, rule: str, where: str) -> None:
     elif rule == "duration" and not _DURATION.fullmatch(value):
         raise ConfigError(f"{where}: '{key}' must be a duration like 30m, 1h or 0 (a negative one keeps the model "
                           f"loaded), got {_shown(value)}")
+    elif rule == "duration" and not any(float(n) for n in re.findall(r"\d+(?:\.\d*)?|\.\d+", value)):
+        raise ConfigError(f"{where}: '{key}' {_shown(value)} unloads the model after every request, so every "
+                          "request of a study would load it again and time the load, not the setting; use a "
+                          "duration such as 30m (a negative one keeps the model loaded)")
     problem = {
         "positive": value <= 0 if not isinstance(value, str) else False,
         "non_negative": value < 0 if not isinstance(value, str) else False,

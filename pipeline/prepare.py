@@ -195,6 +195,12 @@ def _serving_problem(config: StudyConfig, backend: Backend) -> str | None:
                 "time in this process, so more clients would only queue; measure load on a server (--backend "
                 "llama-server, openai or ollama) or set concurrency 1")
     context = config.search_space["num_ctx"]
+    limit = getattr(backend, "context_limit", None)
+    largest = max(context.choices) if context.choices else context.high
+    if limit is not None and largest > limit:
+        return (f"search_space.num_ctx reaches {largest:g}, above the model's training context {limit} (its "
+                f"context_length); the {backend.name} server caps num_ctx there, so a larger value is the same "
+                f"setting as {limit} scored as another: keep num_ctx at {limit} or below")
     if getattr(backend, "fixed_context", False) and context.kind != "fixed":
         return (f"search_space.num_ctx is searched, but the context of a server the {backend.name} backend only "
                 "speaks to is set when that server starts; fix num_ctx to the server's context, or use "

@@ -222,6 +222,8 @@ CASES = [
          "(constraints.schema_valid_rate): 'min' must be a finite number, got -inf"),
     Case("config-nan-timeout", config(engine={"request_timeout_s": float("nan")}),
          "(engine): 'request_timeout_s' must be a finite number, got nan"),
+    Case("config-keep-alive-zero", config(engine={"keep_alive": "0s"}),
+         "(engine): 'keep_alive' '0s' unloads the model after every request"),
     Case("config-bad-keep-alive", config(engine={"keep_alive": "forever"}),
          "(engine): 'keep_alive' must be a duration like 30m, 1h or 0"),
     Case("config-yaml-is-a-list", config_text("- study\n- engine\n"), "the top level must be a mapping of sections"),

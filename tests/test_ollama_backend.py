@@ -219,3 +219,15 @@ def test_concurrent_clients_against_the_server(double, experiment, prompts):
     assert len(records) == 6 and not any(r.failed for r in records)
     assert sum(r.latency_ms for r in records) / 1000 / outcome.span_s > 1.3
     assert max(r.server_ms for r in records) > 1.5 * min(r.server_ms for r in records)
+
+
+def test_a_num_ctx_above_the_models_training_context_is_refused_up_front(double, tmp_path, write_config):
+    from tests.conftest import smoke_config
+
+    raw = smoke_config(engine={"backend": "ollama", "ollama_model": "tuned", "host": double.url})
+    raw["search_space"]["num_ctx"] = {"choices": [1024, 16384]}
+    with pytest.raises(PipelineError, match="num_ctx reaches 16384, above the model's training context 8192"):
+        prepare_study(load_config(write_config(raw)), tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    backend = OllamaBackend("tuned", host=double.url, timeout_s=60)
+    assert backend.context_limit == 8192 and backend.describe()["model_context_length"] == "8192"
+    backend.close()

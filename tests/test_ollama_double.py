@@ -261,3 +261,24 @@ def test_http_error_fault_answers_the_status_for_the_next_requests_only(client, 
             list(answer) if stream else None
         assert failed.value.status_code == 503
     assert chat(client, num_predict=4).done
+
+
+def test_prompt_eval_count_is_the_whole_prompt_cached_prefix_included(client, engine):
+    # ollama/ollama llm/llama_server.go (fb30760): promptEvalCount() = cache_n + prompt_n; its tests
+    # TestLlamaServer{Completion,Chat}PromptEvalCountIncludesCache want 17 for cache_n 12 + prompt_n 5.
+    first = chat(client, num_predict=4)
+    again = chat(client, num_predict=4)  # the same prompt: all of it cached but the last token
+    expected = engine.count_prompt_tokens(HELLO)
+    assert first.prompt_eval_count == again.prompt_eval_count == expected
+
+
+def test_a_num_ctx_above_the_training_context_is_capped_to_it(client, double):
+    # ollama/ollama server/sched.go (fb30760): effectiveContext(numCtx, trainCtx) returns trainCtx when numCtx is
+    # larger; llm/server.go logs "requested context size too large for model" and sets NumCtx = trainCtx.
+    train = client.show(MODEL).modelinfo["llama.context_length"]
+    chat(client, num_predict=4, num_ctx=train * 2)
+    assert client.ps().models[0].context_length == train
+    loads = double.loads
+    chat(client, num_predict=4, num_ctx=train)  # the same effective context: no reload
+    assert double.loads == loads
+    chat(client, num_predict=4)  # back to the shared context for the other tests

@@ -75,6 +75,7 @@ class OllamaBackend:
             raise InputError(f"{source} {redact_host(self.host)!r} is not a server URL ({exc}); use e.g. "
                              "http://127.0.0.1:11434") from exc
         self._loaded_ctx: int | None = None
+        self.context_limit: int | None = None  # the model's training context, from `show`
         self.version = self._server_version()
         self._details = self._model_details(pull, on_pull)
 
@@ -106,7 +107,11 @@ class OllamaBackend:
             show = self.client.show(self.model)
         details = show.details
         digest = next((m.digest for m in self.client.list().models if _same_model(m.model, self.model)), None)
+        # The server caps num_ctx at the model's training context (effectiveContext, server/sched.go).
+        self.context_limit = next((int(v) for k, v in (show.modelinfo or {}).items()
+                                   if k.endswith(".context_length") and isinstance(v, int) and v > 0), None)
         return {
+            "model_context_length": str(self.context_limit or "unknown"),
             "model_digest": digest or "unknown",
             "model_family": (details.family if details else None) or "unknown",
             "model_parameter_size": (details.parameter_size if details else None) or "unknown",
@@ -172,8 +177,8 @@ class OllamaBackend:
             ttft_ms=ttft * 1000 if ttft is not None else None,
             prefill_ms=(final.prompt_eval_duration or 0) / _NS_PER_MS,
             decode_ms=(final.eval_duration or 0) / _NS_PER_MS,
-            prompt_tokens=final.prompt_eval_count,
-            prompt_eval_tokens=final.prompt_eval_count,
+            prompt_tokens=final.prompt_eval_count,  # the whole prompt, its cached prefix included
+            prompt_eval_tokens=None,  # how much of it was evaluated (not cached) Ollama does not say
             output_tokens=final.eval_count or 0,
             decode_tokens=final.eval_count,
             truncated=final.done_reason == "length",

@@ -30,11 +30,16 @@ Endpoints and fields:
   ``top_p``, ``top_k``, ``seed``; others are accepted and ignored) and ``keep_alive``. Streamed answers are
   NDJSON over chunked transfer encoding, one line per generated piece, written as it is generated; the
   final line carries ``done_reason`` and ``total_duration``, ``load_duration``, ``prompt_eval_count``,
-  ``prompt_eval_duration``, ``eval_count``, ``eval_duration`` (nanoseconds, measured). Empty ``messages``
+  ``prompt_eval_duration``, ``eval_count``, ``eval_duration`` (nanoseconds, measured). ``prompt_eval_count`` is
+  the whole prompt, its cached prefix included, as Ollama's runner reports it (``cache_n + prompt_n``:
+  ``promptEvalCount`` in ``llm/llama_server.go``, ollama/ollama at fb30760). Empty ``messages``
   loads the model (``done_reason: "load"``), or unloads it with ``keep_alive: 0``.
 
 Simulated: one model runner serving one request at a time (Ollama with ``OLLAMA_NUM_PARALLEL=1``); a
-reload whenever the requested model file or ``num_ctx`` differs from the loaded one (counted in
+``num_ctx`` above the model's training context (``<arch>.context_length``) capped to it, as Ollama's scheduler
+does (``effectiveContext`` in ``server/sched.go``; ``llm/server.go`` logs "requested context size too large
+for model"), so ``ps`` shows the capped context; a reload whenever the requested model file or (capped)
+``num_ctx`` differs from the loaded one (counted in
 :attr:`OllamaDouble.loads` and reported in ``load_duration``; a context the engine already holds is only
 emptied, so such a reload takes microseconds, not a full load, unless :attr:`OllamaDouble.reload_delay_s`
 makes every reload take as long as a large model's would); expiry after ``keep_alive``; Ollama's
@@ -790,7 +795,9 @@ class OllamaDouble:
                 exchange.send_json(200, self._done(name, "", "unload"))
                 return
             try:
-                load_ns = self._load(full_name(name), model.path, settings.num_ctx)
+                load_ns = self._load(full_name(name), model.path, self._effective_context(model.path,
+                                                                                          settings.num_ctx))
+                settings = replace(settings, num_ctx=self._loaded.num_ctx)
                 if not asked:
                     exchange.send_json(200, self._done(name, "", "load"))
                     return
@@ -799,6 +806,12 @@ class OllamaDouble:
             finally:
                 if self._loaded is not None:
                     self._loaded.expires_at = None if keep_alive is None else time.time() + keep_alive
+
+    def _effective_context(self, path: Path, num_ctx: int) -> int:
+        """``num_ctx`` capped at the model's training context (``effectiveContext``, server/sched.go)."""
+        info = self._file_info(path).model_info
+        train = next((v for k, v in info.items() if k.endswith(".context_length") and isinstance(v, int)), 0)
+        return train if 0 < train < num_ctx else num_ctx
 
     def _load(self, name: str, path: Path, num_ctx: int) -> int:
         """Make ``path`` at ``num_ctx`` the loaded model, reloading when either differs (runner lock held).
@@ -870,7 +883,7 @@ class OllamaDouble:
         final.update({
             "total_duration": time.perf_counter_ns() - started,
             "load_duration": load_ns,
-            "prompt_eval_count": generation.prompt_eval_tokens or 0,
+            "prompt_eval_count": generation.prompt_tokens or 0,
             "prompt_eval_duration": _ns(generation.prefill_ms),
             "eval_count": generation.output_tokens,
             "eval_duration": _ns(generation.decode_ms),
