@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["CONCURRENCY", "KV_CACHE_TYPES", "SERVER_SETTINGS", "ServerSetting", "combination_problem",
-           "launch_args"]
+           "launch_args", "load_key"]
 
 KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
 # KV cache types llama.cpp stores unquantised: a V cache of any other type needs flash attention.
@@ -66,6 +66,11 @@ def combination_problem(server: Mapping[str, Any]) -> str | None:
         return (f"ubatch_size {ubatch} is larger than batch_size {batch}; llama-server cuts it to {batch}, the "
                 f"same setting as ubatch_size {batch}")
     return None
+
+
+def load_key(num_ctx: int, server: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What a server must be (re)started or reloaded for: the context and the server's settings."""
+    return (num_ctx, tuple(sorted(server.items())))
 
 
 def launch_args(num_ctx: int, server: Mapping[str, Any]) -> list[str]:

@@ -13,7 +13,7 @@ from typing import Any
 import optuna
 
 from pipeline.config import CORE_PARAMETERS, ParamSpec
-from pipeline.serving import CONCURRENCY
+from pipeline.serving import CONCURRENCY, load_key
 
 __all__ = ["InferenceSettings", "settings_of", "suggest"]
 
@@ -48,8 +48,8 @@ class InferenceSettings:
 
     @property
     def load_key(self) -> tuple[Any, ...]:
-        """What a server must be (re)started or reloaded for: the context and the server's settings."""
-        return (self.num_ctx, tuple(sorted(self.server.items())))
+        """What a server must be (re)started or reloaded for (:func:`pipeline.serving.load_key`)."""
+        return load_key(self.num_ctx, self.server)
 
     def options(self) -> dict[str, Any]:
         """The Ollama ``options`` of a request made with these settings."""

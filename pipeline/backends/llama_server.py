@@ -14,6 +14,7 @@ from __future__ import annotations
 import shlex
 import subprocess
 from collections.abc import Mapping
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from pipeline.backends.openai import OpenAIBackend
 from pipeline.backends.process import ServerProcess, ServerStartError, find_binary
 from pipeline.errors import BackendError
 from pipeline.prompts import Message
-from pipeline.serving import launch_args
+from pipeline.serving import launch_args, load_key
 from pipeline.space import InferenceSettings
 
 __all__ = ["LlamaServerBackend"]
@@ -72,11 +73,12 @@ class LlamaServerBackend:
                                          label="llama.cpp llama-server", trust_env=False)
             self._slots = process.slots()
         except BaseException:
-            self._stop()
+            self.stop()
             raise
         return seconds
 
-    def _stop(self) -> None:
+    def stop(self) -> None:
+        """Stop the server; the next trial starts a new one."""
         if self._client is not None:
             self._client.close()
         if self._process is not None:
@@ -93,9 +95,15 @@ class LlamaServerBackend:
         """The running server's command line."""
         return self._process.command if self._process is not None else []
 
+    @cached_property
+    def _identity(self) -> tuple[str, str]:
+        """The binary's version and the model file's SHA-256, found once: the file is read whole."""
+        return _version(self.binary), file_sha256(self.model_path)
+
     def describe(self) -> dict[str, str]:
-        return {"engine": "llama.cpp llama-server", "engine_version": _version(self.binary),
-                "model": self.model_path.name, "model_sha256": file_sha256(self.model_path),
+        version, sha256 = self._identity
+        return {"engine": "llama.cpp llama-server", "engine_version": version,
+                "model": self.model_path.name, "model_sha256": sha256,
                 "server_binary": str(self.binary), "timings": "server (llama-server's timings)"}
 
     def serving_tags(self) -> dict[str, str]:
@@ -110,17 +118,17 @@ class LlamaServerBackend:
             BackendError: the server refused these settings or did not come up (the trial fails).
         """
         server = dict(server or {})
-        key = (num_ctx, tuple(sorted(server.items())))
+        key = load_key(num_ctx, server)
         if key == self._key and self._process is not None and self._process.alive():
             return None
-        self._stop()
+        self.stop()
         try:
             seconds = self._launch(launch_args(num_ctx, server))
         except ServerStartError as exc:
             raise BackendError(str(exc)) from exc
         smallest = min((int(s.get("n_ctx", 0)) for s in self._slots), default=0)
         if smallest < num_ctx:
-            self._stop()
+            self.stop()
             raise BackendError(f"llama-server gave its slots {smallest} tokens of context, less than num_ctx "
                                f"{num_ctx}; command: {shlex.join(self.command)}")
         self._key = key
@@ -152,12 +160,8 @@ class LlamaServerBackend:
             raise BackendError("no llama-server is running; call start_trial first")
         return self._client
 
-    def stop(self) -> None:
-        """Stop the server; the next trial starts a new one."""
-        self._stop()
-
     def close(self) -> None:
-        self._stop()
+        self.stop()
 
 
 def _version(binary: Path) -> str:
