@@ -26,9 +26,10 @@ __all__ = [
     "CORE_PARAMETERS",
     "FORMATS",
     "PARAMETERS",
+    "OPTIONAL_PARAMETERS",
     "SAMPLERS",
     "SELECTIONS",
-    "SERVING_PARAMETERS",
+    "THINK",
     "Constraint",
     "EngineConfig",
     "EvaluationConfig",
@@ -46,6 +47,9 @@ Direction = Literal["maximize", "minimize"]
 BACKENDS = ("embedded", "ollama", "auto", "openai", "llama-server")
 SAMPLERS = ("tpe", "nsga2", "random")
 FORMATS = ("off", "json", "schema")
+# Ollama's `think` (api.ThinkValue): off, on, or a thinking level (gpt-oss); "default" sends nothing, so a model
+# that thinks does (Ollama turns thinking on for every model with the thinking capability).
+THINK = ("default", "off", "on", "low", "medium", "high", "max")
 
 # The tunable inference settings: Ollama's option names verbatim, plus the prompt-side knobs.
 # name -> (type, default spec, lowest allowed value or allowed strings). A default of None depends on the job
@@ -62,12 +66,14 @@ PARAMETERS: dict[str, tuple[type, Any, Any]] = {
     "example_selection": (str, None, SELECTIONS),
     "format": (str, {"choices": list(FORMATS)}, FORMATS),
 }
-# Every point of the space gives these; the serving settings below are optional (left out: the server's default).
+# Every point of the space gives these; the settings below are optional (left out: the server's default).
 CORE_PARAMETERS = tuple(PARAMETERS)
-# The server's own settings (llama-server's flags, pipeline.serving) and the load (evaluation.concurrency).
+# Whether a model that can think does (a request setting of Ollama's), the server's own settings (llama-server's
+# flags, pipeline.serving) and the load (evaluation.concurrency).
+PARAMETERS["think"] = (str, None, THINK)
 PARAMETERS.update({name: (s.kind, None, s.allowed) for name, s in SERVER_SETTINGS.items()})
 PARAMETERS[CONCURRENCY] = (int, None, 1)
-SERVING_PARAMETERS = tuple(name for name in PARAMETERS if name not in CORE_PARAMETERS)
+OPTIONAL_PARAMETERS = tuple(name for name in PARAMETERS if name not in CORE_PARAMETERS)
 
 
 @dataclass(frozen=True)
@@ -131,7 +137,9 @@ class EngineConfig:
     threads: int | None = None
     warmup_requests: int = 1
     request_timeout_s: float = 120.0
-    reload_threshold_ms: float = 250.0
+    # A request's load_duration (ms) above which Ollama reloaded the model for it; None: derived from the warm
+    # ones (pipeline.backends.ollama).
+    reload_threshold_ms: float | None = None
     context_margin: float = 0.1
     # An OpenAI-compatible server's model id (default: the only model it serves).
     served_model: str | None = None
@@ -338,7 +346,7 @@ _FIELD_RULES: dict[str, tuple[tuple[type, ...], str]] = {
     "threads": ((int, type(None)), "positive"),
     "warmup_requests": ((int,), "non_negative"),
     "request_timeout_s": ((int, float), "positive"),
-    "reload_threshold_ms": ((int, float), "positive"),
+    "reload_threshold_ms": ((int, float, type(None)), "positive"),
     "context_margin": ((int, float), "share"),
     "served_model": ((str, type(None)), "name"),
     "server_binary": ((str, type(None)), "path"),
@@ -548,7 +556,7 @@ def _value(name: str, value: Any, where: str) -> Any:
     kind_type, _, allowed = PARAMETERS[name]
     if name == "format" and value is False:  # YAML 1.1 reads a bare `off` as false
         value = "off"
-    if name == "flash_attn" and isinstance(value, bool):  # and `on` as true
+    if name in ("flash_attn", "think") and isinstance(value, bool):  # and `on` as true
         value = "on" if value else "off"
     if kind_type is float and isinstance(value, int) and not isinstance(value, bool):
         value = _finite(value, f"{where}: the value")

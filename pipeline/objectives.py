@@ -7,11 +7,12 @@ import optuna
 from pipeline.config import Constraint, StudyConfig
 from pipeline.errors import BackendError
 from pipeline.runner import TrialOutcome
-from pipeline.scoring import measured_metrics
+from pipeline.scoring import RequestRecord, measured_metrics
 
-__all__ = ["CONTEXT_FIT", "request_slos", "trial_values"]
+__all__ = ["CONTEXT_FIT", "request_slos", "trial_values", "truncation_reason"]
 
-# The constraint every trial has: its prompts fit the context (violated: the setting was not run).
+# The constraint every trial has: its prompts fit the context (violated: the setting was not run, or the server
+# cut prompts to fit it: the number of those).
 CONTEXT_FIT = "context_fit"
 
 
@@ -19,7 +20,9 @@ def trial_values(trial: optuna.Trial, outcome: TrialOutcome, config: StudyConfig
     """Set the trial's metrics and constraints; return its objective values.
 
     A setting that cannot fit the context is not run: it gets the worst values (0 for a maximised metric, the
-    request timeout for a minimised one) and a violated ``context_fit`` constraint, so it is never on the front.
+    request timeout for a minimised one) and a violated ``context_fit`` constraint, so it is never on the front. A
+    trial whose prompts the server cut to fit (Ollama drops the oldest messages silently: pipeline.truncation)
+    keeps its measured metrics and breaks ``context_fit`` by the number of those prompts.
     A trial stopped early has the metrics of the requests it ran; the constraint it cannot meet is set from
     the best value it could still have reached, which breaks it.
 
@@ -39,7 +42,10 @@ def trial_values(trial: optuna.Trial, outcome: TrialOutcome, config: StudyConfig
         metrics = measured_metrics(outcome.records, seed=config.study.seed, model_loads=outcome.model_loads,
                                    model_load_ms=outcome.model_load_ms, span_s=outcome.span_s,
                                    slos=request_slos(config.constraints))
-        trial.set_constraint(CONTEXT_FIT, 0.0)
+        cut = metrics["truncated_inputs"]
+        trial.set_constraint(CONTEXT_FIT, cut)
+        if cut:
+            trial.set_user_attr("infeasible", truncation_reason(outcome.records))
         limits = {c.metric: metrics[c.metric] for c in config.constraints}
         if outcome.aborted:
             trial.set_user_attr("aborted", outcome.aborted.describe())
@@ -48,6 +54,13 @@ def trial_values(trial: optuna.Trial, outcome: TrialOutcome, config: StudyConfig
             trial.set_constraint(constraint.metric, constraint.violation(limits[constraint.metric]))
     trial.set_user_attr("metrics", metrics)
     return [metrics[o.metric] for o in config.objectives]
+
+
+def truncation_reason(records: list[RequestRecord]) -> str:
+    """Why a setting whose prompts the server cut is not usable, in one line."""
+    cut = [r.request_id for r in records if r.input_truncated]
+    return (f"the server cut {len(cut)} of {len(records)} prompts to fit num_ctx (first: request {cut[0]}), dropping "
+            "their oldest messages (the few-shot examples); raise num_ctx or use fewer examples")
 
 
 def request_slos(constraints: tuple[Constraint, ...]) -> dict[str, float]:

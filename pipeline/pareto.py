@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pipeline.config import CORE_PARAMETERS, SERVING_PARAMETERS, Objective  # noqa: E402
+from pipeline.config import CORE_PARAMETERS, OPTIONAL_PARAMETERS, Objective  # noqa: E402
 
 __all__ = ["BASELINE", "REUSED", "SETTINGS", "baseline_rows", "front_frame", "front_trials", "measured_trials",
            "plot_fronts", "plot_fronts_html", "trials_frame"]
@@ -155,5 +155,5 @@ def plot_fronts_html(studies: dict[str, pd.DataFrame], objectives: tuple[Objecti
     return path
 
 
-SETTINGS = (*CORE_PARAMETERS, *SERVING_PARAMETERS)
+SETTINGS = (*CORE_PARAMETERS, *OPTIONAL_PARAMETERS)
 _PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")

@@ -16,14 +16,14 @@ import optuna
 
 from pipeline.backends import make_backend
 from pipeline.backends.base import Backend
-from pipeline.config import CORE_PARAMETERS, SERVING_PARAMETERS, ParamSpec, StudyConfig
+from pipeline.config import CORE_PARAMETERS, OPTIONAL_PARAMETERS, ParamSpec, StudyConfig
 from pipeline.errors import ConfigError, DataError, did_you_mean
 from pipeline.experiment import Example, Experiment, load_experiment
 from pipeline.locations import resolve_stores
 from pipeline.prompts import PromptLibrary, load_prompts
 from pipeline.runner import check_fit, prepare_requests
 from pipeline.scoring import FIELD_METRIC, SERVER_METRICS, field_metric
-from pipeline.serving import CONCURRENCY, combination_problem
+from pipeline.serving import CONCURRENCY, SERVER_SETTINGS, combination_problem
 from pipeline.space import settings_of
 
 __all__ = ["PreparedStudy", "check_definition", "check_point", "definition_of", "job_defaults", "prepare_study",
@@ -110,7 +110,7 @@ def job_defaults(config: StudyConfig, experiment: Experiment, prompts: PromptLib
     return replace(config, search_space={name: space[name] for name in _ORDER if name in space})
 
 
-_ORDER = (*CORE_PARAMETERS, *SERVING_PARAMETERS)
+_ORDER = (*CORE_PARAMETERS, *OPTIONAL_PARAMETERS)
 
 
 def _choices(name: str, values: tuple) -> ParamSpec:
@@ -170,14 +170,14 @@ def _complete(config: StudyConfig, values: dict[str, Any], where: str) -> dict[s
         ConfigError: a searched serving setting is missing, or the server settings do not go together.
     """
     completed = dict(values)
-    for name in SERVING_PARAMETERS:
+    for name in OPTIONAL_PARAMETERS:
         spec = config.search_space.get(name)
         if spec is None or name in completed:
             continue
         if spec.kind != "fixed":
             raise ConfigError(f"{where}: missing {name}, which search_space searches; give the value served today")
         completed[name] = spec.choices[0]
-    problem = combination_problem({k: v for k, v in completed.items() if k in SERVING_PARAMETERS and k != CONCURRENCY})
+    problem = combination_problem({k: v for k, v in completed.items() if k in SERVER_SETTINGS})
     if problem:
         raise ConfigError(f"{where}: {problem}; change the baseline's server settings")
     return completed
@@ -185,10 +185,19 @@ def _complete(config: StudyConfig, values: dict[str, Any], where: str) -> dict[s
 
 def _serving_problem(config: StudyConfig, backend: Backend) -> str | None:
     """Why the backend cannot serve the space's serving settings, or None."""
-    server = [name for name in SERVING_PARAMETERS if name in config.search_space and name != CONCURRENCY]
+    server = [name for name in SERVER_SETTINGS if name in config.search_space]
     if server and not backend.server_settings:
         return (f"search_space.{server[0]} is a setting of llama-server, which the {backend.name} backend does not "
                 "start; use --backend llama-server, or remove it (README: each one's Ollama and vLLM counterpart)")
+    think = config.search_space.get("think")
+    thinking = [t for t in think.choices if t != "default"] if think is not None else []
+    if thinking and not getattr(backend, "thinks", False):
+        return (f"search_space.think {thinking[0]}: the {backend.name} backend cannot switch a model's thinking "
+                "(Ollama's `think`); use --backend ollama, or remove it")
+    able = getattr(backend, "can_think", None)
+    if able is False and set(thinking) - {"off"}:
+        return (f"search_space.think {next(t for t in thinking if t != 'off')}: model {backend.base_model!r} does not "
+                "think (it lacks the thinking capability in `ollama show`); set think: off, or remove it")
     load = config.search_space.get(CONCURRENCY)
     if load is not None and max(load.choices) > 1 and not backend.concurrent:
         return (f"evaluation.concurrency {max(load.choices)}: the {backend.name} engine answers one request at a "

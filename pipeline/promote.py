@@ -33,6 +33,7 @@ from pipeline.config import Constraint, Objective
 from pipeline.errors import ConfigError, InputError, PipelineError
 from pipeline.gain import Gain, accuracy_metrics, gain_frame, gain_metrics, paired_gain, slower
 from pipeline.modelfile import Modelfile, sanitize, write_modelfile
+from pipeline.objectives import truncation_reason
 from pipeline.prepare import PreparedStudy, check_definition, definition_of
 from pipeline.runner import prepare_requests, run_trial
 from pipeline.scoring import measured_metrics
@@ -190,6 +191,9 @@ def _modelfile(prepared: PreparedStudy, settings: InferenceSettings) -> tuple[Mo
         "schema_field": experiment.schema_field,
         "input_template": experiment.template.text,
         "options": settings.options(),
+        # Ollama's request field `think` (a Modelfile cannot set it); "default" sends none, so a model that can
+        # think does.
+        "think": settings.think,
         "few_shot": settings.few_shot,
         "example_selection": settings.example_selection,
     }
@@ -221,7 +225,7 @@ def _smoke(prepared: PreparedStudy, settings: InferenceSettings, model_name: str
             extra = [] if settings.example_selection == "static" else [
                 m for m in request.messages if m["role"] != "system"][:-1]
             answer = backend.chat_with(model_name, [*extra, {"role": "user", "content": example.request}],
-                                       schema=example.schema.document, fmt=settings.format)
+                                       schema=example.schema.document, fmt=settings.format, think=settings.think)
         else:
             stop = getattr(backend, "stop", None)
             if stop is not None:  # a server the tool starts: start it afresh with the promoted settings
@@ -321,6 +325,8 @@ def promote(prepared: PreparedStudy, study_name: str, policy: PromotionPolicy, *
         raise PromotionRefused(f"refused: on held-out data {outcome.infeasible}")
     if side is not None and side.infeasible:
         raise PromotionRefused(f"refused: on held-out data the {side.infeasible}")
+    if any(r.input_truncated for r in outcome.records):
+        raise PromotionRefused(f"refused: on held-out data {truncation_reason(outcome.records)}")
     holdout = measured_metrics(outcome.records, seed=seed, model_loads=outcome.model_loads,
                                model_load_ms=outcome.model_load_ms)
     dev = chosen.user_attrs["metrics"]

@@ -277,4 +277,8 @@ def _record(request: PreparedRequest, result: Generation | RequestFailed, scorer
         output_tokens=result.output_tokens,
         truncated=result.truncated,
         server_ms=result.server_ms,
+        thinking_ttft_ms=result.thinking_ttft_ms,
+        thinking_ms=result.thinking_ms,
+        thinking_tokens=result.thinking_tokens,
+        input_truncated=result.input_truncated,
     )

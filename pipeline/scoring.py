@@ -59,6 +59,8 @@ METRICS: dict[str, str] = {
     "prompt_tokens_estimated": "minimize",
     "prompt_tokens_engine": "minimize",
     "truncated_answers": "minimize",
+    # requests whose prompt the server cut to fit num_ctx (Ollama drops the oldest messages silently)
+    "truncated_inputs": "minimize",
     "failed_requests": "minimize",
     "model_loads": "minimize",
     "model_load_ms": "minimize",
@@ -72,6 +74,12 @@ METRICS: dict[str, str] = {
     "server_ms_p95": "minimize",
     "overhead_ms_mean": "minimize",
     "overhead_ms_p95": "minimize",
+    # only for a model that thinks before it answers (Ollama's `think`)
+    "thinking_ttft_p50_ms": "minimize",
+    "thinking_ms_p50": "minimize",
+    "thinking_ms_p95": "minimize",
+    "thinking_tokens_mean": "minimize",
+    "thinking_exhausted": "minimize",  # requests whose thinking used up num_predict: no answer
 }
 
 SERVER_METRICS = ("server_ms_p50", "server_ms_p95", "overhead_ms_mean", "overhead_ms_p95")
@@ -86,7 +94,7 @@ _CI_RATES = CI_METRICS[:4]
 # the requests so far plus perfect ones bounds every value the finished trial can have.
 BOUNDED_METRICS = ("schema_valid_rate", "parse_rate", "exact_match_rate", "field_accuracy", "label_accuracy",
                    "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "latency_mean_ms", "ttft_p50_ms",
-                   "ttft_p95_ms", "output_tokens_mean", "truncated_answers", "failed_requests")
+                   "ttft_p95_ms", "output_tokens_mean", "truncated_answers", "truncated_inputs", "failed_requests")
 
 _FENCE = re.compile(r"^\s*```[a-zA-Z0-9_-]*\s*\n?(.*?)\n?\s*```\s*$", re.DOTALL)
 
@@ -160,11 +168,20 @@ class RequestRecord:
     truncated: bool = False
     failed: bool = False
     server_ms: float | None = None
+    input_truncated: bool = False
+    thinking_ttft_ms: float | None = None
+    thinking_ms: float | None = None
+    thinking_tokens: int | None = None
 
     @property
     def overhead_ms(self) -> float | None:
         """Our wall clock minus the server's own total: network and queueing."""
         return None if self.server_ms is None else self.latency_ms - self.server_ms
+
+    @property
+    def thinking_exhausted(self) -> bool:
+        """The model thought until ``num_predict`` ran out and never answered."""
+        return bool(self.thinking_tokens) and self.truncated and not self.answer
 
 
 def parse_answer(text: str) -> Any:
@@ -359,6 +376,7 @@ def summarize(records: list[RequestRecord], *, model_loads: int = 0, model_load_
         "prompt_tokens_estimated": _mean([r.prompt_tokens_estimated for r in records]),
         "prompt_tokens_engine": _mean([r.prompt_tokens_engine for r in done if r.prompt_tokens_engine is not None]),
         "truncated_answers": float(sum(r.truncated for r in done)),
+        "truncated_inputs": float(sum(r.input_truncated for r in done)),
         "failed_requests": float(n - len(done)),
         "model_loads": float(model_loads),
         "model_load_ms": float(model_load_ms),
@@ -372,6 +390,13 @@ def summarize(records: list[RequestRecord], *, model_loads: int = 0, model_load_
         overhead = [r.overhead_ms for r in served]
         metrics.update({"server_ms_p50": _percentile(server, 50), "server_ms_p95": _percentile(server, 95),
                         "overhead_ms_mean": _mean(overhead), "overhead_ms_p95": _percentile(overhead, 95)})
+    thought = [r for r in done if r.thinking_tokens is not None]
+    if thought:
+        spans = [r.thinking_ms for r in thought]
+        metrics.update({"thinking_ttft_p50_ms": _percentile([r.thinking_ttft_ms for r in thought], 50),
+                        "thinking_ms_p50": _percentile(spans, 50), "thinking_ms_p95": _percentile(spans, 95),
+                        "thinking_tokens_mean": sum(r.thinking_tokens for r in thought) / len(done),
+                        "thinking_exhausted": float(sum(r.thinking_exhausted for r in done))})
     if span_s:
         good = [r for r in done if all(_within(r, key, limit) for key, limit in (slos or {}).items())]
         metrics.update({"throughput_rps": len(done) / span_s,

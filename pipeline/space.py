@@ -13,16 +13,16 @@ from typing import Any
 import optuna
 
 from pipeline.config import CORE_PARAMETERS, ParamSpec
-from pipeline.serving import CONCURRENCY, load_key
+from pipeline.serving import CONCURRENCY, SERVER_SETTINGS, load_key
 
 __all__ = ["InferenceSettings", "settings_of", "suggest"]
 
 
 @dataclass(frozen=True)
 class InferenceSettings:
-    """One point of the search space. Option names are Ollama's, verbatim; ``serving`` holds the serving
-    settings the space has (llama-server's own settings, the load ``concurrency``; pipeline.serving) as
-    ``(name, value)`` pairs, in the space's order."""
+    """One point of the search space. Option names are Ollama's, verbatim; ``serving`` holds the optional
+    settings the space has (``think``, llama-server's own settings, the load ``concurrency``; pipeline.serving)
+    as ``(name, value)`` pairs, in the space's order."""
 
     num_ctx: int
     num_predict: int
@@ -39,12 +39,17 @@ class InferenceSettings:
     @property
     def server(self) -> dict[str, Any]:
         """The server's own settings (empty: the server's defaults)."""
-        return {name: value for name, value in self.serving if name != CONCURRENCY}
+        return {name: value for name, value in self.serving if name in SERVER_SETTINGS}
 
     @property
     def concurrency(self) -> int:
         """How many clients send requests at once (1: one request at a time)."""
         return dict(self.serving).get(CONCURRENCY, 1)
+
+    @property
+    def think(self) -> str:
+        """Whether the model thinks before it answers (``default``: as the model does by default)."""
+        return dict(self.serving).get("think", "default")
 
     @property
     def load_key(self) -> tuple[Any, ...]:

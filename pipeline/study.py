@@ -158,6 +158,12 @@ def run_study(prepared: PreparedStudy, *, trials: int, console: Console | None =
                 tags["infeasible"] = outcome.infeasible
             if outcome.aborted:
                 tags["aborted"] = outcome.aborted.describe()
+            exhausted = sum(r.thinking_exhausted for r in outcome.records)
+            if exhausted:
+                tags["thinking_exhausted"] = note = (
+                    f"thinking used up num_predict {settings.num_predict} in {exhausted} of {len(outcome.records)} "
+                    "requests, which got no answer; raise num_predict or set think: off")
+                console.print(f"trial {trial.number}: {note}", highlight=False)
             try:
                 tracker.finish_trial(run_id, metrics=trial.user_attrs["metrics"], tags=tags,
                                      tables={"requests.json": requests_frame(outcome.records),

@@ -21,7 +21,8 @@ from pipeline.sidebyside import SideBySide
 __all__ = ["field_errors", "requests_frame", "side_by_side_frame"]
 
 _TIMINGS = ("latency_ms", "ttft_ms", "prefill_ms", "decode_ms", "decode_tokens", "prompt_tokens_estimated",
-            "prompt_tokens_engine", "output_tokens", "truncated", "failed", "server_ms", "overhead_ms")
+            "prompt_tokens_engine", "output_tokens", "truncated", "failed", "server_ms", "overhead_ms",
+            "input_truncated", "thinking_ttft_ms", "thinking_ms", "thinking_tokens")
 
 
 def requests_frame(records: list[RequestRecord]) -> pd.DataFrame:

@@ -44,6 +44,15 @@ def engine():
     backend.close()
 
 
+@pytest.fixture(scope="module")
+def double(engine):
+    """The Ollama double serving the bundled model as ``tuned``, one per test module (modules may define their own)."""
+    from pipeline.testing import OllamaDouble
+
+    with OllamaDouble(engine=engine) as server:
+        yield server
+
+
 def smoke_config(**changes: Any) -> dict[str, Any]:
     """The smoke config as a dict, with absolute paths and top-level sections updated by ``changes``."""
     raw = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())

@@ -42,7 +42,9 @@ class Generation:
     ``latency_ms`` is our own wall clock around the whole call. ``prefill_ms`` and ``decode_ms`` are the
     engine's own timings of prompt evaluation and of generating tokens. ``server_ms`` is a server's own total
     for the request (None in process). ``reload_ms`` is set when the model was reloaded inside this request:
-    its latency then measures the reload, not the setting.
+    its latency then measures the reload, not the setting. For a model that thinks before it answers,
+    ``ttft_ms`` is the first token of the answer, ``thinking_ttft_ms`` the first of the thinking, ``thinking_ms`` the
+    span from that to the last thinking token and ``thinking_tokens`` how many it thought (None: it did not).
     """
 
     text: str
@@ -57,6 +59,10 @@ class Generation:
     truncated: bool
     server_ms: float | None = None
     reload_ms: float | None = None
+    thinking_ttft_ms: float | None = None
+    thinking_ms: float | None = None
+    thinking_tokens: int | None = None
+    input_truncated: bool = False  # the server cut the prompt to fit num_ctx (pipeline.truncation)
 
 
 class Backend(Protocol):
@@ -110,5 +116,7 @@ class ModelPublisher(Protocol):
                      messages: list[Message]) -> None:
         """Create (or replace) model ``name`` on the server."""
 
-    def chat_with(self, name: str, messages: list[Message], *, schema: dict[str, Any] | None, fmt: str) -> str:
-        """One answer of model ``name``, with ``fmt`` (off, json, schema) as a study's request would send it."""
+    def chat_with(self, name: str, messages: list[Message], *, schema: dict[str, Any] | None, fmt: str,
+                  think: str = "default") -> str:
+        """One answer of model ``name``, with ``fmt`` (off, json, schema) and ``think`` as a study's request would
+        send them."""

@@ -9,6 +9,17 @@ Changing ``num_ctx`` makes Ollama reload the model. :meth:`OllamaBackend.start_t
 deliberately, with Ollama's documented load request (a chat with no messages), so it is timed apart; a reload
 the server does on its own during a request (another client changed the model, it was evicted) shows up as
 a large ``load_duration`` and is reported through ``Generation.reload_ms`` so the runner can retry the request.
+"Large" is calibrated: a warm request's ``load_duration`` is the server's own lookup and scheduling (1.3–6.7 ms in
+the examples of Ollama's docs/api.md, 0.5–6.6 s for a load), so a request counts as a reload when its
+``load_duration`` exceeds :data:`RELOAD_FACTOR` times the median of the warm ones seen (the first request after
+each load is warm by construction), and at least :data:`RELOAD_FLOOR_MS`; a fixed ``reload_threshold_ms`` replaces
+that rule.
+
+Thinking: a model with Ollama's thinking capability thinks unless told not to (``think``); its thinking streams in
+``message.thinking`` before the answer. Time to first token is the answer's; the first thinking token, the
+thinking's span (first to last thinking token) and its tokens (one streamed piece per token) are measured
+apart. With ``format`` the server applies the schema in a second request after the thinking, and its final
+counts and durations are that request's alone; without, ``eval_count`` covers thinking and answer.
 
 Failures: a request that times out, gets an HTTP error, an error in the middle of its stream, or a dropped
 connection is one failed request (:class:`RequestFailed`); a server that refuses connections is a dead
@@ -18,6 +29,8 @@ server (:class:`BackendError`), which fails the trial.
 from __future__ import annotations
 
 import os
+import statistics
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -29,11 +42,17 @@ from pipeline.backends.base import Generation, RequestFailed, http_failures
 from pipeline.errors import BackendError, InputError, redact_url
 from pipeline.prompts import Message
 from pipeline.space import InferenceSettings
+from pipeline.tokens import estimate_tokens
+from pipeline.truncation import PromptSizes
 
 __all__ = ["OllamaBackend", "redact_host"]
 
 DEFAULT_HOST = "http://127.0.0.1:11434"
 _NS_PER_MS = 1_000_000
+RELOAD_FACTOR = 5.0
+RELOAD_FLOOR_MS = 50.0
+_WARM_SAMPLES = 50  # the latest warm load_durations the threshold is drawn from
+_THINK = {"default": None, "off": False, "on": True}
 
 
 def redact_host(host: str) -> str:
@@ -52,9 +71,10 @@ class OllamaBackend:
     keeps_contexts = False  # a request with another num_ctx makes the server reload the model
     server_settings = False
     concurrent = True
+    thinks = True  # sends `think`
 
     def __init__(self, model: str, *, host: str | None, timeout_s: float, keep_alive: str = "30m",
-                 reload_threshold_ms: float = 250.0, pull: bool = False,
+                 reload_threshold_ms: float | None = None, pull: bool = False,
                  on_pull: Callable[[str, int | None, int | None], None] | None = None) -> None:
         """Connect and check the server and the model (the preflight).
 
@@ -75,7 +95,12 @@ class OllamaBackend:
             raise InputError(f"{source} {redact_host(self.host)!r} is not a server URL ({exc}); use e.g. "
                              "http://127.0.0.1:11434") from exc
         self._loaded_ctx: int | None = None
+        self._warm_ms: list[float] = []  # load_duration of requests that found the model loaded
+        self._after_load = False
+        self._lock = threading.Lock()
         self.context_limit: int | None = None  # the model's training context, from `show`
+        self.can_think = False  # the model has the thinking capability, from `show`
+        self.prompt_sizes = PromptSizes()
         self.version = self._server_version()
         self._details = self._model_details(pull, on_pull)
 
@@ -110,7 +135,9 @@ class OllamaBackend:
         # The server caps num_ctx at the model's training context (effectiveContext, server/sched.go).
         self.context_limit = next((int(v) for k, v in (show.modelinfo or {}).items()
                                    if k.endswith(".context_length") and isinstance(v, int) and v > 0), None)
+        self.can_think = "thinking" in (show.capabilities or [])
         return {
+            "model_capabilities": ",".join(show.capabilities or []) or "unknown",
             "model_context_length": str(self.context_limit or "unknown"),
             "model_digest": digest or "unknown",
             "model_family": (details.family if details else None) or "unknown",
@@ -143,7 +170,38 @@ class OllamaBackend:
         except (ollama.ResponseError, httpx.HTTPError, ConnectionError) as exc:
             raise BackendError(f"Ollama could not load {self.model} with num_ctx={num_ctx}: {exc}") from exc
         self._loaded_ctx = num_ctx
+        self._after_load = True
         return time.perf_counter() - start
+
+    @property
+    def reload_threshold(self) -> float:
+        """The ``load_duration`` (ms) above which a request counts as one the server reloaded the model for."""
+        if self.reload_threshold_ms is not None:
+            return self.reload_threshold_ms
+        if not self._warm_ms:
+            return 250.0  # before the first warm request: well above a warm one, below any load in docs/api.md
+        return max(RELOAD_FACTOR * statistics.median(self._warm_ms), RELOAD_FLOOR_MS)
+
+    def serving_tags(self) -> dict[str, str]:
+        warm = f"{statistics.median(self._warm_ms):.2f}" if self._warm_ms else "none yet"
+        return {"reload_threshold_ms": f"{self.reload_threshold:.1f}", "warm_load_ms": warm}
+
+    def _reloaded(self, load_ms: float) -> bool:
+        """Whether the server reloaded the model inside a request that reported ``load_ms``; a warm one is kept for
+        the threshold. The first request after :meth:`start_trial`'s load is warm whatever it reports."""
+        with self._lock:  # clients of a concurrent trial call this from their threads
+            reloaded = not self._after_load and load_ms > self.reload_threshold
+            self._after_load = False
+            if not reloaded:
+                self._warm_ms = [*self._warm_ms, load_ms][-_WARM_SAMPLES:]
+            return reloaded
+
+    def _cut(self, messages: list[Message], settings: InferenceSettings, counted: int | None, thought: int) -> bool:
+        """Whether the server cut this prompt to fit num_ctx (pipeline.truncation). Under ``format`` the count of a
+        model that thought is that of the answer's own request, whose prompt holds the thinking: taken off."""
+        shape = (settings.few_shot, settings.prompt_variant, settings.example_selection)
+        return self.prompt_sizes.cut(shape, estimate_tokens(messages), counted and counted - thought,
+                                     settings.num_ctx)
 
     def count_prompt_tokens(self, messages: list[Message]) -> int | None:
         return None  # Ollama has no tokenize call; the runner falls back to the padded estimate
@@ -154,11 +212,15 @@ class OllamaBackend:
         pieces: list[str] = []
         final = None
         ttft = None
+        thought: list[float] = []  # when each thinking piece arrived
         start = time.perf_counter()
         with http_failures(f"Ollama server at {redact_host(self.host)}", self.timeout_s):
             try:
                 for chunk in self.client.chat(self.model, messages=messages, options=settings.options(),
-                                              format=fmt, stream=True, keep_alive=self.keep_alive):
+                                              format=fmt, stream=True, keep_alive=self.keep_alive,
+                                              think=_THINK.get(settings.think, settings.think)):
+                    if chunk.message.thinking:
+                        thought.append(time.perf_counter() - start)
                     if ttft is None and chunk.message.content:
                         ttft = time.perf_counter() - start
                     pieces.append(chunk.message.content or "")
@@ -178,20 +240,30 @@ class OllamaBackend:
             prefill_ms=(final.prompt_eval_duration or 0) / _NS_PER_MS,
             decode_ms=(final.eval_duration or 0) / _NS_PER_MS,
             prompt_tokens=final.prompt_eval_count,  # the whole prompt, its cached prefix included
+            input_truncated=self._cut(messages, settings, final.prompt_eval_count,
+                                      len(thought) if settings.format != "off" else 0),
             prompt_eval_tokens=None,  # how much of it was evaluated (not cached) Ollama does not say
             output_tokens=final.eval_count or 0,
             decode_tokens=final.eval_count,
             truncated=final.done_reason == "length",
             server_ms=(final.total_duration or 0) / _NS_PER_MS,
-            reload_ms=load_ms if load_ms > self.reload_threshold_ms else None,
+            reload_ms=load_ms if self._reloaded(load_ms) else None,
+            thinking_ttft_ms=thought[0] * 1000 if thought else None,
+            thinking_ms=(thought[-1] - thought[0]) * 1000 if thought else None,
+            thinking_tokens=len(thought) if thought else None,
         )
 
     def create_model(self, name: str, *, base: str, system: str | None, parameters: dict[str, Any],
                      messages: list[Message]) -> None:
-        self.client.create(model=name, from_=base, system=system, parameters=parameters, messages=messages)
+        try:
+            self.client.create(model=name, from_=base, system=system, parameters=parameters, messages=messages)
+        except ollama.ResponseError as exc:
+            raise RequestFailed(f"`ollama create {name}` failed: {exc.error}") from exc
 
-    def chat_with(self, name: str, messages: list[Message], *, schema: dict[str, Any] | None, fmt: str) -> str:
-        answer = self.client.chat(name, messages=messages, format={"off": None, "json": "json", "schema": schema}[fmt])
+    def chat_with(self, name: str, messages: list[Message], *, schema: dict[str, Any] | None, fmt: str,
+                  think: str = "default") -> str:
+        answer = self.client.chat(name, messages=messages, format={"off": None, "json": "json", "schema": schema}[fmt],
+                                  think=_THINK.get(think, think))
         return answer.message.content or ""
 
     def close(self) -> None:

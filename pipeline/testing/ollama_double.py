@@ -15,16 +15,19 @@ Endpoints and fields:
   the GGUF file) and ``details`` (``parent_model``, ``format``, ``family``, ``families``, ``parameter_size``,
   ``quantization_level``, read from the GGUF metadata, else from the file name).
 - ``POST /api/show``: ``modelfile``, ``parameters``, ``template`` (the GGUF's own Jinja chat template; Ollama
-  shows a Go template), ``system``, ``details``, ``model_info``, ``capabilities`` (``["completion"]``),
-  ``modified_at``.
+  shows a Go template), ``system``, ``details``, ``model_info``, ``capabilities`` (``["completion"]``, and
+  ``"thinking"`` for a model registered as thinking), ``modified_at``.
 - ``GET /api/ps``: the loaded model with ``name``, ``model``, ``size``, ``digest``, ``details``,
   ``expires_at``, ``size_vram`` (0: CPU only) and ``context_length`` (the loaded ``num_ctx``).
 - ``POST /api/create`` with ``model``, ``from``, ``system``, ``parameters``, ``messages``, ``stream``: a new
   name for the ``from`` model's GGUF. As in Ollama's chat template, its ``messages`` are put before every
   chat, and its ``system`` prompt too when the chat does not start with its own system message; its
-  ``parameters`` are default options.
+  ``parameters`` are default options. An empty ``system`` keeps the base's. A ``from`` the server lacks is
+  pulled first, its pull's progress in the create's stream, and fails as a pull does.
 - ``POST /api/pull`` with ``model``, ``stream``: names in :attr:`OllamaDouble.pullable` "download" as the
-  bundled model, with progress lines; any other name fails as an unknown manifest does.
+  bundled model, with progress lines; any other name fails as an unknown manifest does: streamed, a 200 whose
+  ``pulling manifest`` line is followed by ``{"error": "pull model manifest: file does not exist"}``;
+  with ``stream: false``, that error as a 500.
 - ``POST /api/chat`` with ``model``, ``messages``, ``stream`` (default true), ``format`` (``"json"`` or a
   JSON schema, enforced by a grammar), ``options`` (``num_ctx``, ``num_predict``, ``temperature``,
   ``top_p``, ``top_k``, ``seed``; others are accepted and ignored) and ``keep_alive``. Streamed answers are
@@ -33,7 +36,29 @@ Endpoints and fields:
   ``prompt_eval_duration``, ``eval_count``, ``eval_duration`` (nanoseconds, measured). ``prompt_eval_count`` is
   the whole prompt, its cached prefix included, as Ollama's runner reports it (``cache_n + prompt_n``:
   ``promptEvalCount`` in ``llm/llama_server.go``, ollama/ollama at fb30760). Empty ``messages``
-  loads the model (``done_reason: "load"``), or unloads it with ``keep_alive: 0``.
+  loads the model (``done_reason: "load"``), or unloads it with ``keep_alive: 0``. ``load_duration`` of a
+  request that finds its model loaded is the lookup and scheduling before generation (``checkpointLoaded -
+  checkpointStart`` in ``server/routes.go``): :attr:`OllamaDouble.warm_load_s` (2 ms; docs/api.md's examples show
+  1.3-6.7 ms), really spent.
+- ``think`` (server/routes.go ChatHandler; api.ThinkValue): a model named in ``thinking`` has the thinking
+  capability and thinks unless ``think`` is false; ``true`` for another model is 400 ``"<name>" does not
+  support thinking``; a string other than a level is 400. The thinking is the engine's own generation, at most
+  :attr:`OllamaDouble.thinking_tokens` tokens (where a real model writes its closing tag), streamed in
+  ``message.thinking`` with empty ``content``, then the answer. Without ``format`` it is one completion:
+  ``eval_count``/``eval_duration`` cover thinking and answer, which share ``num_predict``. With ``format`` the
+  answer is a second request with the thinking as an assistant message and the format applied, and the final
+  line reports that request's counts and durations alone (the structured-outputs state of ChatHandler).
+  Thinking that uses up ``num_predict`` ends the reply there: no answer, ``done_reason: "length"``.
+- A prompt longer than ``num_ctx`` is no error: from the front, messages are dropped (the system ones kept, the
+  last always) until the rest fits (``chatPrompt``, server/prompt.go), silently.
+
+Chat errors, as Ollama answers them (ollama/ollama at fb30760; each function cites its lines): an unknown
+model is 404 ``model '<name>' not found``; a ``keep_alive`` that is not a number of seconds or a Go duration
+(``"30"`` has no unit) is 400 with Go's ``time.ParseDuration`` error; an option of the wrong type for
+Ollama's ``Options`` (``"num_ctx": "abc"``) is 500 ``option "num_ctx" must be of type integer``, before any
+load; a ``format`` that is neither ``"json"`` nor an object is 500 ``invalid format: ...``, and a schema no
+grammar can be made of is llama-server's 400 relayed, both only after the model is loaded, and as the
+status of the reply even when streaming (nothing was written yet).
 
 Simulated: one model runner serving one request at a time (Ollama with ``OLLAMA_NUM_PARALLEL=1``); a
 ``num_ctx`` above the model's training context (``<arch>.context_length``) capped to it, as Ollama's scheduler
@@ -48,8 +73,10 @@ defaults (``num_ctx`` 4096, ``temperature`` 0.8, ``top_p`` 0.9, ``top_k`` 40) ex
 injected with :meth:`OllamaDouble.inject`: a slow answer, a connection dropped mid-stream, an error line
 mid-stream, an HTTP error status.
 
-Not simulated: ``/api/generate``, embeddings, tools, thinking, images, blobs, copy, delete and push;
-request bodies must carry ``Content-Length``.
+Not simulated: ``/api/generate``, embeddings, tools, images, blobs, copy, delete and push; the context shift
+that lets an answer run past ``num_ctx`` (here it ends there, ``length``); cutting the tokens of a prompt whose
+last message alone exceeds ``num_ctx`` (the engine refuses it: 400); parallel requests. Request bodies must
+carry ``Content-Length``.
 """
 
 from __future__ import annotations
@@ -61,7 +88,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -69,10 +96,11 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pipeline.backends.base import RequestFailed
+from pipeline.backends.base import Generation, RequestFailed
 from pipeline.backends.embedded import EmbeddedBackend, bundled_model_path, check_model_file
 from pipeline.errors import PipelineError
 from pipeline.space import InferenceSettings
+from pipeline.testing.golang import parse_duration_ns, quote
 
 __all__ = ["OllamaDouble"]
 
@@ -83,6 +111,7 @@ DEFAULT_MODEL = "tuned:latest"
 DEFAULT_OPTIONS: dict[str, Any] = {"num_ctx": 4096, "num_predict": 128, "temperature": 0.8, "top_p": 0.9,
                                    "top_k": 40, "seed": 0}
 UNLIMITED_PREDICT = 512
+THINK_LEVELS = ("high", "medium", "low", "max")
 DEFAULT_KEEP_ALIVE_S = 300.0
 
 # Ollama's own wording, so clients that match on messages behave as they would against the real server.
@@ -91,13 +120,30 @@ STATUS_ERRORS = {
     499: "request canceled",
     503: "server busy, please try again.  maximum pending requests exceeded",
 }
-PULL_ERROR = "pull model manifest: file does not exist"
+PULL_ERROR = "pull model manifest: file does not exist"  # server/images.go:1025 of os.ErrNotExist (:1339)
+# ChatHandler (server/routes.go:2485), of the name as the request gave it.
+MODEL_NOT_FOUND = "model '{name}' not found"
+# llm/llama_server.go:1594 and :2320 (%q of the raw JSON of `format`).
+FORMAT_ERROR = 'invalid format: {raw}; expected "json" or a valid JSON Schema object'
+# A schema llama-server cannot turn into a grammar: its error body (format_error_response, compact JSON),
+# which Ollama relays whole as the message with llama-server's status (statusErrorMessage,
+# llm/llama_server.go:1782, :1948).
+SCHEMA_STATUS = 400
+SCHEMA_ERROR_TYPE = "invalid_request_error"
+# api.Options' fields by the type Options.FromMap requires of them (api/types.go:568, :991); other names are
+# ignored. Wording: `option "<name>" must be of type <type>`.
+OPTION_TYPES: dict[str, str] = {
+    **dict.fromkeys(("num_ctx", "num_batch", "num_gpu", "main_gpu", "num_thread", "draft_num_predict", "num_keep",
+                     "seed", "num_predict", "top_k", "repeat_last_n"), "integer"),
+    **dict.fromkeys(("top_p", "min_p", "typical_p", "temperature", "repeat_penalty", "presence_penalty",
+                     "frequency_penalty"), "float32"),
+    "use_mmap": "boolean",
+    "stop": "array",
+}
 
 # What a model file's name says when its metadata does not: quantization and parameter count.
 _QUANT_IN_NAME = re.compile(r"(?i)(?<![A-Z0-9])(IQ\d_[A-Z]+|Q\d_K(?:_[SML])?|Q\d_\d|BF16|F16|F32)(?![A-Z0-9])")
 _SIZE_IN_NAME = re.compile(r"(?i)(?<![A-Z0-9.])(\d+(?:\.\d+)?[KMBT])(?![A-Z0-9])")
-_GO_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 class _Reply(Exception):
@@ -123,6 +169,7 @@ class _Model:
     parameters: dict[str, Any] = field(default_factory=dict)
     messages: list[dict[str, str]] = field(default_factory=list)
     parent: str = ""
+    thinks: bool = False  # the model has the thinking capability
 
 
 @dataclass(frozen=True)
@@ -172,7 +219,10 @@ def _timestamp(seconds: float | None = None) -> str:
 
 
 def _keep_alive_s(value: Any) -> float | None:
-    """Parse ``keep_alive`` as Ollama does: a number of seconds or a Go duration; negative means forever.
+    """Parse ``keep_alive`` as ``api.Duration.UnmarshalJSON`` does (api/types.go:1243, ollama/ollama at fb30760):
+    a JSON number is seconds, a string is a Go duration (``time.ParseDuration``: ``"30"`` has no unit and is
+    refused, ``"30s"`` is not); negative means forever. It runs while the request is bound, so a bad one is a
+    400 with Go's error text (ChatHandler, server/routes.go:2444).
 
     Returns:
         Seconds to keep the model loaded, or None for forever.
@@ -182,20 +232,15 @@ def _keep_alive_s(value: Any) -> float | None:
     """
     if value is None:
         return DEFAULT_KEEP_ALIVE_S
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise _Reply(400, f"invalid keep_alive {value!r}")
     if isinstance(value, str):
-        text = value.strip()
-        sign = -1.0 if text.startswith("-") else 1.0
-        body = text.lstrip("+-")
         try:
-            seconds = float(body)
-        except ValueError:
-            parts = _GO_DURATION.findall(body)
-            if not parts or "".join(n + u for n, u in parts) != body:
-                raise _Reply(400, f'time: invalid duration "{value}"') from None
-            seconds = sum(float(n) * _GO_UNITS[u] for n, u in parts)
-        value = sign * seconds
+            nanoseconds = parse_duration_ns(value)
+        except ValueError as exc:
+            raise _Reply(400, str(exc)) from None
+        return None if nanoseconds < 0 else nanoseconds / 1e9
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        go_type = {bool: "bool", dict: "map[string]interface {}", list: "[]interface {}"}.get(type(value), "")
+        raise _Reply(400, f"Unsupported type: '{go_type}'")
     return None if value < 0 else float(value)
 
 
@@ -211,39 +256,115 @@ def _messages(raw: Any) -> list[dict[str, str]]:
 
 
 def _format(value: Any) -> tuple[str, dict[str, Any]]:
-    """Map Ollama's ``format`` onto the engine's.
+    """Map Ollama's ``format`` onto the engine's, failing as Ollama's runner does.
+
+    Ollama binds ``format`` as raw JSON and reads it only in the runner, once the model is loaded
+    (``llamaServerChatResponseFormat``/``Completion``, llm/llama_server.go:2308, :1583, ollama/ollama at fb30760),
+    so the caller must call this after the load. Neither ``"json"`` nor an object is the runner's plain error:
+    500 (handleNativeChat, server/routes.go:2967, :3032; also for a stream, as nothing was written yet:
+    streamResponse, :2116). An object goes to llama-server as the schema; one its converter rejects comes back
+    as llama-server's error, which Ollama relays with llama-server's status and body (llm/llama_server.go:1948).
 
     Returns:
         The engine's format (``off``, ``json`` or ``schema``) and the schema (empty unless ``schema``).
 
     Raises:
-        _Reply: 400, neither ``"json"`` nor a JSON schema object.
+        _Reply: 500, neither ``"json"`` nor a JSON object; :data:`SCHEMA_STATUS`, a schema no grammar can be made of.
     """
     if value in (None, ""):
         return "off", {}
     if value == "json":
         return "json", {}
-    if isinstance(value, dict):
-        return "schema", value
-    raise _Reply(400, 'invalid format: expected "json" or a valid JSON schema')
+    if not isinstance(value, dict):
+        # The raw JSON as a client sends it (compact, as httpx and the ollama client encode it).
+        raw = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        raise _Reply(500, FORMAT_ERROR.format(raw=quote(raw)))
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    try:
+        json_schema_to_gbnf(json.dumps(value))
+    except Exception as exc:  # noqa: BLE001 - the converter fails with assertions and whatever a bad schema trips
+        body = {"error": {"code": SCHEMA_STATUS, "message": f"JSON schema conversion failed:\n{exc}",
+                          "type": SCHEMA_ERROR_TYPE}}
+        raise _Reply(SCHEMA_STATUS, json.dumps(body, ensure_ascii=False, separators=(",", ":"))) from None
+    return "schema", value
 
 
-def _settings(options: dict[str, Any], fmt: str) -> InferenceSettings:
-    """The engine settings of a request's options over the model's defaults.
+def _check_think(value: Any) -> None:
+    """Reject a ``think`` that is neither a boolean nor a level, in api.ThinkValue.UnmarshalJSON's words
+    (api/types.go).
+
+    Raises:
+        _Reply: 400.
+    """
+    if isinstance(value, str) and value not in THINK_LEVELS:
+        raise _Reply(400, f'invalid think value: {json.dumps(value)} (must be "high", "medium", "low", "max", true, '
+                          'or false)')
+    if value is not None and not isinstance(value, (bool, str)):
+        raise _Reply(400, 'think must be a boolean or string ("high", "medium", "low", "max", true, or false)')
+
+
+def _think(value: Any, name: str, thinks: bool) -> bool:
+    """Whether the model thinks for this request, as ChatHandler decides (server/routes.go): a model with the
+    thinking capability does unless ``think`` is false; asking any other model to think is refused.
+
+    Raises:
+        _Reply: 400, the model cannot think.
+    """
+    enabled = value is not False and (value is not None or thinks)
+    if enabled and not thinks:
+        raise _Reply(400, f'"{name}" does not support thinking')
+    return enabled
+
+
+def _fit(engine: EmbeddedBackend, messages: list[dict[str, str]], num_ctx: int) -> list[dict[str, str]]:
+    """The messages of a prompt that fits ``num_ctx``, chosen as ``chatPrompt`` (server/prompt.go) chooses them:
+    from the front, drop messages until the rest fits, keeping every system message of the dropped part and
+    always the last message; silently (the server logs it at debug level only)."""
+    for start in range(len(messages)):
+        kept = [m for m in messages[:start] if m["role"] == "system"] + messages[start:]
+        if start == len(messages) - 1 or engine.count_prompt_tokens(kept) <= num_ctx:
+            return kept
+    return messages
+
+
+def _room(engine: EmbeddedBackend, messages: list[dict[str, str]], settings: InferenceSettings) -> InferenceSettings:
+    """``num_predict`` cut to the room the prompt leaves in the context. Ollama's runner shifts the context and
+    goes on instead (``shift``); here the answer ends at the context's end, ``length``. A prompt that alone exceeds
+    the context is left as it is: the engine refuses it (Ollama's runner would cut its tokens)."""
+    room = settings.num_ctx - engine.count_prompt_tokens(messages)
+    return replace(settings, num_predict=room) if 0 < room < settings.num_predict else settings
+
+
+def _settings(options: dict[str, Any], fmt: str = "off", *, model: dict[str, Any] | None = None) -> InferenceSettings:
+    """The engine settings of a request's options over the model's (``model``, from ``/api/create``) over the
+    defaults, decoded as ``Options.FromMap`` decodes them (api/types.go:991, ollama/ollama at fb30760): the
+    model's first, then the request's; a JSON number for an integer is truncated; any other type for a known
+    option fails, unknown names are ignored. Ollama decodes them in scheduleRunner before it loads anything
+    (server/routes.go:218), and handleScheduleError answers such an error 500 (:3118).
 
     Returns:
         The settings; ``num_predict`` below 0 (Ollama's "no limit") becomes :data:`UNLIMITED_PREDICT`.
 
     Raises:
-        _Reply: 400, an option of the wrong type.
+        _Reply: 500, an option of the wrong type (``option "num_ctx" must be of type integer``).
     """
     merged = dict(DEFAULT_OPTIONS)
-    merged.update({k: v for k, v in options.items() if k in DEFAULT_OPTIONS and v is not None})
-    try:
-        ints = {k: int(merged[k]) for k in ("num_ctx", "num_predict", "top_k", "seed")}
-        floats = {k: float(merged[k]) for k in ("temperature", "top_p")}
-    except (TypeError, ValueError) as exc:
-        raise _Reply(400, f"invalid options: {exc}") from None
+    for layer in (model or {}, options):
+        for key, value in layer.items():
+            kind = OPTION_TYPES.get(key)
+            if kind is None or value is None:
+                continue
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if kind == "array" and isinstance(value, list) and not all(isinstance(v, str) for v in value):
+                raise _Reply(500, f'option "{key}" must be of an array of strings')
+            if not {"integer": number, "float32": number, "boolean": isinstance(value, bool),
+                    "array": isinstance(value, list)}[kind]:
+                raise _Reply(500, f'option "{key}" must be of type {kind}')
+            if key in DEFAULT_OPTIONS:
+                merged[key] = value
+    ints = {k: int(merged[k]) for k in ("num_ctx", "num_predict", "top_k", "seed")}
+    floats = {k: float(merged[k]) for k in ("temperature", "top_p")}
     if ints["num_predict"] < 0:
         ints["num_predict"] = UNLIMITED_PREDICT
     return InferenceSettings(num_ctx=ints["num_ctx"], num_predict=ints["num_predict"],
@@ -394,8 +515,9 @@ class OllamaDouble:
     """
 
     def __init__(self, *, models: dict[str, Path | None] | None = None, engine: EmbeddedBackend | None = None,
-                 version: str = "0.12.0", threads: int | None = None) -> None:
-        """Register ``models`` (name -> GGUF path; None is the bundled model; default ``tuned:latest``).
+                 version: str = "0.12.0", threads: int | None = None, thinking: Iterable[str] = ()) -> None:
+        """Register ``models`` (name -> GGUF path; None is the bundled model; default ``tuned:latest``); those
+        named in ``thinking`` have the thinking capability (they think unless a request says ``think: false``).
 
         ``engine`` serves its own model file and is shared, never closed here; engines for other files are
         created when first needed, with ``threads``, and closed by :meth:`stop`.
@@ -411,11 +533,17 @@ class OllamaDouble:
         self.pullable: set[str] = set()
         # Extra seconds every (re)load takes, to stand in for a large model whose load takes that long.
         self.reload_delay_s = 0.0
+        # What a request that finds its model loaded spends in lookup and scheduling before it generates, so in
+        # its load_duration: docs/api.md's examples show 1.3-6.7 ms (and 0.5-6.6 s for a load).
+        self.warm_load_s = 0.002
+        # The most tokens a model that thinks thinks for before it answers (a real model ends with its closing tag).
+        self.thinking_tokens = 24
         self._bundled: Path | None = None
         self._models: dict[str, _Model] = {}
         for name, path in (models if models is not None else {DEFAULT_MODEL: None}).items():
             resolved = self._resolve(path)
-            self._models[full_name(name)] = _Model(path=resolved, modified_at=resolved.stat().st_mtime)
+            self._models[full_name(name)] = _Model(path=resolved, modified_at=resolved.stat().st_mtime,
+                                                   thinks=full_name(name) in {full_name(t) for t in thinking})
         self._engines: dict[Path, EmbeddedBackend] = {}
         self._owned: list[EmbeddedBackend] = []
         if engine is not None:
@@ -670,7 +798,7 @@ class OllamaDouble:
             "template": info.template,
             "details": self._details(model),
             "model_info": info.model_info,
-            "capabilities": ["completion"],
+            "capabilities": ["completion", "thinking"] if model.thinks else ["completion"],
             "modified_at": _timestamp(model.modified_at),
         }
         if model.system:
@@ -694,6 +822,15 @@ class OllamaDouble:
         exchange.send_json(200, {"models": entries})
 
     def _create(self, exchange: _Exchange, body: dict[str, Any]) -> None:
+        """``/api/create`` from a model name, as CreateHandler does it (server/create.go:51, ollama/ollama at fb30760).
+
+        A ``from`` the server lacks is pulled (parseFromModel, server/model.go:44), the pull's progress streamed
+        with the create's; a failed pull ends the stream with its error line after "pulling manifest"
+        (create.go:158, streamResponse), or with ``stream: false`` is the answer, 500 (waitForStream,
+        create.go:351). An empty ``system`` keeps the base's system prompt (only a non-empty one replaces it,
+        create.go:835), as empty ``messages`` keep its messages (setMessages) and ``parameters`` are laid over
+        its own (setParameters).
+        """
         name = body.get("model")
         self._model(name)  # only to reject a missing name
         base_name = body.get("from")
@@ -701,19 +838,23 @@ class OllamaDouble:
             if body.get("files"):
                 raise _Reply(400, "creating a model from files is not supported here; use 'from'")
             raise _Reply(400, "neither 'from' or 'files' was specified")
-        base = self._model(base_name)
-        if base is None and full_name(base_name) in {full_name(p) for p in self.pullable}:
-            base = self._pulled(base_name)  # Ollama pulls a missing base model
-        if base is None:
-            raise _Reply(404, PULL_ERROR)
         parameters = body.get("parameters") or {}
         if not isinstance(parameters, dict):
             raise _Reply(400, "parameters must be an object")
-        messages = _messages(body["messages"]) if body.get("messages") else list(base.messages)
+        asked_messages = _messages(body["messages"]) if body.get("messages") else None
+        stream = body.get("stream") is not False
+        base = self._model(base_name)
+        if base is None:
+            for line in self._pull_progress(base_name):  # fails after "pulling manifest" for an unknown name
+                if stream:
+                    exchange.write_line(line)
+            base = self._model(base_name)
+            assert base is not None
+        messages = asked_messages if asked_messages is not None else list(base.messages)
         system = body.get("system")
         model = _Model(path=base.path, modified_at=time.time(), parent=full_name(base_name),
-                       system=str(system) if system is not None else base.system,
-                       parameters={**base.parameters, **parameters}, messages=messages)
+                       system=str(system) if system else base.system,
+                       parameters={**base.parameters, **parameters}, messages=messages, thinks=base.thinks)
         info = self._file_info(model.path)
         self._register(name, model)
         statuses = [f"using existing layer sha256:{info.digest}"]
@@ -722,7 +863,7 @@ class OllamaDouble:
                 layer = hashlib.sha256(json.dumps(body[key], sort_keys=True).encode()).hexdigest()
                 statuses.append(f"creating new layer sha256:{layer}")
         statuses += ["writing manifest", "success"]
-        if body.get("stream") is False:
+        if not stream:
             exchange.send_json(200, {"status": "success"})
             return
         for status in statuses:
@@ -734,22 +875,36 @@ class OllamaDouble:
         self._register(name, model)
         return model
 
-    def _pull(self, exchange: _Exchange, body: dict[str, Any]) -> None:
-        name = body.get("model") or body.get("name")  # "name" is what older clients send
-        self._model(name)  # only to reject a missing name
+    def _pull_progress(self, name: str) -> Iterable[dict[str, Any]]:
+        """PullModel's progress lines (server/images.go:998, ollama/ollama at fb30760), "pulling manifest" first.
+
+        Raises:
+            _Reply: 500 :data:`PULL_ERROR`, after "pulling manifest", for a name not in :attr:`pullable` (the
+                registry's 404 is os.ErrNotExist, images.go:1339, wrapped at :1025).
+        """
+        yield {"status": "pulling manifest"}
         if full_name(name) not in {full_name(p) for p in self.pullable}:
-            raise _Reply(404, PULL_ERROR)
+            raise _Reply(500, PULL_ERROR)
         model = self._pulled(name)
         info = self._file_info(model.path)
-        if body.get("stream") is False:
-            exchange.send_json(200, {"status": "success"})
-            return
-        exchange.write_line({"status": "pulling manifest"})
         digest = f"sha256:{info.digest}"
         for part in (1, 2, 3):
-            exchange.write_line({"status": "downloading", "digest": digest, "total": info.size,
-                                 "completed": info.size * part // 3})
-        exchange.write_line({"status": "success"})
+            yield {"status": "downloading", "digest": digest, "total": info.size, "completed": info.size * part // 3}
+        yield {"status": "success"}
+
+    def _pull(self, exchange: _Exchange, body: dict[str, Any]) -> None:
+        """``/api/pull`` as PullHandler answers it (server/routes.go:1102): streamed, a 200 whose lines are the
+        progress and, for a pull that fails, its error as the last line (:1148, streamResponse :2097); with
+        ``stream: false``, the last progress line, or the error alone as a 500 (waitForStream, :2070)."""
+        name = body.get("model") or body.get("name")  # "name" is what older clients send
+        self._model(name)  # only to reject a missing name
+        progress = self._pull_progress(name)
+        if body.get("stream") is False:
+            *_, last = progress  # a failure raises here, before anything was sent
+            exchange.send_json(200, last)
+            return
+        for line in progress:
+            exchange.write_line(line)
         exchange.end_stream()
 
     # -- chat --------------------------------------------------------------------------------------------
@@ -765,27 +920,29 @@ class OllamaDouble:
             if exchange.client_gone():
                 exchange.cut()  # the client gave up waiting: nothing left to answer
                 return
+        # Decoded with the request body (ShouldBindJSON, server/routes.go:2447): 400 before the model is looked up.
+        keep_alive = _keep_alive_s(body.get("keep_alive"))
+        _check_think(body.get("think"))
         name = body.get("model")
         model = self._model(name)
         if model is None:
-            raise _Reply(404, f'model "{name}" not found, try pulling it first')
+            raise _Reply(404, MODEL_NOT_FOUND.format(name=name))
         if body.get("tools"):
             raise _Reply(400, f"{name} does not support tools")
-        if body.get("think"):
-            raise _Reply(400, f'"{name}" does not support thinking')
+        think = _think(body.get("think"), name, model.thinks)
         stream = body.get("stream") is not False
-        fmt, schema = _format(body.get("format"))
         options = body.get("options") or {}
         if not isinstance(options, dict):
             raise _Reply(400, "options must be an object")
-        settings = _settings({**model.parameters, **options}, fmt)
-        keep_alive = _keep_alive_s(body.get("keep_alive"))
         asked = _messages(body.get("messages") or [])
         # As Ollama's chat template does: the model's messages first, its system prompt before them unless
         # the request brings its own.
         messages = list(model.messages) + asked
         if model.system and (not asked or asked[0]["role"] != "system"):
             messages.insert(0, {"role": "system", "content": model.system})
+        # scheduleRunner decodes the options before it waits for a runner (server/routes.go:218); a request that
+        # unloads never gets there (ChatHandler answers it first, :2505).
+        settings = _settings(options, model=model.parameters) if asked or keep_alive != 0 else None
         with self._run_lock:
             if self._stopped:
                 raise _Reply(503, "server is shutting down")
@@ -801,8 +958,12 @@ class OllamaDouble:
                 if not asked:
                     exchange.send_json(200, self._done(name, "", "load"))
                     return
-                self._generate(exchange, name, self._engine_for(model.path), messages, settings, schema,
-                               stream=stream, fault=fault, started=started, load_ns=load_ns)
+                # Only the loaded runner reads `format` (see _format): a bad one fails after the load.
+                fmt, schema = _format(body.get("format"))
+                settings = replace(settings, format=fmt)
+                engine = self._engine_for(model.path)
+                self._generate(exchange, name, engine, _fit(engine, messages, settings.num_ctx), settings, schema,
+                               stream=stream, think=think, fault=fault, started=started, load_ns=load_ns)
             finally:
                 if self._loaded is not None:
                     self._loaded.expires_at = None if keep_alive is None else time.time() + keep_alive
@@ -837,6 +998,8 @@ class OllamaDouble:
             time.sleep(self.reload_delay_s)
             self._loaded = _Loaded(name=name, path=path, num_ctx=num_ctx, expires_at=None)
             self.loads += 1
+        else:
+            time.sleep(self.warm_load_s)
         return max(1, time.perf_counter_ns() - start)
 
     def _done(self, name: str, content: str, reason: str) -> dict[str, Any]:
@@ -844,26 +1007,57 @@ class OllamaDouble:
                 "done_reason": reason, "done": True}
 
     def _generate(self, exchange: _Exchange, name: str, engine: EmbeddedBackend, messages: list[dict[str, str]],
-                  settings: InferenceSettings, schema: dict[str, Any], *, stream: bool, fault: _Fault | None,
-                  started: int, load_ns: int) -> None:
-        """Generate the answer, streaming each piece as it comes, and finish as Ollama does (lock held)."""
+                  settings: InferenceSettings, schema: dict[str, Any], *, stream: bool, think: bool,
+                  fault: _Fault | None, started: int, load_ns: int) -> None:
+        """Generate the answer, streaming each piece as it comes, and finish as Ollama does (lock held).
+
+        A model that thinks first generates its thinking (streamed in ``message.thinking``, at most
+        :attr:`OllamaDouble.thinking_tokens` tokens, standing for a model's closing tag) and then its answer. Without
+        ``format`` that is one completion to Ollama: ``eval_count`` and ``eval_duration`` cover both and thinking
+        uses up ``num_predict``. With ``format`` Ollama applies the schema in a second request, after the thinking,
+        and its final line reports that request's counts and durations alone (ChatHandler's structured-outputs
+        state, server/routes.go). Thinking that uses up ``num_predict`` ends the answer there, empty, ``length``.
+        """
         cut_short = fault is not None and fault.kind in ("drop", "midstream_error")
         pieces: list[str] = []
+        thoughts: list[str] = []
 
-        def on_text(piece: str) -> None:
-            if not piece:
-                return  # a token that completes no character yet
-            pieces.append(piece)
-            if stream:
-                exchange.write_line({"model": name, "created_at": _timestamp(),
-                                     "message": {"role": "assistant", "content": piece}, "done": False})
-            if cut_short and len(pieces) >= 2:
-                raise _Interrupted
+        def streamer(kind: str) -> Callable[[str], None]:
+            def on_text(piece: str) -> None:
+                if not piece:
+                    return  # a token that completes no character yet
+                (thoughts if kind == "thinking" else pieces).append(piece)
+                if stream:
+                    message = {"role": "assistant", "content": piece if kind == "content" else ""}
+                    if kind == "thinking":
+                        message["thinking"] = piece
+                    exchange.write_line({"model": name, "created_at": _timestamp(), "message": message,
+                                         "done": False})
+                if cut_short and len(pieces) + len(thoughts) >= 2:
+                    raise _Interrupted
+            return on_text
 
-        generation = None
+        generations: list[Generation] = []
+        reported = 0  # the first generation the final line reports: the answer's own request under `format`
         hung_up = False
         try:
-            generation = engine.generate(messages, settings, schema=schema, on_text=on_text)
+            if think:
+                budget = min(settings.num_predict, self.thinking_tokens)
+                thought = engine.generate(messages, _room(engine, messages, replace(settings, format="off",
+                                                                                    num_predict=budget)),
+                                          schema={}, on_text=streamer("thinking"))
+                generations.append(thought)
+                left = settings.num_predict - thought.output_tokens
+                if not (thought.truncated and left <= 0):
+                    answer_turn = [*messages, {"role": "assistant", "content": "".join(thoughts)}]
+                    if settings.format != "off":
+                        reported, left = 1, settings.num_predict
+                    generations.append(engine.generate(
+                        answer_turn, _room(engine, answer_turn, replace(settings, num_predict=left)), schema=schema,
+                        on_text=streamer("content")))
+            else:
+                generations.append(engine.generate(messages, _room(engine, messages, settings), schema=schema,
+                                                   on_text=streamer("content")))
         except _Interrupted:
             pass
         except OSError:
@@ -878,15 +1072,20 @@ class OllamaDouble:
         if cut_short:
             self._cut_short(exchange, fault.kind, name, "".join(pieces), stream=stream)
             return
-        assert generation is not None
-        final = self._done(name, "" if stream else generation.text, "length" if generation.truncated else "stop")
+        counted = generations[reported:]
+        final = self._done(name, "" if stream else "".join(pieces),
+                           "length" if generations[-1].truncated else "stop")
+        if thoughts and not stream:
+            final["message"]["thinking"] = "".join(thoughts)
         final.update({
             "total_duration": time.perf_counter_ns() - started,
             "load_duration": load_ns,
-            "prompt_eval_count": generation.prompt_tokens or 0,
-            "prompt_eval_duration": _ns(generation.prefill_ms),
-            "eval_count": generation.output_tokens,
-            "eval_duration": _ns(generation.decode_ms),
+            "prompt_eval_count": counted[0].prompt_tokens or 0,
+            "prompt_eval_duration": _ns(counted[0].prefill_ms),
+            "eval_count": sum(g.output_tokens for g in counted),
+            # one completion to Ollama: whatever the answer's own prompt took is generation time
+            "eval_duration": _ns(counted[0].decode_ms) + sum(_ns(g.prefill_ms) + _ns(g.decode_ms)
+                                                             for g in counted[1:]),
         })
         if stream:
             exchange.write_line(final)
