@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from benchmarks.common import GRID_DATA, RESULTS
+from benchmarks.common import GRID_DATA, GRID_FULL_CONFIG, GRID_FULL_DATA, RESULTS
 
 NAMES = ("grid", "fidelity", "overhead", "search", "abort", "outcome", "serving")
 
@@ -17,13 +17,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="a tiny size that only checks the benchmark works")
     parser.add_argument("--out", type=Path, default=None,
                         help=f"results folder (default {RESULTS}; grid: the data file, default {GRID_DATA})")
+    parser.add_argument("--full", action="store_true",
+                        help=f"grid: every dev request of every setting, into {GRID_FULL_DATA.name}")
     parser.add_argument("--profile", type=Path, default=None,
                         help="overhead: also write cProfile statistics of the study to this file")
     args = parser.parse_args(argv)
     if args.name == "grid":
         from benchmarks import grid
 
-        grid.measure(out=args.out or GRID_DATA, smoke=args.smoke)
+        if args.full:
+            grid.measure(out=args.out or GRID_FULL_DATA, smoke=args.smoke, config_path=GRID_FULL_CONFIG)
+        else:
+            grid.measure(out=args.out or GRID_DATA, smoke=args.smoke)
         return 0
     from importlib import import_module
 

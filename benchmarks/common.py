@@ -31,6 +31,9 @@ ROOT = HERE.parent
 CONFIGS = HERE / "configs"
 GRID_CONFIG = CONFIGS / "grid.yaml"
 GRID_DATA = HERE / "data" / "grid.csv"
+# The same grid over the whole dev split (every setting x every dev request).
+GRID_FULL_CONFIG = CONFIGS / "grid_full.yaml"
+GRID_FULL_DATA = HERE / "data" / "grid_full.csv"
 RESULTS = HERE / "results"
 
 SCORE_COLUMNS = [f.name for f in fields(AnswerScore) if f.name not in ("fields", "error")]

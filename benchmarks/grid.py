@@ -1,7 +1,8 @@
 """Measure every setting of the reduced search space once on the embedded engine.
 
 ``python -m benchmarks grid`` writes one row per timed request to ``benchmarks/data/grid.csv`` (committed) and
-the run's circumstances to ``grid.json`` next to it. Settings run in a shuffled order, so slow drifts of the
+the run's circumstances to ``grid.json`` next to it; ``--full`` measures the same settings on the whole dev split
+into ``grid_full.csv`` (about 1 h 50 min here; stop it any time, it continues where it stopped). Settings run in a shuffled order, so slow drifts of the
 machine do not line up with any setting; each is measured exactly as a study trial is (``run_trial`` with the
 study's trial plan: the trial's prompt cache emptied, warm-up after the load), every request of it (no early
 abort). ``wall_ms`` is a clock outside the pipeline around the same engine call as ``latency_ms``. An
@@ -31,8 +32,8 @@ def key_of(row: dict | pd.Series, names: list[str]) -> str:
     return "|".join(f"{name}={row[name]}" for name in names)
 
 
-def measure(*, out: Path = GRID_DATA, smoke: bool = False) -> pd.DataFrame:
-    config = load(GRID_CONFIG)
+def measure(*, out: Path = GRID_DATA, smoke: bool = False, config_path: Path = GRID_CONFIG) -> pd.DataFrame:
+    config = load(config_path)
     if smoke:
         config = config.with_overrides(evaluation={"limit": 2})
     prepared = prepare_study(config)
@@ -72,6 +73,6 @@ def measure(*, out: Path = GRID_DATA, smoke: bool = False) -> pd.DataFrame:
     meta["runs"].append({**environment(), "settings_measured": len(todo), "seconds": time.perf_counter() - started,
                          "model": prepared.backend.describe()["model"], "model_loads_ms": loads,
                          "requests_per_setting": len(prepared.examples),
-                         "warmup_requests": config.engine.warmup_requests, "config": str(GRID_CONFIG.name)})
+                         "warmup_requests": config.engine.warmup_requests, "config": str(config_path.name)})
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
     return pd.read_csv(out)

@@ -54,6 +54,15 @@ def test_committed_grid_is_complete():
     assert set(SCORE_COLUMNS) <= set(rows.columns) and "action_correct" not in rows  # the current score columns
 
 
+def test_full_grid_is_the_grid_over_the_whole_dev_split():
+    from benchmarks.common import GRID_FULL_CONFIG, grid_settings, load
+
+    grid, full = load(), load(GRID_FULL_CONFIG)
+    assert full.search_space == grid.search_space and grid_settings(full) == grid_settings(grid)
+    assert full.evaluation.limit is None and grid.evaluation.limit == 20
+    assert (full.objectives, full.constraints) == (grid.objectives, grid.constraints)
+
+
 def test_search_smoke(tmp_path):
     result = bench(tmp_path, "search")
     shares = [row["mean"] for row in result["summary"]]
