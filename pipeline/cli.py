@@ -194,12 +194,35 @@ def main(argv: Sequence[str] | None = None) -> int:
                "compare-settings": _compare_settings}[args.command]
     try:
         return command(args, console)
-    except PipelineError as exc:
+    except KeyboardInterrupt:
+        return _interrupted(console)
+    except Exception as exc:
+        # Ctrl-C inside a library (a store migrating its schema, a database call) can come out as that library's
+        # error about the half-done work: still an interruption, not a failure.
+        if _interruption(exc):
+            return _interrupted(console)
+        if not isinstance(exc, PipelineError):
+            raise
         console.print(Text("error: ", style="red") + Text(str(exc)), highlight=False, soft_wrap=True)
         return exc.exit_code
-    except KeyboardInterrupt:
-        console.print("interrupted: the running trial was marked FAIL in Optuna and FAILED in MLflow")
-        return 130
+
+
+def _interruption(exc: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is among the exceptions this one was raised from or while handling."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def _interrupted(console: Console) -> int:
+    console.print("interrupted: a trial that was running is marked FAIL in Optuna and FAILED in MLflow; completed "
+                  "trials stay recorded", highlight=False)
+    return 130
 
 
 def _config(args: argparse.Namespace, **sections: dict) -> StudyConfig:

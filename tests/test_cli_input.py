@@ -96,3 +96,19 @@ def test_front_table_shows_each_headline_value_with_its_interval():
     text = console.export_text()
     assert "0.9 [0.75, 1]" in text and "│    420 │" in text  # no interval where none was measured
     assert "value [low, high]: 95% bootstrap interval" in " ".join(text.split())
+
+
+def test_an_error_raised_while_handling_ctrl_c_is_an_interruption(monkeypatch, capsys):
+    # Ctrl-C while a store migrates its schema comes out as the store's error about the half-done transaction.
+    import pipeline.cli as cli
+
+    def migrate(args, console):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("Can't reconnect until invalid transaction is rolled back") from None
+
+    monkeypatch.setattr(cli, "_init", migrate)
+    assert cli.main(["init", "x"]) == 130
+    assert capsys.readouterr().err.startswith("interrupted:")
+    assert cli._interruption(ValueError("plain")) is False

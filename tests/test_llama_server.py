@@ -4,10 +4,12 @@ orphan after SIGKILL) and the OpenAI-compatible backend against the same server.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -206,6 +208,17 @@ def test_server_settings_that_do_not_go_together_are_infeasible_with_the_reason(
     assert trial.constraints["context_fit"] > 0
 
 
+def running_trials(storage: Path) -> int:
+    """Trials the study in this Optuna storage is running now (0 before the storage exists)."""
+    if not storage.exists():
+        return 0
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{storage}?mode=ro", uri=True, timeout=1)) as db:
+            return db.execute("SELECT COUNT(*) FROM trials WHERE state = 'RUNNING'").fetchone()[0]
+    except sqlite3.Error:  # the tool is still creating its tables
+        return 0
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGKILL])
 def test_the_server_never_outlives_the_tool_interrupted_or_killed(tmp_path, write_config, signum):
     config = write_config(serving_config(study={"trials": 50},
@@ -218,10 +231,10 @@ def test_the_server_never_outlives_the_tool_interrupted_or_killed(tmp_path, writ
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
-        while not server_pids(tool.pid):
+        while not (server_pids(tool.pid) and running_trials(tmp_path / "optuna.db")):
             assert tool.poll() is None and time.monotonic() < deadline
             time.sleep(0.2)
-        time.sleep(2)  # well inside a trial
+        time.sleep(1)  # inside a trial
         servers = server_pids(tool.pid)
         tool.send_signal(signum)  # Ctrl-C: the tool stops the server; SIGKILL: the kernel does
         code = tool.wait(30)
