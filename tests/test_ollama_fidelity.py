@@ -6,8 +6,10 @@ the upstream source the double follows there.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
+import httpx
 import jsonschema
 import ollama
 import optuna
@@ -89,7 +91,7 @@ def test_with_format_the_schema_applies_after_thinking_and_only_that_request_is_
     chunks = stream(client, format=SCHEMA)
     thinking = [c for c in chunks if c.message.thinking]
     answer = "".join(c.message.content for c in chunks)
-    jsonschema.validate(__import__("json").loads(answer), SCHEMA)
+    jsonschema.validate(json.loads(answer), SCHEMA)
     final = chunks[-1]
     assert len(thinking) >= 8 and final.eval_count < len(thinking) + final.eval_count
     plain = stream(client, format=SCHEMA, think=False)
@@ -111,8 +113,6 @@ def test_think_values_as_the_server_takes_them(client):
         stream(client, model=PLAIN, think=True)
     assert refused.value.status_code == 400 and refused.value.error == f'"{PLAIN}" does not support thinking'
     assert not any(c.message.thinking for c in stream(client, model=PLAIN, think=False))  # false is fine
-    import httpx
-
     bad = httpx.post(f"{client._client.base_url}/api/chat", json={"model": THINKER, "messages": HELLO, "think": "lots"})
     assert bad.status_code == 400 and bad.json()["error"].startswith('invalid think value: "lots"')
 
@@ -339,9 +339,12 @@ def test_reload_threshold_follows_the_warm_load_duration(double, experiment, pro
     backend.close()
 
 
-def test_records_carry_the_new_fields():
+def test_thinking_exhausted_needs_thinking_a_length_stop_and_no_answer():
     record = RequestRecord("r", "q", {}, "", None, 1.0, truncated=True, thinking_tokens=3)  # type: ignore[arg-type]
     assert record.thinking_exhausted and not record.input_truncated
+    answered = RequestRecord("r", "q", {}, "{}", None, 1.0, truncated=True, thinking_tokens=3)  # type: ignore[arg-type]
+    unthinking = RequestRecord("r", "q", {}, "", None, 1.0, truncated=True)  # type: ignore[arg-type]
+    assert not answered.thinking_exhausted and not unthinking.thinking_exhausted
 
 
 def test_think_is_an_optional_setting_read_as_yaml_writes_it(write_config):
