@@ -2,7 +2,7 @@
 
 ``python -m benchmarks grid`` writes one row per timed request to ``benchmarks/data/grid.csv`` (committed) and
 the run's circumstances to ``grid.json`` next to it; ``--full`` measures the same settings on the whole dev split
-into ``grid_full.csv`` (about 1 h 50 min here; stop it any time, it continues where it stopped). Settings run in a shuffled order, so slow drifts of the
+into ``grid_full.csv`` (about 2 h 40 min here; stop it any time, it continues where it stopped). Settings run in a shuffled order, so slow drifts of the
 machine do not line up with any setting; each is measured exactly as a study trial is (``run_trial`` with the
 study's trial plan: the trial's prompt cache emptied, warm-up after the load), every request of it (no early
 abort). ``wall_ms`` is a clock outside the pipeline around the same engine call as ``latency_ms``. An
