@@ -44,8 +44,8 @@ class PromptSizes:
         """The tokens the server should count for a prompt of this shape and estimate, and the relative
         tolerance of that expectation."""
         with self._lock:
-            own = self._shapes.get(shape)
-            every = [r for ratios in self._shapes.values() for r in ratios]
+            own = list(self._shapes.get(shape, ()))
+            every = [] if own else [r for ratios in self._shapes.values() for r in ratios]
         if own:
             return estimate * statistics.median(own), SHAPE_TOLERANCE
         if every:
