@@ -8,7 +8,7 @@ from pathlib import Path
 
 from benchmarks.common import GRID_DATA, GRID_FULL_CONFIG, GRID_FULL_DATA, RESULTS
 
-NAMES = ("grid", "fidelity", "overhead", "search", "abort", "outcome", "serving")
+NAMES = ("grid", "fidelity", "overhead", "search", "abort", "adaptive", "outcome", "serving")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"grid: every dev request of every setting, into {GRID_FULL_DATA.name}")
     parser.add_argument("--profile", type=Path, default=None,
                         help="overhead: also write cProfile statistics of the study to this file")
+    parser.add_argument("--replays-only", action="store_true",
+                        help="adaptive: the replays against the full grid, without the two real studies")
     args = parser.parse_args(argv)
     if args.name == "grid":
         from benchmarks import grid
@@ -34,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
 
     module = import_module(f"benchmarks.{args.name}")
     options = {"profile": args.profile} if args.name == "overhead" else {}
+    if args.name == "adaptive":
+        options = {"real_studies": not args.replays_only}
     report = module.run(out=args.out or RESULTS, smoke=args.smoke, **options)
     print(report.read_text())
     return 0

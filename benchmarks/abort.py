@@ -35,8 +35,9 @@ BUDGETS = (0.15, 0.25)
 
 def with_sla(config: StudyConfig, *, early_abort: bool, sampler: str | None = None) -> StudyConfig:
     study = replace(config.study, sampler=sampler or config.study.sampler)
+    # fixed-size trials (no racing): early abort alone, as its published figures were measured
     return replace(config, constraints=SLA, study=study,
-                   evaluation=replace(config.evaluation, early_abort=early_abort))
+                   evaluation=replace(config.evaluation, early_abort=early_abort, stages=()))
 
 
 def replayed(*, seeds: int) -> pd.DataFrame:

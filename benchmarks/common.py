@@ -24,6 +24,7 @@ from pipeline.prepare import job_defaults, prepare_study
 from pipeline.prompts import load_prompts
 from pipeline.scoring import AnswerScore, RequestRecord
 from pipeline.space import InferenceSettings, suggest
+from pipeline.tables import records_from_rows
 from pipeline.study import run_study
 
 HERE = Path(__file__).resolve().parent
@@ -84,32 +85,12 @@ def rows_to_records(rows: pd.DataFrame, experiment: Experiment) -> list[RequestR
     Raises:
         ValueError: a row's request is not in the experiment's dataset.
     """
-    examples = {e.id: e for e in experiment.examples}
-    records = []
-    for row in rows.sort_values("position").itertuples(index=False):
-        example = examples.get(row.request_id)
-        if example is None:
-            raise ValueError(f"grid request {row.request_id!r} is not in {experiment.dataset_path}; measure the "
-                             "grid again (python -m benchmarks grid)")
-        answer = "" if pd.isna(row.answer) else str(row.answer)
-        score = (experiment.scorer.unanswered(example.expected, "request failed") if row.failed
-                 else experiment.scorer.score(answer, example.expected, example.schema))
-        records.append(RequestRecord(
-            request_id=example.id, request=example.request, expected=example.expected, answer=answer, score=score,
-            latency_ms=float(row.latency_ms), ttft_ms=_maybe(row.ttft_ms), prefill_ms=_maybe(row.prefill_ms),
-            decode_ms=_maybe(row.decode_ms), decode_tokens=_maybe_int(row.decode_tokens),
-            prompt_tokens_estimated=int(row.prompt_tokens_estimated),
-            prompt_tokens_engine=_maybe_int(row.prompt_tokens_engine), output_tokens=int(row.output_tokens),
-            truncated=bool(row.truncated), failed=bool(row.failed)))
-    return records
-
-
-def _maybe(value: Any) -> float | None:
-    return None if pd.isna(value) else float(value)
-
-
-def _maybe_int(value: Any) -> int | None:
-    return None if pd.isna(value) else int(value)
+    try:
+        return records_from_rows(rows.sort_values("position"), {e.id: e for e in experiment.examples},
+                                 experiment.scorer)
+    except KeyError as exc:
+        raise ValueError(f"grid {exc.args[0]} ({experiment.dataset_path}); measure the grid again "
+                         "(python -m benchmarks grid)") from None
 
 
 def environment() -> dict[str, Any]:

@@ -46,7 +46,7 @@ HEADERS = {"num_ctx": "ctx", "num_predict": "predict", "temperature": "temp", "f
            "prompt_variant": "prompt", "example_selection": "examples", "schema_valid_rate": "valid",
            "field_accuracy": "fields", "label_accuracy": "label", "exact_match_rate": "exact",
            "latency_p50_ms": "p50 ms", "latency_p95_ms": "p95 ms", "ttft_p50_ms": "ttft ms",
-           "decode_tokens_per_s": "tok/s"}
+           "decode_tokens_per_s": "tok/s", "requests_measured": "requests"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--seed", type=_optional(_whole_number), help="seed of the sampler and the engine "
                                                                      "(default: the config's)")
     study.add_argument("--limit", type=_positive_int, help="requests per trial, taken in turn from each label")
+    study.add_argument("--refine", type=_optional(_whole_number),
+                       help="requests to spend topping up the front and the points tied with it, until their order "
+                            "is decided (alone: no new trials; default: the config's evaluation.refine_requests)")
 
     init = commands.add_parser("init", help="write a new job's files: experiment, prompts and config")
     init.add_argument("name", help="the job's name: experiments/NAME, prompts/NAME, configs/NAME.yaml")
@@ -262,7 +265,8 @@ def _study(args: argparse.Namespace, console: Console) -> int:
                      evaluation={"limit": args.limit})
     prepared = _prepare(args, config, console)
     try:
-        report = run_study(prepared, trials=args.trials or config.study.trials, console=console)
+        trials = args.trials or (0 if args.refine is not None else config.study.trials)
+        report = run_study(prepared, trials=trials, console=console, refine=args.refine)
     finally:
         prepared.backend.close()
     out = _stdout()
@@ -315,6 +319,8 @@ def _compare(args: argparse.Namespace, console: Console) -> int:
     out.print(cover)
     reference = ", ".join(f"{m}={v:.4g}" for m, v in comparison.reference.items())
     out.print(f"reference point: {reference}")
+    for note in comparison.notes:
+        out.print(f"note: {note}", markup=False)
     out.print(f"comparison run {run_id}: {url}")
     return 0
 
@@ -418,24 +424,35 @@ def front_table(front: pd.DataFrame, title: str, *, objectives: Sequence[str] = 
                 trials: pd.DataFrame | None = None) -> Table:
     """A table of front trials: the settings that differ between ``trials`` (all, without them), the objectives
     and the headline metrics, with the 95% interval where measured. The baseline trial (the settings served
-    today) is its own last row when it is not on the front, and marked where it is."""
-    table = Table(title=title, caption=r"value \[low, high]: 95% bootstrap interval over the trial's requests")
+    today) is its own last row when it is not on the front, and marked where it is. Front points that the
+    measurements cannot tell apart (``racing.ties``) say which others they are tied with, and the requests each
+    point was measured on are shown when they differ (racing, topping up)."""
+    caption = r"value \[low, high]: 95% bootstrap interval over the trial's requests"
+    tied = "tied_with" in front.columns and bool(front["tied_with"].astype(bool).any())
+    if tied:
+        caption += "; tied: the front points whose intervals overlap this one's on every objective"
+    table = Table(title=title, caption=caption)
     table.add_column("trial", justify="right")
+    if tied:
+        table.add_column("tied with", justify="right")
     settings = [c for c in SETTING_COLUMNS if c in front.columns]
     varying = [c for c in settings if trials is not None and c in trials.columns and trials[c].nunique() > 1]
     settings = varying or settings
     served = pareto.baseline_rows(trials) if trials is not None else front.iloc[0:0]
     rows = pd.concat([front, served[~served["number"].isin(front["number"])]]) if not served.empty else front
     metrics = list(dict.fromkeys([*objectives, *METRIC_COLUMNS]))
+    if "requests_measured" in rows.columns and rows["requests_measured"].nunique() > 1:
+        metrics.append("requests_measured")
     columns = settings + [c for c in metrics if c in rows.columns and not rows[c].isna().all()]
     for column in columns:
         table.add_column(HEADERS.get(column, column), justify="right")
     for _, row in front.iterrows():
         label = f"{row['number']} baseline" if bool(row.get("baseline", False)) else str(row["number"])
-        table.add_row(label, *(_with_interval(row, c) for c in columns))
+        table.add_row(label, *([row["tied_with"] or ""] if tied else []), *(_with_interval(row, c) for c in columns))
     for _, row in served[~served["number"].isin(front["number"])].iterrows():
         table.add_section()
-        table.add_row(f"{row['number']} baseline, off the front", *(_with_interval(row, c) for c in columns))
+        table.add_row(f"{row['number']} baseline, off the front", *([""] if tied else []),
+                      *(_with_interval(row, c) for c in columns))
     return table
 
 

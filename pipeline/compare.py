@@ -20,7 +20,8 @@ import pandas as pd
 from optuna._hypervolume import compute_hypervolume  # Optuna's exact hypervolume (WFG beyond 2-D)
 
 from pipeline import pareto
-from pipeline.config import Objective
+from pipeline.config import EvaluationConfig, Objective
+from pipeline.drift import REFERENCE, machine_note
 from pipeline.errors import ConfigError, InputError, redact_url
 from pipeline.storage import open_storage
 
@@ -46,6 +47,7 @@ class Comparison:
     coverage: pd.DataFrame     # coverage.loc[a, b]: share of b's front weakly dominated by a's front
     ideal: dict[str, float]
     reference: dict[str, float]
+    notes: tuple[str, ...] = ()  # studies whose latencies come from different machine states (pipeline.drift)
 
 
 def _objectives(study: optuna.Study) -> tuple[Objective, ...]:
@@ -148,4 +150,18 @@ def compare(fronts: list[StudyFront]) -> Comparison:
         objectives=objectives, summary=summary, coverage=matrix,
         ideal={m: float(ideal[i] * signs[m]) for m, i in as_given.items()},
         reference={m: float(reference[i] * signs[m]) for m, i in as_given.items()},
+        notes=_machine_states(fronts),
     )
+
+
+def _machine_states(fronts: list[StudyFront]) -> tuple[str, ...]:
+    """For each study after the first, a sentence when its trials ran at another machine speed than the first
+    study's (the median of their drift references, where drift control measured one)."""
+    def reference(front: StudyFront) -> float | None:
+        column = front.trials.get(REFERENCE)
+        return None if column is None or column.dropna().empty else float(column.dropna().median())
+
+    first = fronts[0]
+    notes = (machine_note((f"study {first.name!r}", reference(first)), (f"study {f.name!r}", reference(f)),
+                          EvaluationConfig().drift_threshold) for f in fronts[1:])
+    return tuple(note for note in notes if note)

@@ -155,6 +155,20 @@ class EvaluationConfig:
     limit: int | None = 20
     repetitions: int = 1
     early_abort: bool = True
+    # Racing (pipeline.racing): request counts after which a trial stops when a front point dominates it at
+    # `error_rate`; []: every trial runs `limit` requests; null: the default, RACING_STAGES of a trial's requests
+    # when it has at least MIN_RACED (see prepare.racing_stages).
+    stages: tuple[int, ...] | None = None
+    error_rate: float = 0.05
+    # Requests a study spends at its end topping up the front and the points it cannot tell from it (0: none).
+    refine_requests: int = 0
+    # Drift control (pipeline.drift): every `drift_every` trials (0: never), `drift_requests` requests of a reference
+    # setting; trials measured while its median latency moved by more than `drift_threshold` are flagged (and
+    # measured again with `drift_remeasure`).
+    drift_every: int = 0
+    drift_requests: int = 3
+    drift_threshold: float = 0.15
+    drift_remeasure: bool = False
     # `concurrency` (closed-loop clients sending a trial's requests at once: a number, or {choices: [...]}) is
     # read into the search space as the setting of that name; see _load.
 
@@ -196,6 +210,11 @@ class StudyConfig:
             changed[section] = replace(current, **checked)
         return replace(self, **changed)
 
+
+# The default racing stages, as shares of a trial's requests (4, 8, 12 and 16 of 20), and the fewest requests a
+# trial must have to be raced by default (BENCHMARKS.md, adaptive evaluation).
+RACING_STAGES = (0.2, 0.4, 0.6, 0.8)
+MIN_RACED = 10
 
 # Correct answers first: with constrained decoding (format=schema) every answer is schema-valid by
 # construction, so validity cannot tell settings apart; field accuracy can.
@@ -355,6 +374,13 @@ _FIELD_RULES: dict[str, tuple[tuple[type, ...], str]] = {
     "limit": ((int, type(None)), "positive"),
     "repetitions": ((int,), "positive"),
     "early_abort": ((bool,), "any"),
+    "stages": ((list, tuple, type(None)), "stages"),
+    "error_rate": ((int, float), "error_rate"),
+    "refine_requests": ((int,), "non_negative"),
+    "drift_every": ((int,), "non_negative"),
+    "drift_requests": ((int,), "positive"),
+    "drift_threshold": ((int, float), "positive"),
+    "drift_remeasure": ((bool,), "any"),
     "tracking_uri": ((str, type(None)), "tracking_uri"),
     "experiment_name": ((str,), "name"),
 }
@@ -376,7 +402,7 @@ def _check_fields(raw: Any, section: type, where: str) -> dict[str, Any]:
         if float in types and value is not None:
             value = _finite(value, f"{where}: '{key}'")
         _check_rule(key, value, rule, where)
-        checked[key] = value
+        checked[key] = tuple(value) if isinstance(value, list) else value
     return checked
 
 
@@ -414,6 +440,14 @@ def _check_rule(key: str, value: Any, rule: str, where: str) -> None:
             raise ConfigError(f"{where}: '{key}' must be a list of command-line words, e.g. [--mlock], got "
                               f"{_shown(value)}")
         return
+    if rule == "stages":
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in value) \
+                or list(value) != sorted(set(value)):
+            raise ConfigError(f"{where}: '{key}' must be request counts in increasing order, e.g. [8] or [5, 10] "
+                              f"([] for no racing), got {_shown(value)}")
+        return
+    if rule == "error_rate" and not 0 < value <= 0.5:
+        raise ConfigError(f"{where}: '{key}' must be in (0, 0.5], e.g. 0.05 for 95% intervals, got {_shown(value)}")
     if rule == "storage":
         check_storage_url(value, where)
     elif rule == "tracking_uri":

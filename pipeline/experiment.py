@@ -92,16 +92,22 @@ class Experiment:
         chosen = [e for e in self.examples if e.split == name]
         if limit is None or limit >= len(chosen):
             return chosen
+        return self.ordered(name)[:limit]
+
+    def ordered(self, name: str) -> list[Example]:
+        """Every example of one split in the order :meth:`split` takes them: ``split(name, n)`` is the first ``n``
+        of it, and the rest are the requests a trial of ``n`` can be topped up with, in turn."""
+        chosen = [e for e in self.examples if e.split == name]
         if self.label is None:
-            return chosen[:limit]
+            return chosen
         by_label: dict[str | None, list[Example]] = defaultdict(list)
         for example in chosen:
             by_label[example.label].append(example)
         queues = list(by_label.values())
         picked: list[Example] = []
-        while len(picked) < limit:
+        while len(picked) < len(chosen):
             for queue in queues:
-                if queue and len(picked) < limit:
+                if queue:
                     picked.append(queue.pop(0))
         return picked
 

@@ -6,6 +6,8 @@ import optuna
 
 from pipeline.config import Constraint, StudyConfig
 from pipeline.errors import BackendError
+from pipeline.pareto import RACED
+from pipeline.racing import bound_metrics
 from pipeline.runner import TrialOutcome
 from pipeline.scoring import RequestRecord, measured_metrics
 
@@ -24,7 +26,9 @@ def trial_values(trial: optuna.Trial, outcome: TrialOutcome, config: StudyConfig
     trial whose prompts the server cut to fit (Ollama drops the oldest messages silently: pipeline.truncation)
     keeps its measured metrics and breaks ``context_fit`` by the number of those prompts.
     A trial stopped early has the metrics of the requests it ran; the constraint it cannot meet is set from
-    the best value it could still have reached, which breaks it.
+    the best value it could still have reached, which breaks it. A trial stopped by racing keeps the metrics of
+    the requests it ran (honest estimates on fewer requests) and says why in the user attr ``raced``. Every
+    measured trial records its objectives' intervals at the study's error rate (``racing.bound_metrics``).
 
     Raises:
         BackendError: every request of the trial failed.
@@ -46,10 +50,14 @@ def trial_values(trial: optuna.Trial, outcome: TrialOutcome, config: StudyConfig
         trial.set_constraint(CONTEXT_FIT, cut)
         if cut:
             trial.set_user_attr("infeasible", truncation_reason(outcome.records))
+        metrics.update(bound_metrics(outcome.records, config.objectives, config.evaluation.error_rate,
+                                     seed=config.study.seed))
         limits = {c.metric: metrics[c.metric] for c in config.constraints}
         if outcome.aborted:
             trial.set_user_attr("aborted", outcome.aborted.describe())
             limits[outcome.aborted.constraint.metric] = outcome.aborted.bound
+        if outcome.raced:
+            trial.set_user_attr(RACED, outcome.raced.describe())
         for constraint in config.constraints:
             trial.set_constraint(constraint.metric, constraint.violation(limits[constraint.metric]))
     trial.set_user_attr("metrics", metrics)

@@ -16,7 +16,7 @@ import optuna
 
 from pipeline.backends import make_backend
 from pipeline.backends.base import Backend
-from pipeline.config import CORE_PARAMETERS, OPTIONAL_PARAMETERS, ParamSpec, StudyConfig
+from pipeline.config import CORE_PARAMETERS, MIN_RACED, OPTIONAL_PARAMETERS, RACING_STAGES, ParamSpec, StudyConfig
 from pipeline.errors import ConfigError, DataError, did_you_mean
 from pipeline.experiment import Example, Experiment, load_experiment
 from pipeline.locations import resolve_stores
@@ -68,6 +68,8 @@ def prepare_study(config: StudyConfig, *, tracking_uri: str | None = None,
     if not examples:
         raise DataError(f"{experiment.dataset_path}: no examples in split {config.evaluation.split!r}; "
                         "label some or choose another split")
+    config = replace(config, evaluation=replace(config.evaluation, stages=racing_stages(
+        config, len(examples) * config.evaluation.repetitions)))
     uri, storage = resolve_stores(tracking_uri, config.tracking.tracking_uri, config.study.storage,
                                   configured_in=str(config.path), storage_where="Optuna storage")
     if config.baseline is not None:
@@ -89,6 +91,23 @@ def prepare_study(config: StudyConfig, *, tracking_uri: str | None = None,
         raise ConfigError(f"{config.path}: {server_metrics[0]} is measured only against a server; "
                           f"the {backend.name} backend was chosen ({choice})")
     return PreparedStudy(config, experiment, prompts, examples, warmup, backend, choice, uri, storage)
+
+
+def racing_stages(config: StudyConfig, requests: int) -> tuple[int, ...]:
+    """The racing stages of trials of ``requests``: the config's, else ``RACING_STAGES`` of them when a trial has
+    at least ``MIN_RACED`` (fewer: none).
+
+    Raises:
+        ConfigError: a configured stage is not below the trial's requests.
+    """
+    stages = config.evaluation.stages
+    if stages is None:
+        return tuple(sorted({round(share * requests) for share in RACING_STAGES})) if requests >= MIN_RACED else ()
+    if stages and stages[-1] >= requests:
+        raise ConfigError(f"{config.path} (evaluation.stages): stage {stages[-1]} is not below the {requests} "
+                          "requests of a trial; a stage is a request count after which a trial may stop: use "
+                          "smaller stages or a larger limit")
+    return stages
 
 
 def job_defaults(config: StudyConfig, experiment: Experiment, prompts: PromptLibrary) -> StudyConfig:

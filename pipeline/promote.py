@@ -29,12 +29,14 @@ from mlflow.exceptions import MlflowException
 from pipeline import pareto
 from pipeline.backends.base import Backend, ModelPublisher, RequestFailed
 from pipeline.compare import to_minimization
+from pipeline.drift import REFERENCE, machine_note
 from pipeline.config import Constraint, Objective
 from pipeline.errors import ConfigError, InputError, PipelineError
 from pipeline.gain import Gain, accuracy_metrics, gain_frame, gain_metrics, paired_gain, slower
 from pipeline.modelfile import Modelfile, sanitize, write_modelfile
 from pipeline.objectives import truncation_reason
 from pipeline.prepare import PreparedStudy, check_definition, definition_of
+from pipeline.racing import bounds_of, ties
 from pipeline.runner import prepare_requests, run_trial
 from pipeline.scoring import measured_metrics
 from pipeline.sidebyside import measure_on_own_backends
@@ -113,8 +115,7 @@ def beating_baseline(study: optuna.Study, front: list[optuna.trial.FrozenTrial],
                      objectives: tuple[Objective, ...]) -> tuple[list[optuna.trial.FrozenTrial], str]:
     """The front points that dominate the study's baseline trial on dev (no worse on every objective, better on
     one), and a sentence saying so; the whole front when the study has no baseline or no point beats it."""
-    served = next((t for t in study.trials if t.user_attrs.get(pareto.BASELINE)
-                   and t.state == optuna.trial.TrialState.COMPLETE), None)
+    served = next((t for t in pareto.measured_trials(study) if t.user_attrs.get(pareto.BASELINE)), None)
     if served is None or not front:
         return front, ""
     base = to_minimization(np.array([served.values], dtype=float), objectives)[0]
@@ -167,10 +168,41 @@ def choose_trial(study: optuna.Study, objectives: tuple[Objective, ...], policy:
                              f"{best:.0f}); raise --sla-p95-ms or use --policy knee")
         quality = next((o for o in objectives if o.direction == "maximize"), objectives[0])
         sign = 1 if quality.direction == "maximize" else -1
-        return Choice(max(within(pool), key=lambda t: (sign * t.user_attrs["metrics"][quality.metric],
-                                                       -t.user_attrs["metrics"]["latency_p95_ms"])), why)
+        pool = within(pool)
+        best = max(pool, key=lambda t: (sign * t.user_attrs["metrics"][quality.metric],
+                                        -t.user_attrs["metrics"]["latency_p95_ms"]))
+        return _cheapest_tie(best, pool, objectives, why)
     points = to_minimization(np.array([t.values for t in pool], dtype=float), objectives)
-    return Choice(pool[knee_index(points)], why)
+    return _cheapest_tie(pool[knee_index(points)], pool, objectives, why)
+
+
+def _cheapest_tie(chosen: optuna.trial.FrozenTrial, pool: list[optuna.trial.FrozenTrial],
+                  objectives: tuple[Objective, ...], why: str) -> Choice:
+    """``chosen``, or among the points of ``pool`` tied with it (``racing.ties``: their measurements cannot tell
+    them apart on any objective) the one with the lowest latency, saying so."""
+    tied = ties({t.number: bounds_of(t.user_attrs["metrics"], objectives) for t in pool})[chosen.number]
+    if not tied:
+        return Choice(chosen, why)
+    latency = next((o.metric for o in objectives if o.direction == "minimize"
+                    and o.metric.startswith(("latency_", "ttft_"))), "latency_p95_ms")
+    group = [chosen, *(t for t in pool if t.number in tied)]
+    cheapest = min(group, key=lambda t: (t.user_attrs["metrics"][latency], t.number))
+    note = (f"trial {chosen.number} is tied with trial{'s' if len(tied) > 1 else ''} "
+            f"{', '.join(str(n) for n in tied)} (their intervals overlap on every objective): chose trial "
+            f"{cheapest.number}, the lowest {latency} ({cheapest.user_attrs['metrics'][latency]:.0f})")
+    return Choice(cheapest, f"{why}; {note}" if why else note)
+
+
+def _machine_states(study: optuna.Study, chosen: optuna.trial.FrozenTrial, config: Any) -> str | None:
+    """Whether the chosen trial's dev latencies and the baseline trial's come from different machine states
+    (``pipeline.drift``); the held-out side-by-side measures both at once."""
+    served = next((t for t in pareto.measured_trials(study) if t.user_attrs.get(pareto.BASELINE)), None)
+    if served is None or served.number == chosen.number:
+        return None
+    note = machine_note((f"trial {chosen.number}", chosen.user_attrs.get(REFERENCE)),
+                        (f"the baseline (trial {served.number})", served.user_attrs.get(REFERENCE)),
+                        config.evaluation.drift_threshold)
+    return None if note is None else f"on dev, {note}; the held-out side-by-side measures both at once"
 
 
 def _modelfile(prepared: PreparedStudy, settings: InferenceSettings) -> tuple[Modelfile, dict[str, Any]]:
@@ -358,8 +390,9 @@ def promote(prepared: PreparedStudy, study_name: str, policy: PromotionPolicy, *
     if side is not None:
         client.log_table(run_id, data=side_by_side_frame(side), artifact_file="side_by_side.json")
         client.log_table(run_id, data=gain_frame(gains), artifact_file="gain.json")
+    notes = [choice.why, _machine_states(study, chosen, config)]
     report = PromotionReport(study_name, chosen.number, settings, dev, holdout, run_id, baseline=baseline,
-                             gains=gains or [], choice=choice.why)
+                             gains=gains or [], choice="; ".join(n for n in notes if n))
     if gains and slower(gains):
         client.set_tag(run_id, "slower_than_baseline", slower(gains))
     reason = decide(policy, config.constraints, metric, dev, holdout, baseline=baseline)

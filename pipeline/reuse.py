@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import optuna
 
 from pipeline import pareto
@@ -12,7 +14,8 @@ __all__ = ["REUSE_LIMIT", "reuse_measurement"]
 REUSE_LIMIT = 25
 
 
-def reuse_measurement(study: optuna.Study, trial: optuna.Trial) -> bool:
+def reuse_measurement(study: optuna.Study, trial: optuna.Trial, *,
+                      resume: Callable[[optuna.trial.FrozenTrial], bool] = lambda earlier: False) -> bool:
     """Tell ``trial`` the outcome of an earlier trial with the same settings, if one was measured.
 
     Samplers propose settings they have tried before, often in a space of choices only. Measuring one again
@@ -20,11 +23,17 @@ def reuse_measurement(study: optuna.Study, trial: optuna.Trial) -> bool:
     with the earlier values is Optuna's advice for duplicates. The trial is COMPLETE with the user attr
     ``same_as`` (the earlier trial's number), has no MLflow run, and does not count toward the target.
 
+    An earlier trial that ``resume`` accepts (one racing stopped, no longer dominated) is not an answer: the
+    trial measures the rest of its requests instead (``pipeline.topup``). Nor is a trial enqueued to top one up or
+    to measure one again.
+
     Returns:
         Whether the trial was answered.
     """
+    if pareto.TOPS_UP in trial.user_attrs or pareto.REMEASURES in trial.user_attrs:
+        return False
     earlier = next((t for t in pareto.measured_trials(study) if t.params == trial.params), None)
-    if earlier is None:
+    if earlier is None or resume(earlier):
         return False
     for name, value in earlier.constraints.items():
         trial.set_constraint(name, value)

@@ -18,6 +18,7 @@ from pipeline.backends.base import Backend, Generation, RequestFailed
 from pipeline.config import Constraint
 from pipeline.experiment import Example
 from pipeline.prompts import Message, PromptLibrary
+from pipeline.racing import Race
 from pipeline.scoring import BOUNDED_METRICS, RequestRecord, Scorer, metric_direction, optimistic_bound
 from pipeline.serving import combination_problem
 from pipeline.space import InferenceSettings
@@ -70,6 +71,7 @@ class TrialOutcome:
     warmup_requests: int = 0
     infeasible: str | None = None
     aborted: Abort | None = None
+    raced: Race | None = None  # stopped by racing: a front point dominates it at the error rate
     span_s: float | None = None  # first request sent to last answer
     tags: dict[str, str] = field(default_factory=dict)  # what the backend served this trial with
 
@@ -189,11 +191,13 @@ class SettingRun:
 
 
 def run_trial(settings: InferenceSettings, examples: list[Example], plan: TrialPlan, *,
-              on_request: Callable[[], None] = lambda: None) -> TrialOutcome:
+              on_request: Callable[[], None] = lambda: None,
+              race: Callable[[list[RequestRecord], int], Race | None] | None = None) -> TrialOutcome:
     """Measure one setting on the given examples.
 
     After each request the plan's ``abort_on`` constraints are checked with :func:`abort_reason`; the trial
-    stops as soon as one of them can no longer be met.
+    stops as soon as one of them can no longer be met. ``race`` (``racing.Racer.check``) is asked too, with the
+    records so far and the planned count: the trial stops when it answers why.
 
     Returns:
         The outcome: one record per timed request, the model loads this trial caused and their time, why the
@@ -213,7 +217,8 @@ def run_trial(settings: InferenceSettings, examples: list[Example], plan: TrialP
         # trial is stopped.
         while True:
             with lock:
-                request = next(queue, None) if run.outcome.aborted is None and not errors else None
+                going = run.outcome.aborted is None and run.outcome.raced is None and not errors
+                request = next(queue, None) if going else None
             if request is None:
                 return
             try:
@@ -226,6 +231,8 @@ def run_trial(settings: InferenceSettings, examples: list[Example], plan: TrialP
                 on_request()
                 run.outcome.aborted = run.outcome.aborted or abort_reason(run.outcome.records, planned,
                                                                           plan.abort_on)
+                if race is not None and run.outcome.aborted is None and run.outcome.raced is None:
+                    run.outcome.raced = race(run.outcome.records, planned)
 
     start = time.perf_counter()
     if settings.concurrency == 1:

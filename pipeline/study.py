@@ -20,17 +20,20 @@ from rich.console import Console
 
 from pipeline import pareto
 from pipeline.config import StudyConfig
+from pipeline.drift import REFERENCE, reference_setting, study_monitor
 from pipeline.environment import environment_tags
 from pipeline.errors import BackendError, PipelineError, redact_url
 from pipeline.objectives import trial_values
 from pipeline.prepare import PreparedStudy, check_definition, definition_of
 from pipeline.progress import study_progress
+from pipeline.racing import Racer
 from pipeline.reuse import REUSE_LIMIT, reuse_measurement
 from pipeline.runner import TrialPlan, run_trial
 from pipeline.samplers import make_sampler
 from pipeline.space import InferenceSettings, suggest
 from pipeline.storage import WORKER, heartbeat, heartbeat_helpers, open_storage, recover_dead_trials, study_lock
 from pipeline.tables import field_errors, requests_frame
+from pipeline.topup import TOP_UP_REQUESTS, TrialRecords, combined, next_requests, next_top_up, resumable, top_up_source
 from pipeline.tracking import ArtifactWriteError, StudyTracker
 
 __all__ = ["StudyReport", "run_study", "trial_plan"]
@@ -89,9 +92,11 @@ def _target(study: optuna.Study, trials: int) -> tuple[int, bool]:
     return complete + trials, False
 
 
-def run_study(prepared: PreparedStudy, *, trials: int, console: Console | None = None) -> StudyReport:
+def run_study(prepared: PreparedStudy, *, trials: int, console: Console | None = None,
+              refine: int | None = None) -> StudyReport:
     """Bring the study to ``trials`` more completed trials, or finish the target an interrupted or shared run
-    left open, and attach its front to the parent run.
+    left open, then refine its front with up to ``refine`` more requests (default: the config's
+    ``evaluation.refine_requests``; see ``pipeline.topup``), and attach its front to the parent run.
 
     Returns:
         Where everything was recorded, every completed trial, and the front.
@@ -121,6 +126,12 @@ def run_study(prepared: PreparedStudy, *, trials: int, console: Console | None =
         console.print(f"resuming study {name!r}: {target - complete} of its {target} trials still to run "
                       "(an interrupted run, or other workers)", highlight=False)
     env_tags = environment_tags(backend, config.path.parent)
+    evaluation = config.evaluation
+    # How each trial's requests are spent (they may change between runs of a study: tags, not params).
+    env_tags.update({"evaluation.stages": ",".join(map(str, evaluation.stages)) or "none",
+                     "evaluation.error_rate": f"{evaluation.error_rate:g}",
+                     "evaluation.refine_requests": str(evaluation.refine_requests if refine is None else refine),
+                     "evaluation.drift_every": str(evaluation.drift_every)})
     dataset = pd.DataFrame([{"id": e.id, "request": e.request, "expected": json.dumps(e.expected)}
                             for e in prepared.examples])
     tracker.log_study(params={f"study.{k}": v for k, v in definition.items()},
@@ -132,32 +143,71 @@ def run_study(prepared: PreparedStudy, *, trials: int, console: Console | None =
                       dataset_source=str(prepared.experiment.dataset_path), split=config.evaluation.split,
                       digest=prepared.experiment.digest)
     plan = trial_plan(prepared)
-    per_trial = len(prepared.examples) * config.evaluation.repetitions
+    reps = config.evaluation.repetitions
+    per_trial = len(prepared.examples) * reps
+    ordered = prepared.experiment.ordered(config.evaluation.split)
+    records = TrialRecords(lambda run_id: tracker.read_table(run_id, "requests.json"), prepared.experiment.examples,
+                           prepared.experiment.scorer)
     done_here: list[int] = []
     stop: list[str] = []
+    reference: list[InferenceSettings] = []
+    drift = study_monitor(study, prepared, plan, tracker, reference, console)
 
     with study_progress(console, trials=target - complete, requests=per_trial) as progress:
 
         def evaluate(trial: optuna.Trial, settings: InferenceSettings) -> list[float]:
-            baseline = bool(trial.user_attrs.get(pareto.BASELINE))
+            source = top_up_source(study, trial)
+            # A top-up of the baseline is the baseline's latest measurement.
+            baseline = bool(trial.user_attrs.get(pareto.BASELINE) or source and source.user_attrs.get(pareto.BASELINE))
+            if baseline:
+                trial.set_user_attr(pareto.BASELINE, True)
             run_id = tracker.start_trial(trial.number, params=settings.as_params(),
                                          tags={**env_tags, "study": config.study.name,
-                                               **({pareto.BASELINE: "true"} if baseline else {})})
+                                               **({pareto.BASELINE: "true"} if baseline else {}),
+                                               **({pareto.TOPS_UP: str(source.number)} if source else {})})
             trial.set_user_attr("mlflow_run_id", run_id)
+            if source is not None:
+                trial.set_user_attr(pareto.TOPS_UP, source.number)
+            if drift is not None:
+                reference[:] = reference or [reference_setting(study, config) or settings]
+                if drift.last is None:
+                    drift.start()
+                if drift.last is not None:
+                    trial.set_user_attr(REFERENCE, drift.last)
+                    tracker.tag_run(run_id, {REFERENCE: f"{drift.last:.1f}"})
             progress.trial_started(trial.number)
             try:
-                # The baseline is the reference every point is seen against: measured in full, never stopped early.
-                outcome = run_trial(settings, prepared.examples, replace(plan, abort_on=()) if baseline else plan,
-                                    on_request=progress.request_done)
+                if source is None:
+                    # The baseline is the reference every point is seen against: measured in full, never stopped
+                    # early.
+                    racer = None if baseline or not config.evaluation.stages else Racer(
+                        [(t.number, records.get(t)) for t in pareto.front_trials(study)], config.objectives,
+                        config.evaluation.error_rate, config.evaluation.stages, seed=config.study.seed)
+                    outcome = run_trial(settings, prepared.examples, replace(plan, abort_on=()) if baseline else plan,
+                                        on_request=progress.request_done, race=racer and racer.check)
+                    ran = len(outcome.records)
+                else:
+                    before = records.get(source)
+                    wanted = trial.user_attrs.get(TOP_UP_REQUESTS) or per_trial - len(before)
+                    added = run_trial(settings, next_requests(ordered, before, -(-wanted // reps)),
+                                      replace(plan, abort_on=()), on_request=progress.request_done)
+                    outcome, ran = combined(before, source.user_attrs["metrics"], added), len(added.records)
                 values = trial_values(trial, outcome, config)
             except BaseException as exc:
                 tracker.fail_trial(run_id, f"{type(exc).__name__}: {exc}")
                 raise
+            records.keep(trial.number, outcome.records)
+            if drift is not None and not outcome.infeasible:
+                drift.trial_done(trial.number)
+            metrics = {**trial.user_attrs["metrics"], "requests_run": float(ran)}
+            trial.set_user_attr("metrics", metrics)
             tags = {"feasible": str(all(v <= 0 for v in trial.constraints.values())).lower(), **outcome.tags}
             if outcome.infeasible:
                 tags["infeasible"] = outcome.infeasible
             if outcome.aborted:
                 tags["aborted"] = outcome.aborted.describe()
+            if outcome.raced:
+                tags[pareto.RACED] = outcome.raced.describe()
             exhausted = sum(r.thinking_exhausted for r in outcome.records)
             if exhausted:
                 tags["thinking_exhausted"] = note = (
@@ -165,9 +215,11 @@ def run_study(prepared: PreparedStudy, *, trials: int, console: Console | None =
                     "requests, which got no answer; raise num_predict or set think: off")
                 console.print(f"trial {trial.number}: {note}", highlight=False)
             try:
-                tracker.finish_trial(run_id, metrics=trial.user_attrs["metrics"], tags=tags,
+                tracker.finish_trial(run_id, metrics=metrics, tags=tags,
                                      tables={"requests.json": requests_frame(outcome.records),
                                              "field_errors.json": field_errors(outcome.records)})
+                if source is not None:
+                    tracker.tag_run(source.user_attrs["mlflow_run_id"], {"superseded_by": str(trial.number)})
             except ArtifactWriteError as exc:
                 stop.append(str(exc))  # the measurement stands: told COMPLETE, then the study stops
             done_here.append(trial.number)
@@ -178,10 +230,16 @@ def run_study(prepared: PreparedStudy, *, trials: int, console: Console | None =
             _optimize(study, evaluate, target=target, config=config, storage_url=prepared.storage_url,
                       batch=config.study.batch or (1 if backend.keeps_contexts else 4), stop=stop,
                       on_recovered=tracker.close_failed_runs, on_trial=progress.trial_done,
+                      resume=lambda t: resumable(study, t, config.objectives, records.get,
+                                                 config.evaluation.error_rate, seed=config.study.seed),
                       on_exhausted=lambda n: console.print(
                           f"the sampler proposed only settings already measured ({n} in a row): the search "
                           f"space looks exhausted; stopping with {len(pareto.measured_trials(study))} measured "
                           "trials", highlight=False))
+            budget = config.evaluation.refine_requests if refine is None else refine
+            if budget and not stop:
+                _refine(study, evaluate, budget=budget, most=len(ordered) * reps, config=config,
+                        storage_url=prepared.storage_url, stop=stop, console=console)
             status = "FINISHED"
         except KeyboardInterrupt:
             status, reason = "KILLED", "interrupted"
@@ -202,7 +260,8 @@ def run_study(prepared: PreparedStudy, *, trials: int, console: Console | None =
 def _optimize(study: optuna.Study, evaluate: Callable[[optuna.Trial, InferenceSettings], list[float]], *,
               target: int, config: StudyConfig, storage_url: str, batch: int, stop: list[str],
               on_recovered: Callable[[list[optuna.trial.FrozenTrial]], None], on_trial: Callable[[], None],
-              on_exhausted: Callable[[int], None] = lambda n: None) -> None:
+              on_exhausted: Callable[[int], None] = lambda n: None,
+              resume: Callable[[optuna.trial.FrozenTrial], bool] = lambda earlier: False) -> None:
     """Optuna's ask → evaluate → tell loop, until the study has ``target`` completed trials.
 
     Trials are asked ``batch`` at a time (default: 4 against a server, 1 in process) under the study lock,
@@ -239,7 +298,8 @@ def _optimize(study: optuna.Study, evaluate: Callable[[optuna.Trial, InferenceSe
             continue
         plans = [(trial, suggest(trial, config.search_space, seed=config.study.seed)) for trial in asked]
         plans.sort(key=lambda plan: (plan[1].load_key != last_key, plan[1].load_key))
-        repeats = [plan for plan in plans if reuse_measurement(study, plan[0])]
+        repeats = [plan for plan in plans
+                   if reuse_measurement(study, plan[0], resume=resume)]
         plans = [plan for plan in plans if plan not in repeats]
         reused = reused + len(repeats) if not plans else 0
         if reused >= REUSE_LIMIT:
@@ -272,6 +332,42 @@ def _optimize(study: optuna.Study, evaluate: Callable[[optuna.Trial, InferenceSe
                 last_key = settings.load_key
             on_trial()
         patience = time.monotonic() + wait_s
+
+
+def _refine(study: optuna.Study, evaluate: Callable[[optuna.Trial, InferenceSettings], list[float]], *,
+            budget: int, most: int, config: StudyConfig, storage_url: str, stop: list[str],
+            console: Console) -> None:
+    """Top up the front and the points whose intervals reach it (``topup.next_top_up``), one trial per top-up,
+    until nothing is left to decide or ``budget`` requests are spent."""
+    spent = 0
+    while (choice := next_top_up(study, config.objectives, budget=budget - spent, most=most)) is not None:
+        earlier = choice.trial
+        with study_lock(storage_url, study.study_name):
+            study.enqueue_trial(earlier.params, user_attrs={pareto.TOPS_UP: earlier.number,
+                                                            TOP_UP_REQUESTS: choice.requests})
+            with heartbeat_helpers():
+                trial = study.ask()
+            trial.set_user_attr("worker", WORKER)
+        settings = suggest(trial, config.search_space, seed=config.study.seed)
+        console.print(f"refining: trial {trial.number} tops up trial {earlier.number} "
+                      f"({earlier.user_attrs['metrics']['requests_measured']:.0f} requests) with {choice.requests} "
+                      f"more ({spent} of {budget} spent)", highlight=False)
+        try:
+            with heartbeat(study, trial):
+                values = evaluate(trial, settings)
+        except BackendError as exc:
+            _fail(study, trial, f"{exc}")
+            console.print(f"refinement stopped: {exc}", highlight=False)
+            return
+        except BaseException as exc:
+            _fail(study, trial, f"{type(exc).__name__}: {exc}")
+            raise
+        study.tell(trial, values)
+        spent += int(trial.user_attrs["metrics"]["requests_run"])
+        if stop:
+            raise PipelineError(stop[0])
+        if not trial.user_attrs["metrics"]["requests_run"]:
+            return  # nothing left to measure (another worker measured it first)
 
 
 def _fail(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
@@ -311,6 +407,10 @@ def _finish(study: optuna.Study, tracker: StudyTracker, prepared: PreparedStudy,
                     "trials_reused": sum(pareto.REUSED in t.user_attrs for t in study.trials),
                     "trials_failed": states.count(TrialState.FAIL),
                     "trials_infeasible": int((~trials["feasible"]).sum())})
+                gone = pareto.superseded(study)
+                for trial in study.get_trials(deepcopy=False):
+                    if trial.number in gone and trial.user_attrs.get("mlflow_run_id"):
+                        tracker.tag_run(trial.user_attrs["mlflow_run_id"], {"pareto": "false"})
             except PipelineError as exc:  # the parent run must still be closed
                 front_error = exc
     if front_error is not None and status == "FINISHED":

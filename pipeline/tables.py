@@ -14,11 +14,12 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.experiment import Example
 from pipeline.pointers import MISSING
-from pipeline.scoring import RequestRecord
+from pipeline.scoring import RequestRecord, Scorer
 from pipeline.sidebyside import SideBySide
 
-__all__ = ["field_errors", "requests_frame", "side_by_side_frame"]
+__all__ = ["field_errors", "records_from_rows", "requests_frame", "side_by_side_frame"]
 
 _TIMINGS = ("latency_ms", "ttft_ms", "prefill_ms", "decode_ms", "decode_tokens", "prompt_tokens_estimated",
             "prompt_tokens_engine", "output_tokens", "truncated", "failed", "server_ms", "overhead_ms",
@@ -35,6 +36,42 @@ def requests_frame(records: list[RequestRecord]) -> pd.DataFrame:
         row.update({k: getattr(r, k) for k in _TIMINGS})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def records_from_rows(rows: pd.DataFrame, examples: dict[str, Example], scorer: Scorer) -> list[RequestRecord]:
+    """Request records back from their rows (``requests.json``, or a benchmark's grid), in the rows' order.
+
+    Each answer is scored again with ``scorer`` (a score is a function of the answer and the expected one), so the
+    records carry their field-by-field verdicts, which the rows only sum up.
+
+    Raises:
+        KeyError: a row's request is not among ``examples`` (the message names it).
+    """
+    records = []
+    for row in rows.to_dict(orient="records"):
+        example = examples.get(str(row["request_id"]))
+        if example is None:
+            raise KeyError(f"request {row['request_id']!r} is not in the experiment's dataset")
+        answer = "" if _missing(row.get("answer")) else str(row["answer"])
+        failed = bool(row.get("failed", False))
+        score = (scorer.unanswered(example.expected, "request failed") if failed
+                 else scorer.score(answer, example.expected, example.schema))
+        timings = {k: (None if _missing(row.get(k)) else row[k]) for k in _TIMINGS if k != "overhead_ms"}
+        for key in ("decode_tokens", "prompt_tokens_engine", "thinking_tokens"):
+            timings[key] = None if timings[key] is None else int(timings[key])
+        for key, default in (("prompt_tokens_estimated", 0), ("output_tokens", 0), ("truncated", False),
+                             ("input_truncated", False)):
+            timings[key] = type(default)(timings[key] if timings[key] is not None else default)
+        timings["failed"] = failed
+        latency = timings.pop("latency_ms")
+        records.append(RequestRecord(request_id=example.id, request=example.request, expected=example.expected,
+                                     answer=answer, score=score,
+                                     latency_ms=float("nan") if latency is None else float(latency), **timings))
+    return records
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and pd.isna(value))
 
 
 def field_errors(records: list[RequestRecord]) -> pd.DataFrame:

@@ -145,6 +145,23 @@ class StudyTracker:
         self.client.set_terminated(run_id, "FINISHED")
 
     @_store_errors
+    def read_table(self, run_id: str, artifact_file: str) -> pd.DataFrame:
+        """A table a trial's run holds (as :meth:`finish_trial` wrote it)."""
+        with tempfile.TemporaryDirectory() as folder:
+            path = self.client.download_artifacts(run_id, artifact_file, folder)
+            return pd.read_json(path, orient="split", dtype=False)
+
+    @_store_errors
+    def log_study_series(self, metrics: Mapping[str, float], *, step: int) -> None:
+        """Metrics of the parent run at ``step`` of a series (the MLflow UI charts them over the steps)."""
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.parent_run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    @_store_errors
+    def tag_run(self, run_id: str, tags: Mapping[str, str]) -> None:
+        log_batch(self.client, run_id, tags=tags)
+
+    @_store_errors
     def fail_trial(self, run_id: str, reason: str) -> None:
         """Close a trial's run as FAILED, with the reason as a tag."""
         self.client.set_tag(run_id, "failure", reason[:5000])

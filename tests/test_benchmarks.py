@@ -95,6 +95,21 @@ def test_fidelity_smoke(tmp_path):
     assert abs(result["outside_clock"]["fresh_median_diff"]) < 0.05
 
 
+def test_adaptive_smoke(tmp_path):
+    result = bench(tmp_path, "adaptive")
+    assert result["trial_size"] == 20 and result["seeds"] == 2
+    for row in result["summary"]:
+        assert 0 <= row["fixed_share"] <= 1 + 1e-9 and 0 <= row["share_at_budget"] <= 1 + 1e-9
+        assert row["requests_needed"] is None or 0 < row["requests_needed"] <= 720
+    assert {row["policy"] for row in result["promoted"]} == {"knee", "sla"}
+    real = result["real"]
+    assert real["fixed"]["raced"] == 0 and real["fixed"]["topped_up"] == 0
+    # without top-ups every request a trial sent is one it is scored on (at most 3: early abort may stop one)
+    assert real["fixed"]["timed_requests"] == real["fixed"]["requests_measured"] <= 3 * real["fixed"]["trials"]
+    assert real["adaptive"]["timed_requests"] <= 3 * real["adaptive"]["trials"] + \
+        real["adaptive"]["evaluation"]["refine_requests"]
+
+
 def test_outcome_smoke(tmp_path):
     result = bench(tmp_path, "outcome")
     (job,) = result["jobs"]

@@ -98,3 +98,18 @@ def test_bound_matches_numpy_with_perfect_requests_added():
     latencies = [120.0, 900.0, 450.0]
     bound = optimistic_bound([record(x) for x in latencies], 10, "latency_p99_ms")
     assert bound == pytest.approx(np.percentile(latencies + [0.0] * 7, 99))
+
+
+@settings(max_examples=200, derandomize=True, deadline=None)
+@given(requests, st.integers(0, 20), st.sampled_from(["latency_p50_ms", "latency_p95_ms", "latency_p99_ms",
+                                                      "latency_mean_ms", "ttft_p50_ms", "ttft_p95_ms", *RATES,
+                                                      "parse_rate"]))
+def test_the_bound_is_summarize_over_the_records_and_perfect_ones(outcomes, more, metric):
+    records = [record(latency, valid=valid, failed=failed, fields=fields, label=label)
+               for latency, valid, failed, fields, label in outcomes]
+    labelled = any(r.score.label_correct is not None for r in records)
+    perfect = RequestRecord("", "", None, "", AnswerScore(True, True, True, 1.0, True if labelled else None), 0.0,
+                            ttft_ms=0.0)
+    expected = summarize(records + [perfect] * more)[metric]
+    bound = optimistic_bound(records, len(records) + more, metric)
+    assert bound == pytest.approx(expected, nan_ok=True)
