@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="overhead: also write cProfile statistics of the study to this file")
     parser.add_argument("--replays-only", action="store_true",
                         help="adaptive: the replays against the full grid, without the two real studies")
+    parser.add_argument("--grid", type=Path, default=None,
+                        help=f"adaptive: the measured grid to replay against (default {GRID_FULL_DATA.name}; "
+                             f"{GRID_DATA.name}: 20 requests a setting, racing only)")
     args = parser.parse_args(argv)
     if args.name == "grid":
         from benchmarks import grid
@@ -37,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     module = import_module(f"benchmarks.{args.name}")
     options = {"profile": args.profile} if args.name == "overhead" else {}
     if args.name == "adaptive":
-        options = {"real_studies": not args.replays_only}
+        options = {"real_studies": not args.replays_only, **({"grid": args.grid} if args.grid else {})}
     report = module.run(out=args.out or RESULTS, smoke=args.smoke, **options)
     print(report.read_text())
     return 0

@@ -33,7 +33,8 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from benchmarks.common import GRID_DATA, GRID_FULL_CONFIG, GRID_FULL_DATA, ROOT, load, read_grid, run_real_study, write_result
+from benchmarks.common import (GRID_DATA, GRID_FULL_CONFIG, GRID_FULL_DATA, ROOT, load, read_grid, run_real_study,
+                               searched, write_result)
 from benchmarks.replay import Scale, Table, on_front
 from pipeline import pareto
 from pipeline.pareto import SETTINGS
@@ -324,13 +325,17 @@ def _replay_seed(task: tuple[str, int, tuple[Variant, ...]]) -> tuple[list[dict]
     return shares, choices
 
 
-def run(*, out: Path, smoke: bool = False, seeds: int = 40, real_studies: bool = True) -> Path:
+def run(*, out: Path, smoke: bool = False, seeds: int = 40, real_studies: bool = True,
+        grid: Path = GRID_FULL_DATA) -> Path:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     base = replace(load(GRID_FULL_CONFIG), evaluation=replace(load(GRID_FULL_CONFIG).evaluation, limit=SIZE))
     # smoke: the 20-request grid (complete whatever the state of the full one; nothing to top up with)
-    rows_all = read_grid(GRID_DATA if smoke else GRID_FULL_DATA)
+    grid = GRID_DATA if smoke else grid.resolve()
+    rows_all = read_grid(grid)
     sets = objective_sets(base)
-    variants = VARIANTS
+    per_setting = int(rows_all.groupby(searched(base)).size().min())
+    # with no request beyond a trial's, refinement has nothing to add: racing only
+    variants = VARIANTS if per_setting > SIZE else tuple(v for v in VARIANTS if not v.refine)
     if smoke:
         seeds, variants = 2, (VARIANTS[0], VARIANTS[-1])
         sets = dict(list(sets.items())[1:2])
@@ -339,9 +344,9 @@ def run(*, out: Path, smoke: bool = False, seeds: int = 40, real_studies: bool =
     for label, config in sets.items():
         table = Table(config, rows_all)
         truth = Truth(table)
-        grid = len(table.records)
-        _PAIRS[label] = Pair(label, config, table, truth, [math.ceil(b * grid) * SIZE for b in BUDGETS])
-        truths[label] = {"front": [dict(zip(table.names, k)) for k in truth.front_keys], "grid": grid,
+        count = len(table.records)
+        _PAIRS[label] = Pair(label, config, table, truth, [math.ceil(b * count) * SIZE for b in BUDGETS])
+        truths[label] = {"front": [dict(zip(table.names, k)) for k in truth.front_keys], "grid": count,
                          "requests_per_setting": len(next(iter(table.records.values()))), "sla_p95_ms": truth.sla,
                          "knee": dict(zip(table.names, truth.knee)), "sla_best": dict(zip(table.names, truth.sla_best))}
     tasks = [(label, seed, variants) for label in sets for seed in range(seeds)]
@@ -356,11 +361,11 @@ def run(*, out: Path, smoke: bool = False, seeds: int = 40, real_studies: bool =
                 .agg(hit=("hit", "mean"), exact=("exact", "mean")).reset_index())
     replay_seconds = time.perf_counter() - started
     studies = (real(trials=2, limit=3) if smoke else real(trials=16, limit=None)) if real_studies else {}
-    result = {"grid": str(GRID_FULL_DATA.relative_to(GRID_FULL_DATA.parents[2])), "seeds": seeds,
+    result = {"grid": str(grid.relative_to(ROOT)) if grid.is_relative_to(ROOT) else str(grid), "seeds": seeds,
               "trial_size": SIZE, "refine_share": REFINE_SHARE, "truth": truths,
               "summary": summary.to_dict(orient="records"), "promoted": promoted.to_dict(orient="records"),
               "real": studies, "replay_seconds": replay_seconds, "seconds": time.perf_counter() - started}
-    report = _report(summary, promoted, truths, seeds) + ("\n" + _real_report(studies) if studies else "")
+    report = _report(summary, promoted, truths, seeds, result["grid"]) + ("\n" + _real_report(studies) if studies else "")
     return write_result("adaptive", result, report, out)
 
 
@@ -411,9 +416,9 @@ def _summary(shares: pd.DataFrame, sets: dict, *, budgets_of) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _report(summary: pd.DataFrame, promoted: pd.DataFrame, truths: dict, seeds: int) -> str:
+def _report(summary: pd.DataFrame, promoted: pd.DataFrame, truths: dict, seeds: int, grid: str) -> str:
     lines = ["# Adaptive evaluation against fixed-size trials", "",
-             f"Replayed on the full-split grid, {seeds} seeds. share: hypervolume of the true values of the settings "
+             f"Replayed on {grid}, {seeds} seeds. share: hypervolume of the true values of the settings "
              "on the replay's own front, over the true front's. needed: the fewest requests at which the variant's "
              "mean share reaches fixed trials' mean share at the budget (refinement: run with 60% of the budget, "
              "met or not).", ""]

@@ -54,8 +54,10 @@ def measured_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 def front_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """The front of the measured trials, each setting once, by Optuna's rule (as ``Study.best_trials``: feasible
-    trials only when the study has constraints)."""
-    trials = measured_trials(study)
+    trials only when the study has constraints). A trial racing stopped is not a candidate: a front point beat it
+    on the same requests, though its estimate on those few requests may look better than that point's own over
+    all of them."""
+    trials = [t for t in measured_trials(study) if RACED not in t.user_attrs]
     constrained = any(t.constraints for t in trials)
     return _get_pareto_front_trials_by_trials(trials, study.directions, consider_constraint=constrained)
 

@@ -397,3 +397,12 @@ def test_refine_on_request_adds_no_trials_and_reads_earlier_requests_back_from_m
     for row in topped.itertuples():
         earlier = next(r for r in runs if r.data.tags["optuna.trial_number"] == str(int(row.tops_up)))
         assert earlier.data.tags["superseded_by"] == str(row.number)
+
+
+def test_a_raced_trial_is_never_on_the_front_though_its_few_requests_look_better():
+    # trial 1 stopped after 4 requests, on which trial 0 beat it; over those 4 it scored better than trial 0 over 20
+    study = _study({0: (bounds((0.3, 0.5), (900, 1100)), 20), 1: (bounds((0.2, 0.8), (800, 1000)), 4)},
+                   {1: {pareto.RACED: "stopped after 4 of 20 requests: trial 0 dominates it"}})
+    assert [t.number for t in pareto.front_trials(study)] == [0]
+    frame = pareto.trials_frame(study, OBJECTIVES)
+    assert list(frame.loc[frame["pareto"], "number"]) == [0] and frame.loc[frame["number"] == 1, "raced"].item()
