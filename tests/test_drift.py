@@ -101,3 +101,21 @@ def test_compare_says_when_studies_ran_at_different_machine_speeds():
     assert compare([_front("a", 300.0), _front("b", 310.0)]).notes == ()
     notes = compare([_front("a", 300.0), _front("b", 420.0), _front("c", 305.0)]).notes
     assert len(notes) == 1 and notes[0].startswith("study 'a' and study 'b' were measured at different machine speeds")
+
+
+def test_promote_says_when_the_chosen_trial_and_the_baseline_ran_at_different_speeds():
+    from pipeline.config import EvaluationConfig, StudyConfig
+    from pipeline.promote import _machine_states
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    distribution = optuna.distributions.IntDistribution(0, 9)
+    for number, reference in ((0, 300.0), (1, 420.0), (2, 310.0)):
+        study.add_trial(optuna.trial.create_trial(
+            values=[0.5, 900.0], params={"x": number}, distributions={"x": distribution},
+            user_attrs={"metrics": {}, "reference_ms": reference, **({pareto.BASELINE: True} if number == 0 else {})}))
+    config = StudyConfig(path=EXPERIMENT, experiment=EXPERIMENT, prompts=EXPERIMENT, evaluation=EvaluationConfig())
+    note = _machine_states(study, study.trials[1], config)
+    assert note.startswith("on dev, trial 1 and the baseline (trial 0) were measured at different machine speeds")
+    assert note.endswith("the held-out side-by-side measures both at once")
+    assert _machine_states(study, study.trials[2], config) is None      # 300 vs 310 ms: the same state
+    assert _machine_states(study, study.trials[0], config) is None      # the baseline itself
