@@ -24,7 +24,7 @@ import pandas as pd
 from pipeline import pareto
 from pipeline.config import Objective
 from pipeline.experiment import Example
-from pipeline.racing import bounds_of, corner, dominates, still_dominated, undecided
+from pipeline.racing import bounds_of, dominated_by, still_dominated, undecided
 from pipeline.runner import TrialOutcome
 from pipeline.scoring import RequestRecord, Scorer
 from pipeline.tables import records_from_rows
@@ -118,10 +118,8 @@ def next_top_up(study: optuna.Study, objectives: tuple[Objective, ...], *, budge
         return None
     feasible = [t for t in pareto.measured_trials(study) if all(v <= 0 for v in t.constraints.values())]
     bounds = {t.number: bounds_of(t.user_attrs["metrics"], objectives) for t in feasible}
-    worst = [corner(b, objectives, optimistic=False) for _, b in front]
     on_front = {n for n, _ in front}
-    candidates = {n: b for n, b in bounds.items()
-                  if n in on_front or not any(dominates(w, corner(b, objectives, optimistic=True)) for w in worst)}
+    candidates = {n: b for n, b in bounds.items() if n in on_front or dominated_by(b, front, objectives) is None}
     open_orders = undecided(candidates)
 
     def measured(t: optuna.trial.FrozenTrial) -> int:
