@@ -308,6 +308,8 @@ def _optimize(study: optuna.Study, evaluate: Callable[[optuna.Trial, InferenceSe
             on_exhausted(reused)
             return
         for index, (trial, settings) in enumerate(plans):
+            if index and reuse_measurement(study, trial, resume=resume):
+                continue  # an earlier trial of this batch measured (or topped up) the same settings
             try:
                 with heartbeat(study, trial):
                     values = evaluate(trial, settings)

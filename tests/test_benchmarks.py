@@ -54,6 +54,20 @@ def test_committed_grid_is_complete():
     assert set(SCORE_COLUMNS) <= set(rows.columns) and "action_correct" not in rows  # the current score columns
 
 
+def test_committed_full_grid_is_complete():
+    from benchmarks.common import GRID_FULL_CONFIG, GRID_FULL_DATA, SCORE_COLUMNS, grid_settings, load, read_grid
+    from pipeline.experiment import load_experiment
+    from pipeline.pareto import SETTINGS
+
+    config = load(GRID_FULL_CONFIG)
+    rows = read_grid(GRID_FULL_DATA)
+    dev = len(load_experiment(config.experiment).split("dev"))
+    assert dev == 60 and len(grid_settings(config)) == 144
+    assert len(rows) == 144 * dev and not rows["failed"].any()
+    assert (rows.groupby(list(rows.columns.intersection(SETTINGS)))["request_id"].nunique() == dev).all()
+    assert set(SCORE_COLUMNS) <= set(rows.columns)
+
+
 def test_full_grid_is_the_grid_over_the_whole_dev_split():
     from benchmarks.common import GRID_FULL_CONFIG, grid_settings, load
 

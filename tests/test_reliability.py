@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import optuna
@@ -27,6 +28,7 @@ def study_command(folder: Path, *extra: str) -> list[str]:
 def environment() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["PYTHONPATH"] = str(ROOT)  # the code under test, whatever is installed
+    env["PYTHONFAULTHANDLER"] = "1"  # a worker stopped with SIGABRT prints every thread's stack (see finish)
     return env
 
 
@@ -39,6 +41,24 @@ def _interruptible() -> None:
 def start(folder: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(study_command(folder, *extra), cwd=folder, env=environment(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, preexec_fn=_interruptible)
+
+
+def finish(workers: list[subprocess.Popen], *, timeout: float = 600) -> list[tuple[str, str]]:
+    """Each worker's (stdout, stderr) once all have exited, their pipes drained together: a worker left to fill
+    its pipe while another is waited for blocks, maybe holding the study lock the other waits for.
+
+    A worker still running after ``timeout`` is stopped with SIGABRT, and the failure shows where every
+    worker's threads were.
+    """
+    with ThreadPoolExecutor(len(workers)) as pool:
+        waits = [pool.submit(w.communicate, timeout=timeout) for w in workers]
+    if not any(isinstance(w.exception(), subprocess.TimeoutExpired) for w in waits):
+        return [w.result() for w in waits]
+    for worker in workers:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGABRT)
+    stacks = [worker.communicate(timeout=60)[1][-4000:] for worker in workers]
+    raise AssertionError(f"workers still running after {timeout} s:\n" + "\n---\n".join(stacks))
 
 
 def wait_for(condition, *, timeout: float = 240.0, what: str) -> None:
@@ -122,7 +142,7 @@ def test_ctrl_c_marks_the_running_trial_and_stops(tmp_path):
 def test_two_workers_share_one_study_on_a_journal_file(tmp_path):
     storage = f"journal://{tmp_path}/study.log"
     workers = [start(tmp_path, "--trials", "4", "--storage", storage) for _ in range(2)]
-    results = [w.communicate(timeout=600) for w in workers]
+    results = finish(workers)
     for worker, (_, err) in zip(workers, results):
         assert worker.returncode == 0, err[-2000:]
     study = optuna.load_study(study_name="smoke", storage=optuna.storages.JournalStorage(

@@ -67,3 +67,25 @@ def test_shipped_samplers_repeat_settings_in_a_small_space(sampler):
             tell(study, trial, [trial.params["few_shot"] / 2, 100.0 * (1 + trial.params["few_shot"])], -1.0)
     assert measured <= 4 and len(pareto.measured_trials(study)) == measured
     assert sum(pareto.REUSED in t.user_attrs for t in study.trials) == 12 - measured
+
+
+def test_a_batch_proposing_one_setting_twice_measures_it_once():
+    """Two trials of one batch with the same settings: the first measures, the second is answered from it."""
+    from pipeline.study import _optimize
+
+    config = load_config(ROOT / "configs" / "smoke.yaml")
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_sampler(config, 0))
+    same = {"num_predict": 32, "few_shot": 2, "prompt_variant": "compact", "format": "schema"}
+    study.enqueue_trial(same)
+    study.enqueue_trial(same)
+    measured: list[dict] = []
+
+    def evaluate(trial, settings):
+        measured.append(dict(trial.params))
+        trial.set_user_attr("metrics", {"field_accuracy": 0.5, "latency_p95_ms": 100.0 + len(measured)})
+        return [0.5, 100.0 + len(measured)]
+
+    _optimize(study, evaluate, target=2, config=config, storage_url="", batch=2, stop=[],
+              on_recovered=lambda trials: None, on_trial=lambda: None)
+    assert [p for p in measured if same.items() <= p.items()] == [measured[0]] and len(measured) == 2
+    assert study.trials[1].user_attrs[pareto.REUSED] == 0 and len(pareto.measured_trials(study)) == 2
