@@ -11,11 +11,12 @@ The truth is each setting's metrics over all 60 requests. A replay's **share** a
 hypervolume of the *true* values of the settings on the replay's own front at that point (what its user would pick
 from), over the true front's, on the true front's normalised reference (as ``pipeline compare`` measures).
 
-Variants: fixed trials of 20 requests (the default study), racing at several stages and error rates, and racing
-with a quarter of the budget kept for refinement at the end. Reported per objective pair: the mean share at
-request budgets of 10%, 15% and 25% of the grid measured with fixed trials (300, 440 and 720 requests), the
-requests each variant needs to reach that mean share (and the saving), and how often the promoted point (knee and
-SLA policies) is the true best point or tied with it at equal budgets.
+Variants: fixed trials of 20 requests (the default study), racing as shipped (4, 8, 12, 16 of 20 at error rate
+0.2), at error rate 0.05, every 2 requests, with trials of 30 requests, and with a quarter of the budget kept for
+refinement at the end. Reported per objective pair: the mean share at request budgets of 10%, 15% and 25% of the
+grid measured with fixed trials (300, 440 and 720 requests), the requests each variant needs to reach that mean
+share (and the saving), how often the promoted point (knee and SLA policies) is the true best point or tied with
+it at equal budgets, and how many new trials each variant ran, how many racing stopped and their mean requests.
 """
 
 from __future__ import annotations
@@ -61,14 +62,17 @@ REFINE_SHARE = 0.25             # of a refining variant's budget, kept for the e
 class Variant:
     name: str
     stages: tuple[int, ...] = ()
-    alpha: float = 0.05
+    alpha: float = 0.2          # racing's error rate
     refine: bool = False
+    size: int = SIZE            # requests of a trial that runs them all
 
 
 VARIANTS = (
     Variant("fixed 20 requests"),
-    Variant("racing at 4, 8, 12, 16", (4, 8, 12, 16)),
-    Variant("racing at 4, 8, 12, 16, error rate 0.2", (4, 8, 12, 16), 0.2),
+    Variant("racing at 4, 8, 12, 16 (error rate 0.2)", (4, 8, 12, 16)),
+    Variant("racing at 4, 8, 12, 16, error rate 0.05", (4, 8, 12, 16), 0.05),
+    Variant("racing at 2, 4, ..., 18", tuple(range(2, 20, 2))),
+    Variant("racing, trials of 30 requests", (4, 8, 12, 16, 20, 24), size=30),
     Variant("racing at 4, 8, 12, 16 + refinement", (4, 8, 12, 16), refine=True),
 )
 REFINED_BUDGETS = (0.15, 0.25)  # the budgets a refining variant is replayed at (each is a replay of its own)
@@ -80,7 +84,8 @@ class Replayed:
     def __init__(self, table: Table, config: StudyConfig, variant: Variant, order: np.ndarray, seed: int) -> None:
         self.table, self.variant, self.order = table, variant, order
         self.config = replace(config, study=replace(config.study, seed=seed),
-                              evaluation=replace(config.evaluation, stages=variant.stages, error_rate=variant.alpha))
+                              evaluation=replace(config.evaluation, stages=variant.stages,
+                                                             racing_error_rate=variant.alpha))
         self.study = optuna.create_study(directions=[o.direction for o in config.objectives],
                                          sampler=make_sampler(self.config, 0))
         self.records: dict[int, list[RequestRecord]] = {}
@@ -96,11 +101,11 @@ class Replayed:
             settings = suggest(trial, self.config.search_space, seed=self.config.study.seed)
             if reuse_measurement(self.study, trial, resume=lambda t: resumable(
                     self.study, t, self.config.objectives, lambda f: self.records[f.number],
-                    self.config.evaluation.error_rate, seed=self.config.study.seed)):
+                    self.config.evaluation.racing_error_rate, seed=self.config.study.seed)):
                 reused += 1
                 continue
             reused = 0
-            while marks and self.spent + SIZE > marks[0] >= self.spent:
+            while marks and self.spent + self.variant.size > marks[0] >= self.spent:
                 on_budget(marks.pop(0), self.study)
             self._measure(trial, settings.as_params())
         while self.variant.refine and (choice := next_top_up(self.study, self.config.objectives,
@@ -122,20 +127,21 @@ class Replayed:
         source = top_up_source(self.study, trial)
         if source is None:
             racer = Racer([(t.number, self.records[t.number]) for t in pareto.front_trials(self.study)],
-                          config.objectives, config.evaluation.error_rate, config.evaluation.stages,
+                          config.objectives, config.evaluation.racing_error_rate, config.evaluation.stages,
                           seed=config.study.seed) if config.evaluation.stages else None
             outcome = TrialOutcome()
-            for record in ordered[:SIZE]:
+            size = self.variant.size
+            for record in ordered[:size]:
                 outcome.records.append(record)
-                outcome.aborted = abort_reason(outcome.records, SIZE, config.constraints)
-                outcome.raced = racer.check(outcome.records, SIZE) if racer and not outcome.aborted else None
+                outcome.aborted = abort_reason(outcome.records, size, config.constraints)
+                outcome.raced = racer.check(outcome.records, size) if racer and not outcome.aborted else None
                 if outcome.aborted or outcome.raced:
                     break
             ran = len(outcome.records)
         else:
             trial.set_user_attr(pareto.TOPS_UP, source.number)
             before = self.records[source.number]
-            wanted = trial.user_attrs.get(TOP_UP_REQUESTS) or SIZE - len(before)
+            wanted = trial.user_attrs.get(TOP_UP_REQUESTS) or self.variant.size - len(before)
             seen = {r.request_id for r in before}
             added = TrialOutcome(records=[r for r in ordered if r.request_id not in seen][:wanted])
             outcome, ran = combined(before, source.user_attrs["metrics"], added), len(added.records)
@@ -232,7 +238,8 @@ def real(*, trials: int, limit: int | None) -> dict[str, Any]:
         bounds = [f"{m}{suffix}" for m in shown for suffix in ("_bound_low", "_bound_high") if f"{m}{suffix}" in frame]
         studies[name] = {
             "evaluation": {"stages": list(racing_stages(config, config.evaluation.limit or 60)),
-                           "error_rate": evaluation.error_rate, "refine_requests": evaluation.refine_requests,
+                           "racing_error_rate": evaluation.racing_error_rate,
+                           "refine_requests": evaluation.refine_requests,
                            "drift_every": evaluation.drift_every},
             "wall_s": wall, "engine_s": clock.total_ms() / 1000, "timed_requests": timed,
             "generate_calls": sum(1 for call, _ in clock.calls if call == "generate"),
@@ -282,8 +289,9 @@ class Pair:
 _PAIRS: dict[str, Pair] = {}  # built before the worker processes fork, shared with them
 
 
-def _replay_seed(task: tuple[str, int, tuple[Variant, ...]]) -> tuple[list[dict], list[dict]]:
-    """Every variant's replays on one seed's request order: shares at each step, promoted points at each budget."""
+def _replay_seed(task: tuple[str, int, tuple[Variant, ...]]) -> tuple[list[dict], list[dict], list[dict]]:
+    """Every variant's replays on one seed's request order: shares at each step, promoted points at each budget,
+    and what its new trials ran (racing replays up to the largest budget)."""
     label, seed, variants = task
     pair = _PAIRS[label]
     config, table, truth, budgets = pair.config, pair.table, pair.truth, pair.budgets
@@ -292,6 +300,7 @@ def _replay_seed(task: tuple[str, int, tuple[Variant, ...]]) -> tuple[list[dict]
     steps = list(range(SIZE, max(budgets) + 1, SIZE))
     shares: list[dict] = []
     choices: list[dict] = []
+    spending: list[dict] = []
     for variant in variants:
         # racing: one replay up to the largest budget, read at every step; refinement: a replay per budget and share
         # of it (its end depends on the budget), 60% for the saving, 100% for the promotion
@@ -308,6 +317,12 @@ def _replay_seed(task: tuple[str, int, tuple[Variant, ...]]) -> tuple[list[dict]
             if fraction is None:
                 replayed.run(target, at=tuple(budgets), on_budget=at_budget)
                 points = [(step, step) for step in steps]
+                new = [t for t in replayed.study.trials if t.state == optuna.trial.TrialState.COMPLETE
+                       and pareto.REUSED not in t.user_attrs and pareto.TOPS_UP not in t.user_attrs]
+                spending.append({"objectives": label, "variant": variant.name, "seed": seed, "trials": len(new),
+                                 "raced": sum(pareto.RACED in t.user_attrs for t in new),
+                                 "requests_per_trial": float(np.mean([t.user_attrs["metrics"]["requests_run"]
+                                                                      for t in new]))})
             else:
                 replayed.run(int(fraction * target))
                 if fraction == 1.0:
@@ -322,7 +337,7 @@ def _replay_seed(task: tuple[str, int, tuple[Variant, ...]]) -> tuple[list[dict]
                     choices.append({"objectives": label, "variant": variant.name, "seed": seed, "budget": spent,
                                     "policy": policy, "hit": key is not None and truth.hit(key, best),
                                     "exact": key == best})
-    return shares, choices
+    return shares, choices, spending
 
 
 def run(*, out: Path, smoke: bool = False, seeds: int = 40, real_studies: bool = True,
@@ -352,8 +367,11 @@ def run(*, out: Path, smoke: bool = False, seeds: int = 40, real_studies: bool =
     tasks = [(label, seed, variants) for label in sets for seed in range(seeds)]
     with multiprocessing.get_context("fork").Pool(1 if smoke else os.cpu_count()) as pool:
         done = pool.map(_replay_seed, tasks, chunksize=1)
-    shares = [row for part, _ in done for row in part]
-    choices = [row for _, part in done for row in part]
+    shares = [row for part, _, _ in done for row in part]
+    choices = [row for _, part, _ in done for row in part]
+    spending = (pd.DataFrame([row for _, _, part in done for row in part])
+                .groupby(["objectives", "variant"], sort=False)[["trials", "raced", "requests_per_trial"]].mean()
+                .reset_index())
     shares_frame, choices_frame = pd.DataFrame(shares), pd.DataFrame(choices)
     summary = _summary(shares_frame, sets, budgets_of=lambda label: [math.ceil(b * truths[label]["grid"]) * SIZE
                                                                      for b in BUDGETS])
@@ -364,8 +382,8 @@ def run(*, out: Path, smoke: bool = False, seeds: int = 40, real_studies: bool =
     result = {"grid": str(grid.relative_to(ROOT)) if grid.is_relative_to(ROOT) else str(grid), "seeds": seeds,
               "trial_size": SIZE, "refine_share": REFINE_SHARE, "truth": truths,
               "summary": summary.to_dict(orient="records"), "promoted": promoted.to_dict(orient="records"),
-              "real": studies, "replay_seconds": replay_seconds, "seconds": time.perf_counter() - started}
-    report = _report(summary, promoted, truths, seeds, result["grid"]) + ("\n" + _real_report(studies) if studies else "")
+              "spending": spending.to_dict(orient="records"), "real": studies, "replay_seconds": replay_seconds, "seconds": time.perf_counter() - started}
+    report = _report(summary, promoted, spending, truths, seeds, result["grid"]) + ("\n" + _real_report(studies) if studies else "")
     return write_result("adaptive", result, report, out)
 
 
@@ -416,7 +434,8 @@ def _summary(shares: pd.DataFrame, sets: dict, *, budgets_of) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _report(summary: pd.DataFrame, promoted: pd.DataFrame, truths: dict, seeds: int, grid: str) -> str:
+def _report(summary: pd.DataFrame, promoted: pd.DataFrame, spending: pd.DataFrame, truths: dict, seeds: int,
+            grid: str) -> str:
     lines = ["# Adaptive evaluation against fixed-size trials", "",
              f"Replayed on {grid}, {seeds} seeds. share: hypervolume of the true values of the settings "
              "on the replay's own front, over the true front's. needed: the fewest requests at which the variant's "
@@ -440,5 +459,9 @@ def _report(summary: pd.DataFrame, promoted: pd.DataFrame, truths: dict, seeds: 
         for (variant, budget), group in mine.groupby(["variant", "budget"], sort=False):
             cells = {r.policy: f"{r.hit:.0%} ({r.exact:.0%})" for r in group.itertuples(index=False)}
             lines.append(f"| {variant} | {budget} | {cells.get('knee', '')} | {cells.get('sla', '')} |")
+        lines += ["", "| variant | new trials (mean, to the largest budget) | raced | requests a new trial ran |",
+                  "|---|---|---|---|"]
+        for row in spending[spending["objectives"] == label].itertuples(index=False):
+            lines.append(f"| {row.variant} | {row.trials:.1f} | {row.raced:.1f} | {row.requests_per_trial:.1f} |")
         lines.append("")
     return "\n".join(lines)

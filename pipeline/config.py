@@ -156,9 +156,11 @@ class EvaluationConfig:
     repetitions: int = 1
     early_abort: bool = True
     # Racing (pipeline.racing): request counts after which a trial stops when a front point dominates it at
-    # `error_rate`; []: every trial runs `limit` requests; null: the default, RACING_STAGES of a trial's requests
-    # when it has at least MIN_RACED (see prepare.racing_stages).
+    # `racing_error_rate`; []: every trial runs `limit` requests; null: the default, RACING_STAGES of a trial's
+    # requests when it has at least MIN_RACED (see prepare.racing_stages).
     stages: tuple[int, ...] | None = None
+    racing_error_rate: float = 0.2
+    # Of the intervals recorded on every trial, and that refinement and ties use.
     error_rate: float = 0.05
     # Requests a study spends at its end topping up the front and the points it cannot tell from it (0: none).
     refine_requests: int = 0
@@ -376,6 +378,7 @@ _FIELD_RULES: dict[str, tuple[tuple[type, ...], str]] = {
     "early_abort": ((bool,), "any"),
     "stages": ((list, tuple, type(None)), "stages"),
     "error_rate": ((int, float), "error_rate"),
+    "racing_error_rate": ((int, float), "error_rate"),
     "refine_requests": ((int,), "non_negative"),
     "drift_every": ((int,), "non_negative"),
     "drift_requests": ((int,), "positive"),

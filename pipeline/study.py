@@ -129,6 +129,7 @@ def run_study(prepared: PreparedStudy, *, trials: int, console: Console | None =
     evaluation = config.evaluation
     # How each trial's requests are spent (they may change between runs of a study: tags, not params).
     env_tags.update({"evaluation.stages": ",".join(map(str, evaluation.stages)) or "none",
+                     "evaluation.racing_error_rate": f"{evaluation.racing_error_rate:g}",
                      "evaluation.error_rate": f"{evaluation.error_rate:g}",
                      "evaluation.refine_requests": str(evaluation.refine_requests if refine is None else refine),
                      "evaluation.drift_every": str(evaluation.drift_every)})
@@ -182,7 +183,7 @@ def run_study(prepared: PreparedStudy, *, trials: int, console: Console | None =
                     # early.
                     racer = None if baseline or not config.evaluation.stages else Racer(
                         [(t.number, records.get(t)) for t in pareto.front_trials(study)], config.objectives,
-                        config.evaluation.error_rate, config.evaluation.stages, seed=config.study.seed)
+                        config.evaluation.racing_error_rate, config.evaluation.stages, seed=config.study.seed)
                     outcome = run_trial(settings, prepared.examples, replace(plan, abort_on=()) if baseline else plan,
                                         on_request=progress.request_done, race=racer and racer.check)
                     ran = len(outcome.records)
@@ -231,7 +232,7 @@ def run_study(prepared: PreparedStudy, *, trials: int, console: Console | None =
                       batch=config.study.batch or (1 if backend.keeps_contexts else 4), stop=stop,
                       on_recovered=tracker.close_failed_runs, on_trial=progress.trial_done,
                       resume=lambda t: resumable(study, t, config.objectives, records.get,
-                                                 config.evaluation.error_rate, seed=config.study.seed),
+                                                 config.evaluation.racing_error_rate, seed=config.study.seed),
                       on_exhausted=lambda n: console.print(
                           f"the sampler proposed only settings already measured ({n} in a row): the search "
                           f"space looks exhausted; stopping with {len(pareto.measured_trials(study))} measured "

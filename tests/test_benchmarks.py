@@ -116,6 +116,8 @@ def test_adaptive_smoke(tmp_path):
         assert 0 <= row["fixed_share"] <= 1 + 1e-9 and 0 <= row["share_at_budget"] <= 1 + 1e-9
         assert row["requests_needed"] is None or 0 < row["requests_needed"] <= 720
     assert {row["policy"] for row in result["promoted"]} == {"knee", "sla"}
+    for row in result["spending"]:  # fixed trials: none raced, every one ran its 20 requests but for early abort
+        assert row["trials"] > 0 and row["raced"] == 0 and 0 < row["requests_per_trial"] <= 20
     real = result["real"]
     assert real["fixed"]["raced"] == 0 and real["fixed"]["topped_up"] == 0
     # without top-ups every request a trial sent is one it is scored on (at most 3: early abort may stop one)

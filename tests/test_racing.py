@@ -152,7 +152,8 @@ def test_never_stops_a_trial_better_than_the_front_point_on_some_objective(pairs
     assert stopped == dominated_on_the_same_requests(paired_gaps(anyone, front, OBJECTIVES, 0.05))
 
 
-def test_a_trial_as_good_as_the_front_point_is_stopped_at_most_at_the_error_rate():
+@pytest.mark.parametrize("alpha", [0.05, 0.2])
+def test_a_trial_as_good_as_the_front_point_is_stopped_at_most_at_the_error_rate(alpha):
     """Generated trials: the front point measured on 20 requests and a rival drawn from the same distributions
     (a tie: not dominated), both on the same requests (shared difficulty and length); the rival is checked after
     4, 8, 12 and 16. The rule may stop it only when the draws fool the paired intervals."""
@@ -166,9 +167,9 @@ def test_a_trial_as_good_as_the_front_point_is_stopped_at_most_at_the_error_rate
             return requests_of(slow * rng.lognormal(0, 0.2, 20), correct * rng.uniform(0.5, 1, 20))
 
         front, rival = draw(), draw()
-        racer = Racer([(0, front)], OBJECTIVES, 0.05, stages=(4, 8, 12, 16))
+        racer = Racer([(0, front)], OBJECTIVES, alpha, stages=(4, 8, 12, 16))
         stopped += any(racer.check(rival[:n], 20) is not None for n in (4, 8, 12, 16))
-    assert stopped / runs <= 0.05
+    assert stopped / runs <= alpha
 
 
 # --- ties, top-ups, resuming -----------------------------------------------------------------------------------
@@ -274,6 +275,7 @@ def test_the_front_table_marks_ties_and_promote_takes_the_cheaper_of_them():
     ({"stages": "8"}, "'stages' must be list or tuple or null"),
     ({"error_rate": 0}, "'error_rate' must be in (0, 0.5]"),
     ({"error_rate": 0.7}, "'error_rate' must be in (0, 0.5]"),
+    ({"racing_error_rate": 0}, "'racing_error_rate' must be in (0, 0.5]"),
     ({"refine_requests": -1}, "'refine_requests' must be 0 or more"),
 ])
 def test_bad_racing_settings_are_refused_in_one_line(write_config, evaluation, message):
@@ -351,6 +353,10 @@ def test_a_study_races_hopeless_trials_and_refines_its_front_with_every_request_
     assert topups and "refining: trial" in output.getvalue()
     client, runs = _runs(tmp_path)
     by_number = {int(r.data.tags["optuna.trial_number"]): r for r in runs}
+    # how each trial's requests were spent is on every run
+    assert {(r.data.tags["evaluation.stages"], r.data.tags["evaluation.racing_error_rate"],
+             r.data.tags["evaluation.error_rate"], r.data.tags["evaluation.refine_requests"]) for r in runs} == \
+        {("3", "0.2", "0.05", "30")}
     for t in topups:
         run = by_number[t.number]
         earlier = trials[t.user_attrs[pareto.TOPS_UP]]
