@@ -84,6 +84,9 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
                                        "an OpenAI-compatible one, with /v1 (openai)")
     parser.add_argument("--pull", action="store_true", default=None,
                         help="pull the Ollama model when the server does not have it")
+    parser.add_argument("--threads", type=_optional(_positive_int),
+                        help="CPU threads of the engine (default: the config's, else every core); workers sharing "
+                             "one machine should split its cores")
 
 
 def _store_options(parser: argparse.ArgumentParser) -> None:
@@ -235,7 +238,7 @@ def _config(args: argparse.Namespace, **sections: dict) -> StudyConfig:
     return config.with_overrides(
         # empty values (an MLproject parameter left at its default) mean "not given"
         engine={"backend": args.backend, model_key: args.model or None, "host": args.host or None,
-                "pull": args.pull},
+                "pull": args.pull, "threads": args.threads},
         study={"storage": args.storage or None, **sections.pop("study", {})},
         tracking={"experiment_name": args.experiment_name or None},
         **sections,

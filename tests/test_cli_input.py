@@ -34,6 +34,7 @@ def assert_rejected(capsys, tmp_path: Path, args: list[str], message: str) -> No
     (["--backend", "vllm"], "argument --backend: 'vllm' is not one of embedded, ollama, auto, openai, llama-server"),
     (["--sampler", "grid"], "argument --sampler: 'grid' is not one of tpe, nsga2, random"),
     (["--limit", "-3"], "argument --limit: -3 must be 1 or more"),
+    (["--threads", "0"], "argument --threads: 0 must be 1 or more"),
     (["--config", "missing.yaml"], "config file missing.yaml not found"),
 ])
 def test_bad_command_line_values(capsys, tmp_path, args, message):
