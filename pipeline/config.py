@@ -160,7 +160,7 @@ class EvaluationConfig:
     # requests when it has at least MIN_RACED (see prepare.racing_stages).
     stages: tuple[int, ...] | None = None
     racing_error_rate: float = 0.2
-    # Of the intervals recorded on every trial, and that refinement and ties use.
+    # Error rate of the intervals recorded on every trial, which refinement and ties use.
     error_rate: float = 0.05
     # Requests a study spends at its end topping up the front and the points it cannot tell from it (0: none).
     refine_requests: int = 0
