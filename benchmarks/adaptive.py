@@ -85,7 +85,7 @@ class Replayed:
         self.table, self.variant, self.order = table, variant, order
         self.config = replace(config, study=replace(config.study, seed=seed),
                               evaluation=replace(config.evaluation, stages=variant.stages,
-                                                             racing_error_rate=variant.alpha))
+                                                 racing_error_rate=variant.alpha))
         self.study = optuna.create_study(directions=[o.direction for o in config.objectives],
                                          sampler=make_sampler(self.config, 0))
         self.records: dict[int, list[RequestRecord]] = {}
@@ -382,8 +382,11 @@ def run(*, out: Path, smoke: bool = False, seeds: int = 40, real_studies: bool =
     result = {"grid": str(grid.relative_to(ROOT)) if grid.is_relative_to(ROOT) else str(grid), "seeds": seeds,
               "trial_size": SIZE, "refine_share": REFINE_SHARE, "truth": truths,
               "summary": summary.to_dict(orient="records"), "promoted": promoted.to_dict(orient="records"),
-              "spending": spending.to_dict(orient="records"), "real": studies, "replay_seconds": replay_seconds, "seconds": time.perf_counter() - started}
-    report = _report(summary, promoted, spending, truths, seeds, result["grid"]) + ("\n" + _real_report(studies) if studies else "")
+              "spending": spending.to_dict(orient="records"), "real": studies, "replay_seconds": replay_seconds,
+              "seconds": time.perf_counter() - started}
+    report = _report(summary, promoted, spending, truths, seeds, result["grid"])
+    if studies:
+        report += "\n" + _real_report(studies)
     return write_result("adaptive", result, report, out)
 
 

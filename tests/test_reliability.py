@@ -142,8 +142,8 @@ def test_ctrl_c_marks_the_running_trial_and_stops(tmp_path):
 def test_two_workers_share_one_study_on_a_journal_file(tmp_path):
     storage = f"journal://{tmp_path}/study.log"
     # each its share of the cores: two engines spinning on every core can take minutes for a trial of seconds
-    workers = [start(tmp_path, "--trials", "4", "--storage", storage, "--threads", str(max(1, (os.cpu_count() or 2) // 2)))
-               for _ in range(2)]
+    threads = str(max(1, (os.cpu_count() or 2) // 2))
+    workers = [start(tmp_path, "--trials", "4", "--storage", storage, "--threads", threads) for _ in range(2)]
     results = finish(workers)
     for worker, (_, err) in zip(workers, results):
         assert worker.returncode == 0, err[-2000:]
