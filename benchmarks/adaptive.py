@@ -37,21 +37,23 @@ import pandas as pd
 from benchmarks.common import (GRID_DATA, GRID_FULL_CONFIG, GRID_FULL_DATA, ROOT, load, read_grid, run_real_study,
                                searched, write_result)
 from benchmarks.replay import Scale, Table, on_front
-from pipeline import pareto
-from pipeline.pareto import SETTINGS
-from pipeline.compare import to_minimization
-from pipeline.config import Objective, StudyConfig, load_config
+from pipeline.search.fronts import front_trials
+from pipeline.search.trials import RACED, REUSED, TOPS_UP
+from pipeline.search.fronts import SETTINGS
+from pipeline.search.compare import to_minimization
+from pipeline.measure.metrics import Objective
+from pipeline.search.config import StudyConfig, load_config
 from pipeline.errors import InputError
-from pipeline.objectives import trial_values
-from pipeline.prepare import racing_stages
-from pipeline.promote import PromotionPolicy, choose_trial, knee_index
-from pipeline.racing import Racer, bound_metrics, bounds_of, ties
-from pipeline.reuse import REUSE_LIMIT, reuse_measurement
-from pipeline.runner import TrialOutcome, abort_reason
-from pipeline.samplers import make_sampler
-from pipeline.scoring import RequestRecord
-from pipeline.space import suggest
-from pipeline.topup import TOP_UP_REQUESTS, combined, next_top_up, resumable, top_up_source
+from pipeline.search.objectives import trial_values
+from pipeline.search.prepare import racing_stages
+from pipeline.promote.promotion import PromotionPolicy, choose_trial, knee_index
+from pipeline.measure.racing import Racer, bound_metrics, bounds_of, ties
+from pipeline.search.reuse import REUSE_LIMIT, reuse_measurement
+from pipeline.measure.runner import TrialOutcome, abort_reason
+from pipeline.search.samplers import make_sampler
+from pipeline.measure.metrics import RequestRecord
+from pipeline.search.space import suggest
+from pipeline.search.topup import TOP_UP_REQUESTS, combined, next_top_up, resumable, top_up_source
 
 SIZE = 20                       # requests of a fixed-size trial: the default study's limit
 BUDGETS = (0.10, 0.15, 0.25)    # shares of the grid measured with fixed trials
@@ -110,7 +112,7 @@ class Replayed:
             self._measure(trial, settings.as_params())
         while self.variant.refine and (choice := next_top_up(self.study, self.config.objectives,
                                                              budget=budget - self.spent, most=len(self.order))):
-            self.study.enqueue_trial(choice.trial.params, user_attrs={pareto.TOPS_UP: choice.trial.number,
+            self.study.enqueue_trial(choice.trial.params, user_attrs={TOPS_UP: choice.trial.number,
                                                                       TOP_UP_REQUESTS: choice.requests})
             trial = self.study.ask()
             settings = suggest(trial, self.config.search_space, seed=self.config.study.seed)
@@ -126,7 +128,7 @@ class Replayed:
         ordered = [every[i] for i in self.order]
         source = top_up_source(self.study, trial)
         if source is None:
-            racer = Racer([(t.number, self.records[t.number]) for t in pareto.front_trials(self.study)],
+            racer = Racer([(t.number, self.records[t.number]) for t in front_trials(self.study)],
                           config.objectives, config.evaluation.racing_error_rate, config.evaluation.stages,
                           seed=config.study.seed) if config.evaluation.stages else None
             outcome = TrialOutcome()
@@ -139,7 +141,7 @@ class Replayed:
                     break
             ran = len(outcome.records)
         else:
-            trial.set_user_attr(pareto.TOPS_UP, source.number)
+            trial.set_user_attr(TOPS_UP, source.number)
             before = self.records[source.number]
             wanted = trial.user_attrs.get(TOP_UP_REQUESTS) or self.variant.size - len(before)
             seen = {r.request_id for r in before}
@@ -151,7 +153,7 @@ class Replayed:
         self.records[trial.number] = outcome.records
         self.spent += ran
         self.checkpoints.append((self.spent, frozenset(self.table.key(t.params)
-                                                       for t in pareto.front_trials(self.study))))
+                                                       for t in front_trials(self.study))))
         return ran
 
     def front_at(self, budget: int) -> frozenset:
@@ -218,7 +220,7 @@ def _choice(study: optuna.Study, config: StudyConfig, policy: PromotionPolicy, t
 def real(*, trials: int, limit: int | None) -> dict[str, Any]:
     """The default study on the embedded engine twice with the same seed: fixed-size trials, then its evaluation as
     shipped (racing, refinement, drift control as configured); wall time, requests sent, and both fronts."""
-    from pipeline.compare import StudyFront, compare
+    from pipeline.search.compare import StudyFront, compare
 
     base = load_config(ROOT / "configs" / "task_api.yaml")
     if limit:
@@ -272,7 +274,7 @@ def _timed_requests(name: str, storage_url: str, folder: Path) -> int:
         os.chdir(cwd)
     return int(sum(t.user_attrs.get("metrics", {}).get("requests_run", 0)
                    for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-                   if pareto.REUSED not in t.user_attrs))
+                   if REUSED not in t.user_attrs))
 
 
 @dataclass
@@ -318,9 +320,9 @@ def _replay_seed(task: tuple[str, int, tuple[Variant, ...]]) -> tuple[list[dict]
                 replayed.run(target, at=tuple(budgets), on_budget=at_budget)
                 points = [(step, step) for step in steps]
                 new = [t for t in replayed.study.trials if t.state == optuna.trial.TrialState.COMPLETE
-                       and pareto.REUSED not in t.user_attrs and pareto.TOPS_UP not in t.user_attrs]
+                       and REUSED not in t.user_attrs and TOPS_UP not in t.user_attrs]
                 spending.append({"objectives": label, "variant": variant.name, "seed": seed, "trials": len(new),
-                                 "raced": sum(pareto.RACED in t.user_attrs for t in new),
+                                 "raced": sum(RACED in t.user_attrs for t in new),
                                  "requests_per_trial": float(np.mean([t.user_attrs["metrics"]["requests_run"]
                                                                       for t in new]))})
             else:

@@ -28,11 +28,12 @@ import optuna
 import pandas as pd
 
 from benchmarks.common import GRID_CONFIG, GRID_DATA, ROOT, WallClock, load, write_result
-from pipeline.prepare import prepare_study
-from pipeline.runner import prepare_requests, run_trial
-from pipeline.scoring import measured_metrics
-from pipeline.space import InferenceSettings, suggest
-from pipeline.study import trial_plan
+from pipeline.search.prepare import prepare_study
+from pipeline.measure.runner import prepare_requests, run_trial
+from pipeline.measure.metrics import measured_metrics
+from pipeline.engines.settings import InferenceSettings
+from pipeline.search.space import suggest
+from pipeline.search.study import trial_plan
 
 # Three settings of the grid, from a short plain answer to a long constrained one.
 SETTINGS = (
@@ -96,7 +97,7 @@ def cold_start(calls: int) -> dict[str, Any]:
 
 def reload_mid_trial(limit: int | None) -> dict[str, Any]:
     """One process: a trial against the Ollama double, whose model another client reloads before the trial."""
-    from pipeline.backends.ollama import OllamaBackend
+    from pipeline.engines.ollama import OllamaBackend
     from pipeline.testing.ollama_double import OllamaDouble
 
     prepared = prepare_study(load(GRID_CONFIG).with_overrides(evaluation={"limit": limit or 10}))

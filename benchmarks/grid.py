@@ -23,9 +23,9 @@ from rich.progress import Progress
 
 from benchmarks.common import (GRID_CONFIG, GRID_DATA, WallClock, environment, grid_settings, load, record_row,
                                searched)
-from pipeline.prepare import prepare_study
-from pipeline.runner import run_trial
-from pipeline.study import trial_plan
+from pipeline.search.prepare import prepare_study
+from pipeline.measure.runner import run_trial
+from pipeline.search.study import trial_plan
 
 
 def key_of(row: dict | pd.Series, names: list[str]) -> str:

@@ -25,13 +25,13 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import ROOT, write_result
-from pipeline.config import load_config
+from pipeline.search.config import load_config
 from pipeline.errors import InputError
-from pipeline.pareto import SETTINGS
-from pipeline.prepare import prepare_study
-from pipeline.promote import PromotionPolicy, PromotionRefused, promote
-from pipeline.scoring import RequestRecord
-from pipeline.study import run_study
+from pipeline.search.fronts import SETTINGS
+from pipeline.search.prepare import prepare_study
+from pipeline.promote.promotion import PromotionPolicy, PromotionRefused, promote
+from pipeline.measure.metrics import RequestRecord
+from pipeline.search.study import run_study
 
 JOBS = ("task_api", "tickets", "invoices")
 # Held-out passes per setting: two, except where answers take 10-20 s each (one keeps the run near 40 minutes).

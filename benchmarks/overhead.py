@@ -24,11 +24,11 @@ from typing import Any
 import optuna
 
 from benchmarks.common import ROOT, run_real_study, write_result
-from pipeline import runner
-from pipeline import study as study_module
-from pipeline.config import load_config
-from pipeline.scoring import Scorer
-from pipeline.tracking import StudyTracker
+from pipeline.measure import runner
+from pipeline.search import study as study_module
+from pipeline.search.config import load_config
+from pipeline.job.scoring import Scorer
+from pipeline.tracking.runs import StudyTracker
 
 CONFIG = ROOT / "configs" / "task_api.yaml"
 

@@ -16,14 +16,14 @@ import pandas as pd
 from optuna.study._multi_objective import _is_pareto_front
 
 from benchmarks.common import read_grid, rows_to_records, searched
-from pipeline.compare import normalized_hypervolume, to_minimization
-from pipeline.config import StudyConfig
-from pipeline.experiment import load_experiment
-from pipeline.objectives import trial_values
-from pipeline.reuse import REUSE_LIMIT, reuse_measurement
-from pipeline.runner import TrialOutcome, abort_reason
-from pipeline.scoring import RequestRecord, summarize
-from pipeline.space import suggest
+from pipeline.search.compare import normalized_hypervolume, to_minimization
+from pipeline.search.config import StudyConfig
+from pipeline.job.experiment import load_experiment
+from pipeline.search.objectives import trial_values
+from pipeline.search.reuse import REUSE_LIMIT, reuse_measurement
+from pipeline.measure.runner import TrialOutcome, abort_reason
+from pipeline.measure.metrics import RequestRecord, summarize
+from pipeline.search.space import suggest
 
 
 class Table:

@@ -22,8 +22,9 @@ import pandas as pd
 
 from benchmarks.common import GRID_CONFIG, GRID_DATA, load, write_result
 from benchmarks.replay import Scale, Table, replay
-from pipeline.config import Objective, StudyConfig
-from pipeline.samplers import make_sampler
+from pipeline.measure.metrics import Objective
+from pipeline.search.config import StudyConfig
+from pipeline.search.samplers import make_sampler
 
 BUDGETS = (0.10, 0.15, 0.25)
 TARGET = 0.95

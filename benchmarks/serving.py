@@ -28,17 +28,17 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import ROOT, write_result
-from pipeline.backends.embedded import EmbeddedBackend, bundled_model_path
-from pipeline.backends.llama_server import LlamaServerBackend
-from pipeline.backends.process import find_binary
-from pipeline.config import load_config
-from pipeline.experiment import load_experiment
-from pipeline.prepare import warmup_example
-from pipeline.prompts import load_prompts
-from pipeline.runner import TrialPlan, run_trial
-from pipeline.scoring import summarize
-from pipeline.sidebyside import Arm, measure_side_by_side
-from pipeline.space import settings_of
+from pipeline.engines.embedded import EmbeddedBackend, bundled_model_path
+from pipeline.engines.llama_server import LlamaServerBackend
+from pipeline.engines.process import find_binary
+from pipeline.search.config import load_config
+from pipeline.job.experiment import load_experiment
+from pipeline.search.prepare import warmup_example
+from pipeline.job.prompts import load_prompts
+from pipeline.measure.runner import TrialPlan, run_trial
+from pipeline.measure.metrics import summarize
+from pipeline.measure.sidebyside import Arm, measure_side_by_side
+from pipeline.engines.settings import settings_of
 
 CONFIG = ROOT / "configs" / "task_api.yaml"
 SETTING = {"num_ctx": 1024, "num_predict": 64, "temperature": 0.0, "top_p": 1.0, "top_k": 40, "few_shot": 2,

@@ -22,14 +22,14 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="session")
 def experiment():
-    from pipeline.experiment import load_experiment
+    from pipeline.job.experiment import load_experiment
 
     return load_experiment(EXPERIMENT)
 
 
 @pytest.fixture(scope="session")
 def prompts(experiment):
-    from pipeline.prompts import load_prompts
+    from pipeline.job.prompts import load_prompts
 
     return load_prompts(PROMPTS, experiment)
 
@@ -37,7 +37,7 @@ def prompts(experiment):
 @pytest.fixture(scope="session")
 def engine():
     """One embedded engine on the bundled model for every test that runs it: each load costs time."""
-    from pipeline.backends.embedded import EmbeddedBackend
+    from pipeline.engines.embedded import EmbeddedBackend
 
     backend = EmbeddedBackend(threads=2)
     yield backend
@@ -87,8 +87,8 @@ def plan(experiment, prompts, backend, **changes: Any):
     """The trial plan a study of ``experiment`` would build (warm-up: the pool's first example), changed."""
     from dataclasses import replace
 
-    from pipeline.prepare import warmup_example
-    from pipeline.runner import TrialPlan
+    from pipeline.search.prepare import warmup_example
+    from pipeline.measure.runner import TrialPlan
 
     base = TrialPlan(prompts=prompts, backend=backend, scorer=experiment.scorer,
                      warmup=warmup_example(experiment, prompts))

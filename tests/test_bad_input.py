@@ -1,8 +1,7 @@
 """A catalogue of bad input, one row per kind: each is one line on stderr, exit code 2, and nothing written.
 
 Every row runs twice: in an empty folder (no store may appear) and in a folder holding the stores of an
-earlier study (``mlflow.db``, ``optuna.db``, which must keep every byte). A row marked xfail names the change
-that its fix needs, in a module this catalogue does not own.
+earlier study (``mlflow.db``, ``optuna.db``, which must keep every byte).
 """
 
 from __future__ import annotations
@@ -18,8 +17,8 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from pipeline.cli import main
-from pipeline.locations import check_storage_url, check_tracking_uri
+from pipeline.commands.cli import main
+from pipeline.tracking.locations import check_storage_url, check_tracking_uri
 from pipeline.errors import ConfigError
 from tests.conftest import EXPERIMENT, PROMPTS, ROOT, files_under, smoke_config
 
@@ -33,8 +32,6 @@ class Case(NamedTuple):
     id: str
     make: Make
     message: str
-    bug: str | None = None        # what must change, and where, for this row to pass (both folders)
-    fresh_bug: str | None = None  # the same, in the empty folder only
 
 
 # -- how to produce each input -------------------------------------------------------------------------------
@@ -158,24 +155,6 @@ def model_file(content: bytes | None) -> Make:
 
 BASELINE = {"num_ctx": 1024, "num_predict": 32, "temperature": 0.0, "top_p": 1.0, "top_k": 40, "few_shot": 0,
             "prompt_variant": "compact", "example_selection": "static", "format": "off"}
-
-# What each row needs fixed elsewhere.
-PREPARE_CHECKS_TRACKING = ("pipeline/study.py: prepare_study must call config.check_tracking_uri(uri, ...) on the "
-                           "resolved URI and config.check_storage_url(storage, ...) on the resolved storage before "
-                           "make_backend; today the store is first opened by run_study")
-COMPARE_CHECKS_STORES = ("pipeline/cli.py: _compare must call check_tracking_uri(tracking_uri, '--tracking-uri') and "
-                         "check_storage_url(storage, '--storage', existing=True) before load_fronts, which opens "
-                         "(and so creates) the storage")
-PROMOTE_CHECKS_STUDY = ("pipeline/cli.py: _promote must check that the study exists (check_storage_url(..., "
-                        "existing=True), then the study name) before _prepare, which prints the 'backend:' line "
-                        "and whose storage promote() opens (and so creates)")
-CLI_ESCAPES_MESSAGES = ("pipeline/cli.py: main prints the message as rich markup; print it as plain text "
-                        "(console.print(Text(...)) or markup=False, emoji=False)")
-OLLAMA_HOST_PARSED = ("pipeline/backends/ollama.py: OllamaBackend.__init__ must turn the ValueError that "
-                      "ollama.Client raises for a malformed host (from OLLAMA_HOST when engine.host is unset) into an "
-                      "InputError naming OLLAMA_HOST and the fix")
-MODEL_KEY = ("pipeline/backends/embedded.py: check_model_file and bundled_model_path name 'engine.model', which does "
-             "not exist; the key is engine.gguf (or --model)")
 
 # -- the catalogue -------------------------------------------------------------------------------------------
 
@@ -399,9 +378,7 @@ def catalogue() -> list[Any]:
     params = []
     for case in CASES:
         for folder in ("empty", "recorded"):
-            bug = case.bug or (case.fresh_bug if folder == "empty" else None)
-            marks = [pytest.mark.xfail(strict=True, reason=bug)] if bug else []
-            params.append(pytest.param(case, folder, id=f"{case.id}-{folder}", marks=marks))
+            params.append(pytest.param(case, folder, id=f"{case.id}-{folder}"))
     return params
 
 
@@ -428,7 +405,7 @@ def guarded(monkeypatch: pytest.MonkeyPatch) -> None:
     def started(*args: object, **kwargs: object) -> None:
         raise AssertionError("the bad input was accepted: the study started")
 
-    monkeypatch.setattr("pipeline.cli.run_study", started)
+    monkeypatch.setattr("pipeline.commands.cli.run_study", started)
 
 
 def run(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str, str]:

@@ -14,17 +14,19 @@ import yaml
 from mlflow import MlflowClient
 from rich.console import Console
 
-from pipeline import pareto
-from pipeline.cli import front_table, main
-from pipeline.config import load_config
-from pipeline.experiment import load_experiment
-from pipeline.gain import paired_gain, slower
-from pipeline.prepare import prepare_study
-from pipeline.promote import PromotionPolicy, PromotionRefused, promote
-from pipeline.scoring import AnswerScore, RequestRecord
-from pipeline.sidebyside import Arm, interleaving, measure_side_by_side
-from pipeline.space import InferenceSettings
-from pipeline.study import run_study
+from pipeline.render.plots import plot_fronts_html
+from pipeline.search.trials import BASELINE as BASELINE_ATTR
+from pipeline.commands.cli import front_table, main
+from pipeline.search.config import load_config
+from pipeline.job.experiment import load_experiment
+from pipeline.measure.gain import paired_gain, slower
+from pipeline.search.prepare import prepare_study
+from pipeline.promote.promotion import PromotionPolicy, PromotionRefused, promote
+from pipeline.job.scoring import AnswerScore
+from pipeline.measure.metrics import RequestRecord
+from pipeline.measure.sidebyside import Arm, interleaving, measure_side_by_side
+from pipeline.engines.settings import InferenceSettings
+from pipeline.search.study import run_study
 from pipeline.testing import FakeBackend, answers_by_request
 from tests.conftest import EXPERIMENT, ROOT, plan, smoke_config
 
@@ -59,20 +61,20 @@ def test_the_study_measures_the_baseline_first_in_full_and_shows_it(tmp_path, wr
     prepared, report = study_with(tmp_path, config, FakeBackend(prose_for_the_baseline))
     study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{tmp_path}/optuna.db")
     first = study.trials[0]
-    assert first.user_attrs[pareto.BASELINE] is True and first.params == BASELINE
+    assert first.user_attrs[BASELINE_ATTR] is True and first.params == BASELINE
     # never stopped early, although its first answer already breaks the validity limit
     assert first.user_attrs["metrics"]["requests_measured"] == 3 and "aborted" not in first.user_attrs
     assert first.constraints["schema_valid_rate"] > 0  # infeasible, and still shown
-    assert not any(t.user_attrs.get(pareto.BASELINE) for t in study.trials[1:])
+    assert not any(t.user_attrs.get(BASELINE_ATTR) for t in study.trials[1:])
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     run = client.get_run(first.user_attrs["mlflow_run_id"])
-    assert run.data.tags[pareto.BASELINE] == "true"
+    assert run.data.tags[BASELINE_ATTR] == "true"
     assert list(report.trials["baseline"]) == [True] + [False] * (len(report.trials) - 1)
     console = Console(width=250, record=True)
     console.print(front_table(report.front, "front", trials=report.trials))
     assert "0 baseline, off the front" in console.export_text()
-    plot = pareto.plot_fronts_html({"smoke": report.trials}, prepared.config.objectives, tmp_path / "f.html",
-                                   title="t")
+    plot = plot_fronts_html({"smoke": report.trials}, prepared.config.objectives, tmp_path / "f.html",
+                            title="t", settings=("num_ctx", "few_shot"))
     assert "smoke baseline" in plot.read_text()
 
 

@@ -56,8 +56,8 @@ def test_committed_grid_is_complete():
 
 def test_committed_full_grid_is_complete():
     from benchmarks.common import GRID_FULL_CONFIG, GRID_FULL_DATA, SCORE_COLUMNS, grid_settings, load, read_grid
-    from pipeline.experiment import load_experiment
-    from pipeline.pareto import SETTINGS
+    from pipeline.job.experiment import load_experiment
+    from pipeline.search.fronts import SETTINGS
 
     config = load(GRID_FULL_CONFIG)
     rows = read_grid(GRID_FULL_DATA)

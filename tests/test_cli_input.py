@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main
+from pipeline.commands.cli import main
 from tests.conftest import EXPERIMENT, PROMPTS, files_under, smoke_config
 
 
@@ -87,7 +87,7 @@ def test_front_table_shows_each_headline_value_with_its_interval():
     import pandas as pd
     from rich.console import Console
 
-    from pipeline.cli import front_table
+    from pipeline.commands.cli import front_table
 
     front = pd.DataFrame([{"number": 3, "schema_valid_rate": 0.9, "schema_valid_rate_ci95_low": 0.75,
                            "schema_valid_rate_ci95_high": 1.0, "latency_p95_ms": 420.0,
@@ -101,7 +101,7 @@ def test_front_table_shows_each_headline_value_with_its_interval():
 
 def test_an_error_raised_while_handling_ctrl_c_is_an_interruption(monkeypatch, capsys):
     # Ctrl-C while a store migrates its schema comes out as the store's error about the half-done transaction.
-    import pipeline.cli as cli
+    import pipeline.commands.cli as cli
 
     def migrate(args, console):
         try:

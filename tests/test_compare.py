@@ -8,8 +8,8 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from pipeline.cli import main
-from pipeline.compare import compare, coverage, load_fronts, normalized_hypervolume
+from pipeline.commands.cli import main
+from pipeline.search.compare import compare, coverage, load_fronts, normalized_hypervolume
 from pipeline.errors import InputError
 from tests.conftest import ROOT
 

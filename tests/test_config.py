@@ -2,9 +2,10 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.config import Constraint, ParamSpec, load_config
+from pipeline.measure.metrics import Constraint
+from pipeline.search.config import ParamSpec, load_config
 from pipeline.errors import ConfigError
-from pipeline.prepare import job_defaults
+from pipeline.search.prepare import job_defaults
 from tests.conftest import ROOT, smoke_config
 
 

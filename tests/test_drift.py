@@ -10,13 +10,15 @@ import pandas as pd
 from mlflow import MlflowClient
 from rich.console import Console
 
-from pipeline import pareto
-from pipeline.compare import StudyFront, compare
-from pipeline.config import Objective, load_config
-from pipeline.drift import DriftMonitor, machine_note
-from pipeline.experiment import load_experiment
-from pipeline.prepare import prepare_study
-from pipeline.study import run_study
+from pipeline.search.fronts import trials_frame
+from pipeline.search.trials import BASELINE, REMEASURES
+from pipeline.search.compare import StudyFront, compare
+from pipeline.measure.metrics import Objective
+from pipeline.search.config import load_config
+from pipeline.search.drift import DriftMonitor, machine_note
+from pipeline.job.experiment import load_experiment
+from pipeline.search.prepare import prepare_study
+from pipeline.search.study import run_study
 from pipeline.testing import FakeBackend, answers_by_request
 from tests.conftest import EXPERIMENT, smoke_config
 
@@ -73,7 +75,7 @@ def test_a_study_flags_and_measures_again_the_trials_run_while_the_machine_slowe
     flagged = study.user_attrs["drift"]
     assert list(flagged) == ["1"] and "the machine's speed moved while this trial ran" in flagged["1"]
     assert "trials 1: the machine's speed moved" in output.getvalue() and "measuring them again" in output.getvalue()
-    again = [t for t in study.trials if t.user_attrs.get(pareto.REMEASURES) == 1]
+    again = [t for t in study.trials if t.user_attrs.get(REMEASURES) == 1]
     assert len(again) == 1 and again[0].state == optuna.trial.TrialState.COMPLETE
     assert 1 not in set(report.trials["number"]) and again[0].number in set(report.trials["number"])
     # every trial carries the reference measured before it; the parent holds the series
@@ -86,7 +88,7 @@ def test_a_study_flags_and_measures_again_the_trials_run_while_the_machine_slowe
     by_number = {int(r.data.tags["optuna.trial_number"]): r for r in children}
     assert by_number[1].data.tags["drift"] == flagged["1"]
     assert all("reference_ms" in r.data.tags for r in children)
-    trials = pareto.trials_frame(study, config.objectives)
+    trials = trials_frame(study, config.objectives)
     assert trials["reference_ms"].notna().all()
 
 
@@ -104,15 +106,15 @@ def test_compare_says_when_studies_ran_at_different_machine_speeds():
 
 
 def test_promote_says_when_the_chosen_trial_and_the_baseline_ran_at_different_speeds():
-    from pipeline.config import EvaluationConfig, StudyConfig
-    from pipeline.promote import _machine_states
+    from pipeline.search.config import EvaluationConfig, StudyConfig
+    from pipeline.promote.promotion import _machine_states
 
     study = optuna.create_study(directions=["maximize", "minimize"])
     distribution = optuna.distributions.IntDistribution(0, 9)
     for number, reference in ((0, 300.0), (1, 420.0), (2, 310.0)):
         study.add_trial(optuna.trial.create_trial(
             values=[0.5, 900.0], params={"x": number}, distributions={"x": distribution},
-            user_attrs={"metrics": {}, "reference_ms": reference, **({pareto.BASELINE: True} if number == 0 else {})}))
+            user_attrs={"metrics": {}, "reference_ms": reference, **({BASELINE: True} if number == 0 else {})}))
     config = StudyConfig(path=EXPERIMENT, experiment=EXPERIMENT, prompts=EXPERIMENT, evaluation=EvaluationConfig())
     note = _machine_states(study, study.trials[1], config)
     assert note.startswith("on dev, trial 1 and the baseline (trial 0) were measured at different machine speeds")

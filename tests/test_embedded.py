@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.backends.embedded import bundled_model_path
-from pipeline.runner import check_fit, prepare_requests, run_trial
-from pipeline.space import InferenceSettings
+from pipeline.engines.embedded import bundled_model_path
+from pipeline.measure.runner import check_fit, prepare_requests, run_trial
+from pipeline.engines.settings import InferenceSettings
 from tests.conftest import plan
 
 pytestmark = pytest.mark.slow

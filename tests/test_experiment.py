@@ -10,12 +10,12 @@ import pytest
 import yaml
 
 from pipeline.errors import DataError
-from pipeline.experiment import load_experiment
-from pipeline.prompts import load_prompts
-from pipeline.runner import TrialPlan, run_trial
-from pipeline.space import InferenceSettings
+from pipeline.job.experiment import load_experiment
+from pipeline.job.prompts import load_prompts
+from pipeline.measure.runner import TrialPlan, run_trial
+from pipeline.engines.settings import InferenceSettings
 from pipeline.testing import FakeBackend, answers_by_request
-from pipeline.template import InputTemplate
+from pipeline.job.template import InputTemplate
 
 SCHEMA = {"type": "object", "additionalProperties": False, "required": ["category", "amount"],
           "properties": {"category": {"enum": ["a", "b"]}, "amount": {"type": "number"},

@@ -14,7 +14,7 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from pipeline.cli import main
+from pipeline.commands.cli import main
 from pipeline.testing.ollama_double import OllamaDouble
 from tests.conftest import ROOT, smoke_config
 from tests.test_reliability import environment, mlflow_runs, study_command, trials, wait_for

@@ -21,11 +21,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.config import PARAMETERS, StudyConfig, load_config
+from pipeline.search.config import PARAMETERS, StudyConfig, load_config
 from pipeline.errors import ConfigError, DataError, PipelineError
-from pipeline.experiment import Experiment, load_experiment
-from pipeline.prompts import PromptLibrary, load_prompts
-from pipeline.scoring import METRICS
+from pipeline.job.experiment import Experiment, load_experiment
+from pipeline.job.prompts import PromptLibrary, load_prompts
+from pipeline.measure.metrics import METRICS
 from tests.conftest import EXPERIMENT, PROMPTS, smoke_config
 
 

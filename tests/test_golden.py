@@ -22,10 +22,10 @@ import optuna
 from mlflow import MlflowClient
 from rich.console import Console
 
-from pipeline.config import load_config
-from pipeline.experiment import load_experiment
-from pipeline.prepare import prepare_study
-from pipeline.study import run_study
+from pipeline.search.config import load_config
+from pipeline.job.experiment import load_experiment
+from pipeline.search.prepare import prepare_study
+from pipeline.search.study import run_study
 from pipeline.testing import FakeBackend, answers_by_request
 from tests.conftest import EXPERIMENT, ROOT
 

@@ -20,16 +20,16 @@ import pytest
 from mlflow.tracking import MlflowClient
 from rich.console import Console
 
-from pipeline.backends.llama_server import LlamaServerBackend
-from pipeline.backends.openai import OpenAIBackend
-from pipeline.backends.embedded import bundled_model_path
-from pipeline.backends.process import ServerProcess, find_binary
-from pipeline.cli import main
-from pipeline.config import load_config
-from pipeline.prepare import prepare_study
-from pipeline.runner import run_trial
-from pipeline.space import settings_of
-from pipeline.study import run_study
+from pipeline.engines.llama_server import LlamaServerBackend
+from pipeline.engines.openai import OpenAIBackend
+from pipeline.engines.embedded import bundled_model_path
+from pipeline.engines.process import ServerProcess, find_binary
+from pipeline.commands.cli import main
+from pipeline.search.config import load_config
+from pipeline.search.prepare import prepare_study
+from pipeline.measure.runner import run_trial
+from pipeline.engines.settings import settings_of
+from pipeline.search.study import run_study
 from tests.conftest import ROOT, files_under, plan, smoke_config
 
 pytestmark = pytest.mark.slow

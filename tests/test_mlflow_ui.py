@@ -24,7 +24,7 @@ from mlflow import MlflowClient
 from playwright.sync_api import Page, expect, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-from pipeline.cli import main
+from pipeline.commands.cli import main
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow

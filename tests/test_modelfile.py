@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.errors import InputError
-from pipeline.modelfile import (
+from pipeline.promote.modelfile import (
     Command,
     Modelfile,
     ModelfileError,
@@ -74,7 +74,7 @@ def _realistic() -> Modelfile:
 
 
 def test_realistic_modelfile_round_trips_exactly():
-    from pipeline.tokens import estimate_tokens
+    from pipeline.engines.tokens import estimate_tokens
 
     assert 260 <= estimate_tokens([{"role": "system", "content": SYSTEM_PROMPT}]) <= 300
     m = _realistic()

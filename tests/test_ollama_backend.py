@@ -9,14 +9,16 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from pipeline.backends import OllamaBackend, make_backend, redact_host
-from pipeline.cli import main
-from pipeline.config import EngineConfig, load_config
+from pipeline.engines.ollama import OllamaBackend, redact_host
+from pipeline.engines.registry import make_backend
+from pipeline.commands.cli import main
+from pipeline.engines.config import EngineConfig
+from pipeline.search.config import load_config
 from pipeline.errors import BackendError, InputError, PipelineError
-from pipeline.runner import run_trial
-from pipeline.space import InferenceSettings
-from pipeline.prepare import prepare_study
-from pipeline.study import run_study
+from pipeline.measure.runner import run_trial
+from pipeline.engines.settings import InferenceSettings
+from pipeline.search.prepare import prepare_study
+from pipeline.search.study import run_study
 from pipeline.testing.ollama_double import OllamaDouble
 from tests.conftest import plan
 from tests.conftest import ROOT

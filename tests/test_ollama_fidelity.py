@@ -16,15 +16,15 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from pipeline.backends import OllamaBackend
-from pipeline.cli import main
-from pipeline.config import load_config
-from pipeline.objectives import CONTEXT_FIT, trial_values
-from pipeline.runner import prepare_requests, run_trial
-from pipeline.scoring import RequestRecord
-from pipeline.space import InferenceSettings
+from pipeline.engines.ollama import OllamaBackend
+from pipeline.commands.cli import main
+from pipeline.search.config import load_config
+from pipeline.search.objectives import CONTEXT_FIT, trial_values
+from pipeline.measure.runner import prepare_requests, run_trial
+from pipeline.measure.metrics import RequestRecord
+from pipeline.engines.settings import InferenceSettings
 from pipeline.testing import OllamaDouble
-from pipeline.truncation import PromptSizes
+from pipeline.engines.truncation import PromptSizes
 from tests.conftest import ROOT, plan, smoke_config
 
 pytestmark = pytest.mark.slow
@@ -349,7 +349,7 @@ def test_thinking_exhausted_needs_thinking_a_length_stop_and_no_answer():
 
 def test_think_is_an_optional_setting_read_as_yaml_writes_it(write_config):
     from pipeline.errors import ConfigError
-    from pipeline.space import settings_of
+    from pipeline.engines.settings import settings_of
 
     raw = smoke_config()
     raw["search_space"]["think"] = {"choices": [False, True, "low"]}  # YAML 1.1 reads bare off/on as booleans

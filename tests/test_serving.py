@@ -7,12 +7,14 @@ import time
 
 import pytest
 
-from pipeline.config import Constraint, ConfigError, load_config
-from pipeline.objectives import request_slos
-from pipeline.runner import run_trial
-from pipeline.scoring import AnswerScore, RequestRecord, summarize
-from pipeline.serving import SERVER_SETTINGS, combination_problem, launch_args
-from pipeline.space import settings_of
+from pipeline.measure.metrics import Constraint
+from pipeline.search.config import ConfigError, load_config
+from pipeline.search.objectives import request_slos
+from pipeline.measure.runner import run_trial
+from pipeline.job.scoring import AnswerScore
+from pipeline.measure.metrics import RequestRecord, summarize
+from pipeline.engines.serving import SERVER_SETTINGS, combination_problem, launch_args
+from pipeline.engines.settings import settings_of
 from pipeline.testing import FakeBackend
 from tests.conftest import plan, smoke_config
 
@@ -131,7 +133,7 @@ def test_closed_loop_clients_stop_taking_requests_when_the_trial_is_aborted(expe
 
 
 def test_a_baseline_gets_the_fixed_load_and_must_give_a_searched_one(tmp_path, write_config):
-    from pipeline.prepare import prepare_study
+    from pipeline.search.prepare import prepare_study
 
     baseline = {**SETTING, "num_predict": 64}
     fixed = write_config(smoke_config(evaluation={"concurrency": 2}, baseline=baseline), "fixed.yaml")

@@ -5,8 +5,9 @@ import ast
 import optuna
 import pytest
 
-from pipeline.config import load_config
-from pipeline.space import InferenceSettings, suggest
+from pipeline.search.config import load_config
+from pipeline.engines.settings import InferenceSettings
+from pipeline.search.space import suggest
 from tests.conftest import ROOT
 
 SPACE = load_config(ROOT / "configs" / "task_api.yaml").search_space

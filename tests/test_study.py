@@ -20,13 +20,13 @@ import pytest
 from mlflow import MlflowClient
 from rich.console import Console
 
-from pipeline.cli import main
-from pipeline.config import load_config
+from pipeline.commands.cli import main
+from pipeline.search.config import load_config
 from pipeline.errors import ConfigError
-from pipeline.experiment import load_experiment
-from pipeline.prepare import prepare_study
-from pipeline.reuse import REUSE_LIMIT
-from pipeline.study import run_study
+from pipeline.job.experiment import load_experiment
+from pipeline.search.prepare import prepare_study
+from pipeline.search.reuse import REUSE_LIMIT
+from pipeline.search.study import run_study
 from pipeline.testing import FakeBackend, answers_by_request
 from tests.conftest import EXPERIMENT, ROOT, files_under, smoke_config
 

@@ -13,9 +13,9 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pipeline.backends.base import Generation, RequestFailed
-from pipeline.prompts import Message
-from pipeline.space import InferenceSettings
+from pipeline.engines.base import Generation, RequestFailed
+from pipeline.engines.base import Message
+from pipeline.engines.settings import InferenceSettings
 
 __all__ = ["FakeBackend", "answers_by_request"]
 

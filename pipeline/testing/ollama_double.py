@@ -96,10 +96,10 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pipeline.backends.base import Generation, RequestFailed
-from pipeline.backends.embedded import EmbeddedBackend, bundled_model_path, check_model_file
+from pipeline.engines.base import Generation, RequestFailed
+from pipeline.engines.embedded import EmbeddedBackend, bundled_model_path, check_model_file
 from pipeline.errors import PipelineError
-from pipeline.space import InferenceSettings
+from pipeline.engines.settings import InferenceSettings
 from pipeline.testing.golang import parse_duration_ns, quote
 
 __all__ = ["OllamaDouble"]

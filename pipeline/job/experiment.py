@@ -1,0 +1,342 @@
+"""An experiment: a structured-output job described by files, loaded and checked once.
+
+An experiment folder holds a manifest, ``experiment.yaml``, which names the rest:
+
+- ``schema``: the JSON Schema (draft 2020-12) every answer must follow, or ``schema_field``: the dataset field
+  that holds each request's own schema (tool calling: every request offers other tools); a line without that
+  field falls back to ``schema``;
+- ``dataset`` (default ``dataset.jsonl``): one labelled request per line, ``{"id", "split", "expected", ...}``
+  plus the fields the input template uses; ``split`` is ``dev`` (studies) or ``holdout`` (promotion);
+- ``input`` (default ``"{request}"``): the user message, a template over a line's fields (:mod:`pipeline.template`);
+- ``label``: an optional path (JSON Pointer) into the answer whose value names the request's class: it balances
+  the evaluated requests, routes few-shot examples (``by_label``) and gives ``label_accuracy``;
+- ``scoring``: how each answer path is compared (:mod:`pipeline.rules`): ``default`` and ``fields``;
+- ``warmup``: the fields of an untimed request sent after every model load (default: the first few-shot example);
+- ``description``: free text.
+
+Everything is checked here, before anything is recorded: unknown keys, paths that match nothing in the schema,
+rules that cannot apply to the schema's type there, and every dataset line (``file:line``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from pathlib import Path as FilePath
+from typing import Any
+
+from pipeline.errors import DataError, did_you_mean
+from pipeline.job.files import json_kind, jsonl_objects, parse_json, parse_yaml, read_text, shown
+from pipeline.job.pointers import ANY, MISSING, Path, format_pointer, parse_pointer, resolve
+from pipeline.job.rules import Ignore, RuleSet, Text, Unordered, make_rule
+from pipeline.job.schemas import AnswerSchema, check_schema, types_at
+from pipeline.job.scoring import Scorer
+from pipeline.job.template import InputTemplate
+
+__all__ = ["MANIFEST", "SPLITS", "Example", "Experiment", "label_text", "load_experiment"]
+
+MANIFEST = "experiment.yaml"
+SPLITS = ("dev", "holdout")
+_KEYS = ("description", "schema", "schema_field", "dataset", "input", "label", "scoring", "warmup")
+_LINE_KEYS = ("id", "split", "expected")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One request: the line's fields, the user message they render to, and the answer it must get."""
+
+    id: str
+    split: str
+    fields: Mapping[str, Any]
+    request: str
+    expected: Any
+    schema: AnswerSchema
+    label: str | None = None
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    folder: FilePath
+    template: InputTemplate
+    schema: AnswerSchema | None
+    schema_field: str | None
+    label: Path | None
+    scorer: Scorer
+    examples: tuple[Example, ...]
+    warmup: Mapping[str, Any] | None
+    digest: str
+    dataset_path: FilePath
+    description: str = ""
+    _schemas: dict[str, AnswerSchema] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def manifest_path(self) -> FilePath:
+        return self.folder / MANIFEST
+
+    @property
+    def label_pointer(self) -> str | None:
+        return None if self.label is None else format_pointer(self.label)
+
+    def split(self, name: str, limit: int | None = None) -> list[Example]:
+        """The examples of one split; with ``limit``, the first ``limit``, taken in turn from each label.
+
+        Taking labels in turn keeps a small evaluation set balanced over them; without a label the first
+        ``limit`` lines are taken. The choice is fixed by the file's order, so every trial of a study sees the
+        same requests.
+        """
+        chosen = [e for e in self.examples if e.split == name]
+        if limit is None or limit >= len(chosen):
+            return chosen
+        return self.ordered(name)[:limit]
+
+    def ordered(self, name: str) -> list[Example]:
+        """Every example of one split in the order :meth:`split` takes them: ``split(name, n)`` is the first ``n``
+        of it, and the rest are the requests a trial of ``n`` can be topped up with, in turn."""
+        chosen = [e for e in self.examples if e.split == name]
+        if self.label is None:
+            return chosen
+        by_label: dict[str | None, list[Example]] = defaultdict(list)
+        for example in chosen:
+            by_label[example.label].append(example)
+        queues = list(by_label.values())
+        picked: list[Example] = []
+        while len(picked) < len(chosen):
+            for queue in queues:
+                if queue:
+                    picked.append(queue.pop(0))
+        return picked
+
+    @cached_property
+    def label_values(self) -> tuple[str, ...]:
+        """The label values the dataset uses, in order of first appearance."""
+        return tuple(dict.fromkeys(e.label for e in self.examples if e.label is not None))
+
+    @cached_property
+    def field_paths(self) -> tuple[str, ...]:
+        """The field paths (``*`` for array items) the expected answers use, in first-seen order."""
+        paths: dict[str, None] = {}
+        for example in self.examples:
+            for result in self.scorer.fields(example.expected, example.expected):
+                paths.setdefault(result.path)
+        return tuple(paths)
+
+    def read_line(self, item: dict[str, Any], where: str, *, answer_key: str) -> tuple[str, Any, AnswerSchema,
+                                                                                        str | None]:
+        """The user message, answer, schema and label of one line (a dataset line, a few-shot example, the
+        warm-up), checked: the template's fields present, the answer valid against its schema, a label there.
+
+        Raises:
+            DataError: naming ``where`` and the fix.
+        """
+        missing = self.template.missing(item)
+        if missing:
+            raise DataError(f"{where}: missing field {missing[0]!r} that the input template "
+                            f"{shown(self.template.text)} uses; add it or change 'input' in {self.manifest_path}")
+        request = self.template.render(item)
+        if not request.strip():
+            raise DataError(f"{where}: the request renders empty; fill in its fields")
+        schema = self._line_schema(item, where)
+        if answer_key not in item:
+            return request, MISSING, schema, None
+        answer = item[answer_key]
+        error = schema.first_violation(answer, where)
+        if error is not None:
+            kind = "expected answer" if answer_key == "expected" else "example answer"
+            raise DataError(f"{where}: {kind} violates {FilePath(schema.source).name}: {error.message}; fix the "
+                            "label or the schema")
+        label = None
+        if self.label is not None:
+            value = resolve(answer, self.label)
+            if value is MISSING or isinstance(value, (dict, list)):
+                raise DataError(f"{where}: the answer has no value at the label path {self.label_pointer} (got "
+                                f"{shown(value)}); label it, or make the schema require it")
+            label = label_text(value)
+        return request, answer, schema, label
+
+    def _line_schema(self, item: dict[str, Any], where: str) -> AnswerSchema:
+        if self.schema_field is not None and self.schema_field in item:
+            checked = check_schema(item[self.schema_field], f"{where} ({self.schema_field})")
+            return self._schemas.setdefault(checked.digest, checked)
+        if self.schema is None:
+            raise DataError(f"{where}: no schema: add the field {self.schema_field!r} with this request's JSON "
+                            f"Schema, or set 'schema' in {self.manifest_path}")
+        return self.schema
+
+    @property
+    def schemas(self) -> list[AnswerSchema]:
+        """Every distinct schema: the job's, and those the requests carry."""
+        found = [self.schema] if self.schema is not None else []
+        return found + [s for s in self._schemas.values() if s not in found]
+
+
+def label_text(value: Any) -> str:
+    """A label value as the router and the split name it: strings as they are, other values as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def load_experiment(folder: FilePath) -> Experiment:
+    """Load and check an experiment folder (see the module docstring).
+
+    Raises:
+        DataError: a missing or unreadable file, an invalid manifest or schema, a scoring rule or label that the
+            schema cannot have, or a bad dataset line (``file:line``).
+    """
+    if not folder.is_dir():
+        raise DataError(f"experiment folder {folder} not found; point 'experiment' at a folder with {MANIFEST} "
+                        "(`python -m pipeline init NAME` writes one)")
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise DataError(f"{manifest_path} not found: an experiment folder needs a manifest naming its schema, "
+                        "dataset and input template; `python -m pipeline init NAME` writes a commented one")
+    manifest_bytes, text = read_text(manifest_path)
+    raw = parse_yaml(manifest_path, text, DataError, what="manifest", depth="a manifest needs three levels at most",
+                     unique_keys=True)
+    where = str(manifest_path)
+    if not isinstance(raw, dict):
+        raise DataError(f"{where}: must be a mapping of {', '.join(_KEYS)}, got {json_kind(raw)}")
+    for key in raw:
+        if key not in _KEYS:
+            raise DataError(f"{where}: unknown key {key!r}.{did_you_mean(str(key), _KEYS)} Known keys: "
+                            f"{', '.join(_KEYS)}")
+    description = raw.get("description") or ""
+    if not isinstance(description, str):
+        raise DataError(f"{where}: 'description' must be text, got {shown(description)}")
+    schema, schema_bytes = _job_schema(folder, raw, where)
+    schema_field = raw.get("schema_field")
+    if schema_field is not None and (not isinstance(schema_field, str) or not schema_field.strip()):
+        raise DataError(f"{where}: 'schema_field' must name a dataset field holding each request's schema, got "
+                        f"{shown(schema_field)}")
+    if schema is None and schema_field is None:
+        raise DataError(f"{where}: no schema: set 'schema' to the JSON Schema file answers must follow, or "
+                        "'schema_field' to the dataset field that holds each request's own")
+    template = InputTemplate.parse(raw.get("input", "{request}"), f"{where} (input)")
+    dataset_path = _file(folder, raw.get("dataset", "dataset.jsonl"), f"{where} (dataset)")
+    label = _pointer(raw.get("label"), f"{where} (label)") if raw.get("label") is not None else None
+    if label is not None and ANY in label:
+        raise DataError(f"{where} (label): the label names one value; {format_pointer(label)} has a '*'")
+    rules = _rules(raw.get("scoring"), f"{where} (scoring)")
+    if label is not None and isinstance(rules.leaf_rule(label), Ignore):
+        raise DataError(f"{where}: the label {format_pointer(label)} is ignored by 'scoring'; score it, or drop the "
+                        "label")
+    experiment = Experiment(
+        name=folder.name, folder=folder, template=template, schema=schema, schema_field=schema_field,
+        label=label, scorer=Scorer(rules, label), examples=(), warmup=None, digest="", dataset_path=dataset_path,
+        description=description)
+    if schema_field is None:  # every schema is known before the lines: check the paths first
+        _check_paths(experiment, rules, label, where)
+    dataset_bytes, examples = _read_dataset(experiment, dataset_path)
+    warmup = raw.get("warmup")
+    if warmup is not None:
+        if not isinstance(warmup, dict):
+            raise DataError(f"{where}: 'warmup' must map the input template's fields to values, e.g. "
+                            f"{{{', '.join(f'{n}: ...' for n in template.fields)}}}")
+        experiment.read_line(warmup, f"{where} (warmup)", answer_key="expected")
+    if schema_field is not None:
+        _check_paths(experiment, rules, label, where)
+    digest = hashlib.sha256(manifest_bytes + b"\0" + schema_bytes + b"\0" + dataset_bytes).hexdigest()
+    return replace(experiment, examples=tuple(examples), warmup=warmup, digest=digest)
+
+
+def _file(folder: FilePath, value: Any, where: str) -> FilePath:
+    if not isinstance(value, str) or not value.strip() or "\x00" in value:
+        raise DataError(f"{where}: must be a file name in {folder}, got {shown(value)}")
+    path = (folder / value).resolve()
+    if not path.is_file():
+        raise DataError(f"{path} not found ({where}); create it or fix the file name")
+    return path
+
+
+def _job_schema(folder: FilePath, raw: dict[str, Any], where: str) -> tuple[AnswerSchema | None, bytes]:
+    if raw.get("schema") is None:
+        return None, b""
+    path = _file(folder, raw["schema"], f"{where} (schema)")
+    data, text = read_text(path)
+    return check_schema(parse_json(text, str(path), whole_file=True), str(path)), data
+
+
+def _pointer(value: Any, where: str) -> Path:
+    if not isinstance(value, str):
+        raise DataError(f"{where}: a path is a JSON Pointer such as /category, got {shown(value)}")
+    try:
+        return parse_pointer(value)
+    except ValueError as exc:
+        raise DataError(f"{where}: {shown(value)} is not a JSON Pointer: {exc}") from exc
+
+
+def _rules(raw: Any, where: str) -> RuleSet:
+    if raw is None:
+        return RuleSet()
+    if not isinstance(raw, dict):
+        raise DataError(f"{where}: must be a mapping with 'default' (a rule) and 'fields' (path: rule)")
+    for key in raw:
+        if key not in ("default", "fields"):
+            raise DataError(f"{where}: unknown key {key!r}.{did_you_mean(str(key), ('default', 'fields'))} "
+                            "Known keys: default, fields")
+    default = make_rule(raw.get("default", "text"), f"{where} (default)") if "default" in raw else Text()
+    if isinstance(default, Unordered):
+        raise DataError(f"{where} (default): 'unordered' compares arrays; give it per path, e.g. /items: unordered")
+    fields = raw.get("fields") or {}
+    if not isinstance(fields, dict):
+        raise DataError(f"{where} (fields): must map answer paths (JSON Pointers) to rules, got {shown(fields)}")
+    by_path = {_pointer(path, f"{where} (fields)"): make_rule(spec, f"{where} (fields.{path})")
+               for path, spec in fields.items()}
+    return RuleSet(default, by_path)
+
+
+def _read_dataset(experiment: Experiment, path: FilePath) -> tuple[bytes, list[Example]]:
+    raw = read_text(path)[0]
+    shape = "id, split, expected and the input template's fields"
+    examples: list[Example] = []
+    seen: set[str] = set()
+    for where, item in jsonl_objects(path, shape):
+        missing = [k for k in _LINE_KEYS if k not in item]
+        if missing:
+            raise DataError(f"{where}: missing {', '.join(missing)}; each line needs {shape}")
+        if not isinstance(item["id"], str) or item["id"] in seen:
+            raise DataError(f"{where}: id {shown(item['id'])} must be a unique string")
+        if not item["id"].strip():
+            raise DataError(f"{where}: id is empty; give each line a unique id")
+        if item["split"] not in SPLITS:
+            raise DataError(f"{where}: split {shown(item['split'])} must be one of {', '.join(SPLITS)}")
+        request, expected, schema, label = experiment.read_line(item, where, answer_key="expected")
+        seen.add(item["id"])
+        examples.append(Example(item["id"], item["split"], item, request, expected, schema, label))
+    if not examples:
+        raise DataError(f"{path}: no examples; add one JSON object per line")
+    return raw, examples
+
+
+def _check_paths(experiment: Experiment, rules: RuleSet, label: Path | None, where: str) -> None:
+    """Every path the manifest names must exist in some schema, with a type its rule can judge."""
+    schemas = [s.document for s in experiment.schemas]
+
+    def types(path: Path) -> frozenset[str] | None:
+        found = [types_at(s, path) for s in schemas]
+        return None if any(t is None for t in found) else frozenset().union(*found)
+
+    checks = [(p, r, f"{where} (scoring.fields.{format_pointer(p)})") for p, r in rules.by_path.items()]
+    for path, rule, spot in checks:
+        allowed = types(path)
+        if allowed is not None and not allowed:
+            raise DataError(f"{spot}: {format_pointer(path)} matches nothing in the schema; fix the path (use * "
+                            "for array items) or the schema")
+        if allowed is not None and rule.applies_to is not None and not allowed & rule.applies_to:
+            raise DataError(f"{spot}: rule {rule.name!r} cannot judge {format_pointer(path)}, which the schema "
+                            f"makes {' or '.join(sorted(allowed))}; use exact or text")
+        if isinstance(rule, Unordered) and rule.key is not None:
+            key_types = types(path + (ANY, rule.key))
+            if key_types is not None and not key_types:
+                raise DataError(f"{spot}: the items of {format_pointer(path)} have no member {rule.key!r}; name "
+                                "one of their members as 'key', or leave 'key' out to pair items as a multiset")
+    if label is not None:
+        allowed = types(label)
+        if allowed is not None and not allowed:
+            raise DataError(f"{where} (label): {format_pointer(label)} matches nothing in the schema; fix the path")
+        if allowed is not None and not allowed - {"object", "array"}:
+            raise DataError(f"{where} (label): {format_pointer(label)} is an {' or '.join(sorted(allowed))} in "
+                            "the schema; a label must be one value, such as an enum string")

@@ -1,0 +1,276 @@
+"""Decisions on noisy measurements: a trial's intervals at an error rate, ties, and racing.
+
+A trial measured on a sample of requests knows each objective only within an interval. At the error rate
+``alpha`` each objective gets a two-sided ``1 - alpha`` interval over the trial's requests:
+
+- a rate whose requests score 0 or 1 (schema-valid, parsed, exact match, label): Wilson's score interval, which
+  stays honest at 0 and 1 and for a handful of requests (0 of 8 correct: at most 0.32 at ``alpha`` 0.05);
+- field accuracy (a share per request): the percentile bootstrap of the mean over the requests, widened to
+  Wilson's interval when every request scored the same (the bootstrap's width is then 0);
+- a latency statistic (``latency_p95_ms``, ``ttft_p50_ms``, ...): the percentile bootstrap of that statistic, as
+  the reported 95% intervals are computed (``scoring.confidence_intervals``);
+- any other metric: unbounded, so it never decides anything.
+
+From the intervals, in minimisation form (a maximised metric negated): a point's **optimistic corner** is the best
+end of each interval, its **pessimistic corner** the worst end. A point is *dominated at the error rate* when
+another's pessimistic corner dominates its optimistic corner (no worse on every objective, better on one).
+Two points are *tied* when their intervals overlap on every objective: the measurements cannot tell them apart
+on any of them (:func:`ties`). A pair is *decided* on an objective when their intervals on it do not overlap;
+topping up spends requests on the pairs that are not (:func:`undecided`).
+
+Racing (:class:`Racer`) decides on fewer requests than that: every trial of a study takes the same requests in
+the same order, so after ``n`` of its requests a trial is compared with each front point *on those same n
+requests*, request by request (:func:`paired_gaps`: the bootstrap resamples the requests, both points
+together). What makes a request hard or slow for every setting cancels out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import binomtest, bootstrap, norm
+
+from pipeline.measure.metrics import Objective
+from pipeline.measure.metrics import FIELD_METRIC, RequestRecord, field_metric
+
+__all__ = ["BOUND_SUFFIXES", "Race", "Racer", "bound_metrics", "bounds_of", "corner", "dominated_by", "dominates",
+           "dominated_on_the_same_requests", "interval", "paired_gaps", "still_dominated", "ties", "undecided"]
+
+# A trial's interval on each objective is recorded beside its metrics as <metric>_bound_low / <metric>_bound_high.
+BOUND_SUFFIXES = ("_bound_low", "_bound_high")
+
+_BINARY: dict[str, Callable[[RequestRecord], bool | None]] = {
+    "schema_valid_rate": lambda r: r.score.schema_valid,
+    "parse_rate": lambda r: r.score.parsed,
+    "exact_match_rate": lambda r: r.score.exact_match,
+    "label_accuracy": lambda r: r.score.label_correct,
+}
+_LATENCIES: dict[str, tuple[str, Callable[[np.ndarray, int], np.ndarray]]] = {
+    **{f"latency_p{q}_ms": ("latency_ms", lambda x, axis, q=q: np.percentile(x, q, axis=axis)) for q in (50, 95, 99)},
+    "latency_mean_ms": ("latency_ms", lambda x, axis: np.mean(x, axis=axis)),
+    **{f"ttft_p{q}_ms": ("ttft_ms", lambda x, axis, q=q: np.percentile(x, q, axis=axis)) for q in (50, 95)},
+}
+_RESAMPLES = 1000
+
+
+def _wilson(successes: float, n: int, alpha: float) -> tuple[float, float]:
+    if n == 0:
+        return 0.0, 1.0
+    if float(successes).is_integer():
+        ci = binomtest(int(successes), n).proportion_ci(confidence_level=1 - alpha, method="wilson")
+        return float(ci.low), float(ci.high)
+    z = norm.ppf(1 - alpha / 2)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _bootstrap(values: np.ndarray, statistic: Callable[[np.ndarray, int], np.ndarray], alpha: float,
+               seed: int) -> tuple[float, float]:
+    if len(values) < 2:
+        return -math.inf, math.inf
+    if np.all(values == values[0]):
+        return float(values[0]), float(values[0])
+    result = bootstrap((values,), statistic, vectorized=True, confidence_level=1 - alpha, n_resamples=_RESAMPLES,
+                       method="percentile", rng=np.random.default_rng(seed))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def interval(records: Sequence[RequestRecord], metric: str, alpha: float, *, seed: int = 0) -> tuple[float, float]:
+    """The two-sided ``1 - alpha`` interval of one trial metric over ``records`` (see the module docstring)."""
+    if metric in _BINARY:
+        flags = [_BINARY[metric](r) for r in records]
+        return _wilson(float(sum(bool(f) for f in flags)), len(records), alpha)
+    if metric == "field_accuracy" or metric.startswith(FIELD_METRIC):
+        if metric == "field_accuracy":
+            shares = np.array([r.score.field_accuracy for r in records], float)
+        else:
+            shares = np.array([float(f.correct) for r in records for f in r.score.fields
+                               if field_metric(f.path) == metric], float)
+        if len(shares) and np.all(shares == shares[0]):
+            return _wilson(float(shares.sum()), len(shares), alpha)
+        return _bootstrap(shares, lambda x, axis: np.mean(x, axis=axis), alpha, seed)
+    if metric in _LATENCIES:
+        attribute, statistic = _LATENCIES[metric]
+        values = np.array([getattr(r, attribute) for r in records
+                           if not r.failed and getattr(r, attribute) is not None], float)
+        return _bootstrap(values, statistic, alpha, seed)
+    return -math.inf, math.inf
+
+
+def bound_metrics(records: Sequence[RequestRecord], objectives: Sequence[Objective], alpha: float, *,
+                  seed: int = 0) -> dict[str, float]:
+    """Each objective's interval as the metrics ``<metric>_bound_low`` and ``<metric>_bound_high``."""
+    out: dict[str, float] = {}
+    for objective in objectives:
+        low, high = interval(records, objective.metric, alpha, seed=seed)
+        out[objective.metric + BOUND_SUFFIXES[0]], out[objective.metric + BOUND_SUFFIXES[1]] = low, high
+    return out
+
+
+def bounds_of(metrics: dict[str, float], objectives: Sequence[Objective]) -> np.ndarray:
+    """A trial's intervals from its recorded metrics: rows (low, high), one column per objective. A trial
+    recorded without them (measured before racing existed) has its value as both ends when the metric has no
+    95% interval either, else that interval."""
+    rows = []
+    for objective in objectives:
+        low, high = (metrics.get(objective.metric + s) for s in BOUND_SUFFIXES)
+        if low is None or high is None:
+            low = metrics.get(f"{objective.metric}_ci95_low", metrics[objective.metric])
+            high = metrics.get(f"{objective.metric}_ci95_high", metrics[objective.metric])
+        rows.append((low, high))
+    return np.array(rows, float).T.reshape(2, len(objectives))
+
+
+def corner(bounds: np.ndarray, objectives: Sequence[Objective], *, optimistic: bool) -> np.ndarray:
+    """The best (``optimistic``) or worst end of each interval, in minimisation form."""
+    low, high = bounds
+    out = []
+    for i, objective in enumerate(objectives):
+        if objective.direction == "maximize":
+            out.append(-(high[i] if optimistic else low[i]))
+        else:
+            out.append(low[i] if optimistic else high[i])
+    return np.nan_to_num(np.array(out, float), nan=math.inf if not optimistic else -math.inf)
+
+
+def dominates(a: np.ndarray, b: np.ndarray) -> bool:
+    """Pareto dominance of minimisation points: ``a`` no worse than ``b`` anywhere and better somewhere."""
+    return bool(np.all(a <= b) and np.any(a < b))
+
+
+def dominated_by(bounds: np.ndarray, front: Sequence[tuple[int, np.ndarray]],
+                 objectives: Sequence[Objective]) -> int | None:
+    """The first front point (number, intervals) whose pessimistic corner dominates the optimistic corner of
+    ``bounds``: the point is dominated at the error rate the intervals were taken at. None when no point does."""
+    best = corner(bounds, objectives, optimistic=True)
+    return next((number for number, theirs in front
+                 if dominates(corner(theirs, objectives, optimistic=False), best)), None)
+
+
+@dataclass(frozen=True)
+class Race:
+    """Why a trial stopped: after ``requests`` of ``planned``, trial ``by`` dominated it at error rate ``alpha``."""
+
+    by: int
+    requests: int
+    planned: int
+    alpha: float
+    detail: str
+
+    def describe(self) -> str:
+        return (f"stopped after {self.requests} of {self.planned} requests: trial {self.by} dominates it at error "
+                f"rate {self.alpha:g} (its {self.detail})")
+
+
+def _per_request(records: Sequence[RequestRecord], metric: str) -> tuple[np.ndarray, Callable] | None:
+    """Each request's value of what ``metric`` summarises, and the statistic over an axis (None: no such rule)."""
+    if metric in _BINARY:
+        return np.array([float(bool(_BINARY[metric](r))) for r in records]), lambda x, axis: np.mean(x, axis=axis)
+    if metric == "field_accuracy":
+        return np.array([r.score.field_accuracy for r in records]), lambda x, axis: np.mean(x, axis=axis)
+    if metric in _LATENCIES:
+        attribute, statistic = _LATENCIES[metric]
+        values = [getattr(r, attribute) for r in records]
+        if any(r.failed or v is None for r, v in zip(records, values)):
+            return None
+        return np.array(values, float), statistic
+    return None
+
+
+def paired_gaps(ours: Sequence[RequestRecord], theirs: Sequence[RequestRecord], objectives: Sequence[Objective],
+                alpha: float, *, seed: int = 0) -> list[tuple[float, float, float]] | None:
+    """How much better ``theirs`` is than ``ours`` on each objective, on the requests both answered (paired by
+    request, in ``ours``' order): the estimate and the two-sided ``1 - alpha`` percentile-bootstrap interval of
+    the difference, resampling the requests together (positive: theirs better). None when an objective has no
+    per-request rule or the two share fewer than two requests."""
+    first: dict[str, RequestRecord] = {}
+    for record in theirs:
+        first.setdefault(record.request_id, record)
+    pairs = [(r, first[r.request_id]) for r in ours if r.request_id in first]
+    if len(pairs) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(pairs), (_RESAMPLES, len(pairs)))
+    gaps = []
+    for objective in objectives:
+        mine = _per_request([a for a, _ in pairs], objective.metric)
+        other = _per_request([b for _, b in pairs], objective.metric)
+        if mine is None or other is None:
+            return None
+        (x, statistic), (y, _) = mine, other
+        sign = 1.0 if objective.direction == "maximize" else -1.0
+        estimate = sign * float(statistic(y, 0) - statistic(x, 0))
+        resampled = sign * (statistic(y[picks], 1) - statistic(x[picks], 1))
+        low, high = np.quantile(resampled, [alpha / 2, 1 - alpha / 2])
+        gaps.append((estimate, float(low), float(high)))
+    return gaps
+
+
+def dominated_on_the_same_requests(gaps: list[tuple[float, float, float]] | None) -> bool:
+    """Whether the gaps (:func:`paired_gaps`) say the other point dominates at the error rate: better on one
+    objective (the whole interval above 0) and no worse on any (above 0, or identical on every resample)."""
+    if not gaps:
+        return False
+    same = [low == high == 0 for _, low, high in gaps]
+    better = [low > 0 for _, low, _ in gaps]
+    return all(s or b for s, b in zip(same, better)) and any(better)
+
+
+class Racer:
+    """The racing rule of one trial: after each stage (a number of its requests below ``planned``), stop when a
+    front point dominates it at the error rate on the same requests (:func:`paired_gaps`).
+
+    Every trial of a study takes the same requests in the same order, so a trial's first ``n`` requests are
+    requests every front point answered too. Compared request by request, what makes a request hard or slow
+    for every setting cancels out, and a few requests decide what independent intervals cannot.
+
+    Args:
+        front: the completed front points: trial number and their request records.
+    """
+
+    def __init__(self, front: Sequence[tuple[int, Sequence[RequestRecord]]], objectives: Sequence[Objective],
+                 alpha: float, stages: Sequence[int], *, seed: int = 0) -> None:
+        self.front = list(front)
+        self.objectives, self.alpha, self.stages, self.seed = tuple(objectives), alpha, set(stages), seed
+
+    def check(self, records: Sequence[RequestRecord], planned: int) -> Race | None:
+        if len(records) not in self.stages or len(records) >= planned:
+            return None
+        for number, theirs in self.front:
+            gaps = paired_gaps(records, theirs, self.objectives, self.alpha, seed=self.seed)
+            if dominated_on_the_same_requests(gaps):
+                return Race(number, len(records), planned, self.alpha, self._detail(gaps))
+        return None
+
+    def _detail(self, gaps: list[tuple[float, float, float]]) -> str:
+        return "; ".join(f"{o.metric} {'higher' if o.direction == 'maximize' else 'lower'} by {estimate:.3g} "
+                         f"[{low:.3g}, {high:.3g}] on the same requests"
+                         for o, (estimate, low, high) in zip(self.objectives, gaps))
+
+
+def still_dominated(ours: Sequence[RequestRecord], front: Sequence[tuple[int, Sequence[RequestRecord]]],
+                    objectives: Sequence[Objective], alpha: float, *, seed: int = 0) -> int | None:
+    """The first front point that dominates ``ours`` at the error rate on the same requests, or None."""
+    return next((number for number, theirs in front
+                 if dominated_on_the_same_requests(paired_gaps(ours, theirs, objectives, alpha, seed=seed))), None)
+
+
+def _overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per objective, whether two (low, high) interval rows overlap."""
+    return (a[0] <= b[1]) & (b[0] <= a[1])
+
+
+def ties(points: dict[int, np.ndarray]) -> dict[int, list[int]]:
+    """For each point, the others whose intervals overlap its own on every objective (ties), in number order."""
+    return {n: [m for m in sorted(points) if m != n and bool(np.all(_overlap(points[n], points[m])))]
+            for n in points}
+
+
+def undecided(points: dict[int, np.ndarray]) -> dict[int, int]:
+    """For each point, how many (other point, objective) orders its intervals leave open."""
+    return {n: sum(int(np.sum(_overlap(points[n], points[m]))) for m in points if m != n) for n in points}

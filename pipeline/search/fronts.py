@@ -1,0 +1,96 @@
+"""The Pareto front of a study: which trials are on it, and a table of its trials.
+
+Which trials are on the front is Optuna's decision (``Study.best_trials``: feasible trials only when the
+study has constraints); this module only arranges it (the pictures: :mod:`pipeline.render.plots`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import optuna
+from optuna.study._multi_objective import _get_pareto_front_trials_by_trials
+import pandas as pd
+
+from pipeline.engines.settings import CORE_PARAMETERS
+from pipeline.measure.metrics import Objective
+from pipeline.search.config import OPTIONAL_PARAMETERS
+from pipeline.measure.racing import bounds_of, ties
+from pipeline.render.plots import baseline_rows
+from pipeline.search.trials import BASELINE, RACED, REMEASURES, REUSED, TOPS_UP
+
+__all__ = ["BASELINE", "RACED", "REMEASURES", "REUSED", "SETTINGS", "TOPS_UP", "baseline_rows", "front_bounds",
+           "front_frame", "front_trials", "measured_trials", "superseded", "trials_frame"]
+
+
+def superseded(study: optuna.Study) -> set[int]:
+    """Numbers of the trials a later trial topped up with more requests or measured again."""
+    return {t.user_attrs[attr] for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            for attr in (TOPS_UP, REMEASURES) if attr in t.user_attrs}
+
+
+def measured_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Completed trials that measured their settings (not answered from an earlier trial), each setting by its
+    latest measurement (not superseded by a top-up)."""
+    gone = superseded(study)
+    return [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if REUSED not in t.user_attrs and t.number not in gone]
+
+
+def front_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The front of the measured trials, each setting once, by Optuna's rule (as ``Study.best_trials``: feasible
+    trials only when the study has constraints). A trial racing stopped is not a candidate: a front point beat it
+    on the same requests, though its estimate on those few requests may look better than that point's own over
+    all of them."""
+    trials = [t for t in measured_trials(study) if RACED not in t.user_attrs]
+    constrained = any(t.constraints for t in trials)
+    return _get_pareto_front_trials_by_trials(trials, study.directions, consider_constraint=constrained)
+
+
+def front_bounds(study: optuna.Study, objectives: tuple[Objective, ...]) -> list[tuple[int, np.ndarray]]:
+    """The front points' numbers and their intervals (``racing.bounds_of``), as racing compares with them."""
+    return [(t.number, bounds_of(t.user_attrs.get("metrics") or _values(t, objectives), objectives))
+            for t in front_trials(study)]
+
+
+def trials_frame(study: optuna.Study, objectives: tuple[Objective, ...]) -> pd.DataFrame:
+    """One row per measured setting (its latest trial): number, settings, every metric, feasibility (and why not:
+    the context does not fit, or the trial was stopped early), why racing stopped it, the trial it topped up,
+    front membership, and the front points it is tied with (``racing.ties``)."""
+    front = front_trials(study)
+    tied = ties({t.number: bounds_of(t.user_attrs.get("metrics", {}) or _values(t, objectives), objectives)
+                 for t in front})
+    drifted = study.user_attrs.get("drift", {})
+    rows = []
+    for trial in measured_trials(study):
+        row = {"number": trial.number, "pareto": trial.number in tied,
+               "tied_with": ", ".join(str(n) for n in tied.get(trial.number, [])),
+               "feasible": all(v <= 0 for v in trial.constraints.values()),
+               "infeasible_reason": trial.user_attrs.get("infeasible", ""),
+               "aborted": trial.user_attrs.get("aborted", ""),
+               RACED: trial.user_attrs.get(RACED, ""),
+               "drift": drifted.get(str(trial.number), ""),
+               "reference_ms": trial.user_attrs.get("reference_ms"),
+               TOPS_UP: trial.user_attrs.get(TOPS_UP),
+               "mlflow_run_id": trial.user_attrs.get("mlflow_run_id"),
+               "baseline": bool(trial.user_attrs.get(BASELINE))}
+        row.update(trial.params)
+        row.update(trial.user_attrs.get("metrics", {}))
+        for objective, value in zip(objectives, trial.values):
+            row[objective.metric] = value
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _values(trial: optuna.trial.FrozenTrial, objectives: tuple[Objective, ...]) -> dict[str, float]:
+    return {o.metric: v for o, v in zip(objectives, trial.values)}
+
+
+def front_frame(trials: pd.DataFrame, objectives: tuple[Objective, ...]) -> pd.DataFrame:
+    """The front's rows, best first by the first objective."""
+    if trials.empty:
+        return trials
+    first = objectives[0]
+    return trials[trials["pareto"]].sort_values(first.metric, ascending=first.direction == "minimize")
+
+
+SETTINGS = (*CORE_PARAMETERS, *OPTIONAL_PARAMETERS)
