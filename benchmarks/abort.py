@@ -27,7 +27,7 @@ import pandas as pd
 from benchmarks.common import GRID_CONFIG, ROOT, load, run_real_study, write_result
 from benchmarks.replay import Scale, Table, found_front, replay
 from benchmarks.search import sampler_variants
-from pipeline.measure.metrics import Constraint
+from pipeline.measure.registry import Constraint
 from pipeline.search.config import StudyConfig, load_config
 
 SLA = (Constraint("latency_p95_ms", max=1000.0), Constraint("schema_valid_rate", min=0.8))

@@ -34,26 +34,36 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from benchmarks.common import (GRID_DATA, GRID_FULL_CONFIG, GRID_FULL_DATA, ROOT, load, read_grid, run_real_study,
-                               searched, write_result)
+from benchmarks.common import (
+    GRID_DATA,
+    GRID_FULL_CONFIG,
+    GRID_FULL_DATA,
+    ROOT,
+    load,
+    read_grid,
+    run_real_study,
+    searched,
+    write_result,
+)
 from benchmarks.replay import Scale, Table, on_front
-from pipeline.search.fronts import front_trials
-from pipeline.search.trials import RACED, REUSED, TOPS_UP
-from pipeline.search.fronts import SETTINGS
-from pipeline.search.compare import to_minimization
-from pipeline.measure.metrics import Objective
-from pipeline.search.config import StudyConfig, load_config
 from pipeline.errors import InputError
+from pipeline.measure.racing import Racer, bound_metrics, bounds_of, ties
+from pipeline.measure.records import RequestRecord
+from pipeline.measure.registry import Objective
+from pipeline.measure.runner import TrialOutcome, abort_reason
+from pipeline.promote.choose import choose_trial, knee_index
+from pipeline.promote.promotion import PromotionPolicy
+from pipeline.search.compare import to_minimization
+from pipeline.search.config import StudyConfig, load_config
+from pipeline.search.fronts import SETTINGS, front_trials
 from pipeline.search.objectives import trial_values
 from pipeline.search.prepare import racing_stages
-from pipeline.promote.promotion import PromotionPolicy, choose_trial, knee_index
-from pipeline.measure.racing import Racer, bound_metrics, bounds_of, ties
 from pipeline.search.reuse import REUSE_LIMIT, reuse_measurement
-from pipeline.measure.runner import TrialOutcome, abort_reason
 from pipeline.search.samplers import make_sampler
-from pipeline.measure.metrics import RequestRecord
+from pipeline.search.snapshot import StudySnapshot
 from pipeline.search.space import suggest
 from pipeline.search.topup import TOP_UP_REQUESTS, combined, next_top_up, resumable, top_up_source
+from pipeline.search.trials import RACED, REUSED, TOPS_UP
 
 SIZE = 20                       # requests of a fixed-size trial: the default study's limit
 BUDGETS = (0.10, 0.15, 0.25)    # shares of the grid measured with fixed trials
@@ -89,7 +99,7 @@ class Replayed:
                               evaluation=replace(config.evaluation, stages=variant.stages,
                                                  racing_error_rate=variant.alpha))
         self.study = optuna.create_study(directions=[o.direction for o in config.objectives],
-                                         sampler=make_sampler(self.config, 0))
+                                         sampler=make_sampler(self.config.study.sampler, seed=self.config.study.seed))
         self.records: dict[int, list[RequestRecord]] = {}
         self.spent = 0
         self.checkpoints: list[tuple[int, frozenset]] = []
@@ -212,7 +222,7 @@ def objective_sets(config: StudyConfig) -> dict[str, StudyConfig]:
 
 def _choice(study: optuna.Study, config: StudyConfig, policy: PromotionPolicy, table: Table) -> tuple | None:
     try:
-        return table.key(choose_trial(study, config.objectives, policy).trial.params)
+        return table.key(choose_trial(StudySnapshot.of(study), config.objectives, policy).trial.params)
     except InputError:
         return None
 

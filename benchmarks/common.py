@@ -17,17 +17,17 @@ import optuna
 import pandas as pd
 from rich.console import Console
 
-from pipeline.search.config import StudyConfig, load_config
-from pipeline.tracking.environment import cpu_model, git_commit
+from pipeline.engines.settings import InferenceSettings
 from pipeline.job.experiment import Experiment, load_experiment
-from pipeline.search.prepare import job_defaults, prepare_study
 from pipeline.job.prompts import load_prompts
 from pipeline.job.scoring import AnswerScore
-from pipeline.measure.metrics import RequestRecord
-from pipeline.engines.settings import InferenceSettings
-from pipeline.search.space import suggest
+from pipeline.measure.records import RequestRecord
 from pipeline.measure.tables import records_from_rows
+from pipeline.search.config import StudyConfig, load_config
+from pipeline.search.prepare import job_defaults, prepare_study
+from pipeline.search.space import suggest
 from pipeline.search.study import run_study
+from pipeline.tracking.environment import cpu_model, git_commit
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

@@ -28,10 +28,10 @@ import optuna
 import pandas as pd
 
 from benchmarks.common import GRID_CONFIG, GRID_DATA, ROOT, WallClock, load, write_result
-from pipeline.search.prepare import prepare_study
-from pipeline.measure.runner import prepare_requests, run_trial
-from pipeline.measure.metrics import measured_metrics
 from pipeline.engines.settings import InferenceSettings
+from pipeline.measure.metrics import measured_metrics
+from pipeline.measure.runner import prepare_requests, run_trial
+from pipeline.search.prepare import prepare_study
 from pipeline.search.space import suggest
 from pipeline.search.study import trial_plan
 

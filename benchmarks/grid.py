@@ -21,10 +21,9 @@ import pandas as pd
 from rich.console import Console
 from rich.progress import Progress
 
-from benchmarks.common import (GRID_CONFIG, GRID_DATA, WallClock, environment, grid_settings, load, record_row,
-                               searched)
-from pipeline.search.prepare import prepare_study
+from benchmarks.common import GRID_CONFIG, GRID_DATA, WallClock, environment, grid_settings, load, record_row, searched
 from pipeline.measure.runner import run_trial
+from pipeline.search.prepare import prepare_study
 from pipeline.search.study import trial_plan
 
 

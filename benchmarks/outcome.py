@@ -25,12 +25,12 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import ROOT, write_result
-from pipeline.search.config import load_config
 from pipeline.errors import InputError
+from pipeline.measure.records import RequestRecord
+from pipeline.promote.promotion import PromotionPolicy, PromotionRefused, promote
+from pipeline.search.config import load_config
 from pipeline.search.fronts import SETTINGS
 from pipeline.search.prepare import prepare_study
-from pipeline.promote.promotion import PromotionPolicy, PromotionRefused, promote
-from pipeline.measure.metrics import RequestRecord
 from pipeline.search.study import run_study
 
 JOBS = ("task_api", "tickets", "invoices")

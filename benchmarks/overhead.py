@@ -14,20 +14,20 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-from dataclasses import replace
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import optuna
 
 from benchmarks.common import ROOT, run_real_study, write_result
+from pipeline.job.scoring import Scorer
 from pipeline.measure import runner
 from pipeline.search import study as study_module
 from pipeline.search.config import load_config
-from pipeline.job.scoring import Scorer
 from pipeline.tracking.runs import StudyTracker
 
 CONFIG = ROOT / "configs" / "task_api.yaml"

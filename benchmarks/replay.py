@@ -13,16 +13,17 @@ from dataclasses import dataclass
 import numpy as np
 import optuna
 import pandas as pd
-from optuna.study._multi_objective import _is_pareto_front
 
 from benchmarks.common import read_grid, rows_to_records, searched
+from pipeline.job.experiment import load_experiment
+from pipeline.measure.metrics import summarize
+from pipeline.measure.records import RequestRecord
+from pipeline.measure.runner import TrialOutcome, abort_reason
 from pipeline.search.compare import normalized_hypervolume, to_minimization
 from pipeline.search.config import StudyConfig
-from pipeline.job.experiment import load_experiment
+from pipeline.search.fronts import is_pareto_front
 from pipeline.search.objectives import trial_values
 from pipeline.search.reuse import REUSE_LIMIT, reuse_measurement
-from pipeline.measure.runner import TrialOutcome, abort_reason
-from pipeline.measure.metrics import RequestRecord, summarize
 from pipeline.search.space import suggest
 
 
@@ -125,7 +126,7 @@ class Scale:
 
 def on_front(points: np.ndarray) -> np.ndarray:
     """Which minimisation points no other point dominates (Optuna's own rule, as ``Study.best_trials``)."""
-    return _is_pareto_front(points, assume_unique_lexsorted=False)
+    return is_pareto_front(points)
 
 
 def found_front(trials: pd.DataFrame, objectives: tuple) -> set[tuple]:

@@ -22,7 +22,7 @@ import pandas as pd
 
 from benchmarks.common import GRID_CONFIG, GRID_DATA, load, write_result
 from benchmarks.replay import Scale, Table, replay
-from pipeline.measure.metrics import Objective
+from pipeline.measure.registry import Objective
 from pipeline.search.config import StudyConfig
 from pipeline.search.samplers import make_sampler
 
@@ -34,7 +34,7 @@ def sampler_variants(config: StudyConfig) -> dict[str, tuple[Any, bool]]:
     """Name → (function of a seed giving a sampler, whether repeated settings are reused). The first is what a
     study does by default."""
     def shipped(name: str):
-        return lambda seed: make_sampler(replace(config, study=replace(config.study, sampler=name, seed=seed)), 0)
+        return lambda seed: make_sampler(name, seed=seed)
 
     def tpe(startup: int, multivariate: bool):
         def make(seed: int) -> optuna.samplers.BaseSampler:

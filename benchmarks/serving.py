@@ -13,7 +13,7 @@ slots with the bound beside them, and what the HTTP server adds per request over
    same model and threads: its aggregate generation speed is what batching can add on this machine, without
    HTTP, sampling or JSON grammars. Its one-sequence speed times the batch gain bounds output tokens/s.
 3. **What the HTTP server adds.** The same setting on the embedded engine and on llama-server (one slot, one
-   client), interleaved request by request (pipeline.sidebyside), so drift hits both; per request, the
+   client), interleaved request by request (pipeline.measure.sidebyside), so drift hits both; per request, the
    difference of the two latencies, and inside llama-server the wall clock minus its own timings.
 """
 
@@ -31,14 +31,14 @@ from benchmarks.common import ROOT, write_result
 from pipeline.engines.embedded import EmbeddedBackend, bundled_model_path
 from pipeline.engines.llama_server import LlamaServerBackend
 from pipeline.engines.process import find_binary
-from pipeline.search.config import load_config
-from pipeline.job.experiment import load_experiment
-from pipeline.search.prepare import warmup_example
-from pipeline.job.prompts import load_prompts
-from pipeline.measure.runner import TrialPlan, run_trial
-from pipeline.measure.metrics import summarize
-from pipeline.measure.sidebyside import Arm, measure_side_by_side
 from pipeline.engines.settings import settings_of
+from pipeline.job.experiment import load_experiment
+from pipeline.job.prompts import load_prompts
+from pipeline.measure.metrics import summarize
+from pipeline.measure.runner import TrialPlan, run_trial
+from pipeline.measure.sidebyside import Arm, measure_side_by_side
+from pipeline.search.config import load_config
+from pipeline.search.prepare import warmup_example
 
 CONFIG = ROOT / "configs" / "task_api.yaml"
 SETTING = {"num_ctx": 1024, "num_predict": 64, "temperature": 0.0, "top_p": 1.0, "top_k": 40, "few_shot": 2,

@@ -87,8 +87,8 @@ def plan(experiment, prompts, backend, **changes: Any):
     """The trial plan a study of ``experiment`` would build (warm-up: the pool's first example), changed."""
     from dataclasses import replace
 
-    from pipeline.search.prepare import warmup_example
     from pipeline.measure.runner import TrialPlan
+    from pipeline.search.prepare import warmup_example
 
     base = TrialPlan(prompts=prompts, backend=backend, scorer=experiment.scorer,
                      warmup=warmup_example(experiment, prompts))

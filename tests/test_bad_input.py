@@ -18,8 +18,8 @@ import yaml
 from mlflow import MlflowClient
 
 from pipeline.commands.cli import main
-from pipeline.tracking.locations import check_storage_url, check_tracking_uri
 from pipeline.errors import ConfigError
+from pipeline.tracking.locations import check_storage_url, check_tracking_uri
 from tests.conftest import EXPERIMENT, PROMPTS, ROOT, files_under, smoke_config
 
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
@@ -211,13 +211,14 @@ CASES = [
     Case("config-key-given-twice", config_text("study: {name: a}\nstudy: {name: b}\n"),
          "study.yaml:2: not valid YAML (key 'study' is given twice, first on line 1)"),
     Case("config-not-utf8", config_text(b"study:\n  name: caf\xe9\n"),
-         "study.yaml: not UTF-8 text (byte 0xe9 at offset 18); save the file as UTF-8"),
+         "study.yaml:2: not UTF-8 text (byte 0xe9 at offset 18); save it as UTF-8"),
     Case("config-empty-study-name", config(study={"name": ""}), "(study): 'name' must be a non-empty string, got ''"),
     Case("config-study-name-with-line-break", config(study={"name": "a\nb"}),
          "(study): 'name' contains a control character ('a\\nb'); remove it"),
     Case("config-study-name-with-a-path", study("--study-name", "a/../b"),
          "command line (study): 'name' 'a/../b' must start with a letter or digit"),
-    Case("config-missing-file", study("--config", "{tmp}/missing.yaml"), "missing.yaml not found: pass an existing"),
+    Case("config-missing-file", study("--config", "missing.yaml"),  # relative: the message shows it as given
+         "config file missing.yaml not found: pass an existing"),
     Case("config-markup-in-a-key", config(**{"[/x]": 1}), "unknown key '[/x]'"),
     Case("config-markup-in-a-value", config(study={"trials": "[red]"}), "'trials' must be int, got '[red]'"),
     # dataset
@@ -405,7 +406,7 @@ def guarded(monkeypatch: pytest.MonkeyPatch) -> None:
     def started(*args: object, **kwargs: object) -> None:
         raise AssertionError("the bad input was accepted: the study started")
 
-    monkeypatch.setattr("pipeline.commands.cli.run_study", started)
+    monkeypatch.setattr("pipeline.commands.study.run_study", started)
 
 
 def run(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str, str]:

@@ -14,19 +14,21 @@ import yaml
 from mlflow import MlflowClient
 from rich.console import Console
 
-from pipeline.render.plots import plot_fronts_html
-from pipeline.search.trials import BASELINE as BASELINE_ATTR
-from pipeline.commands.cli import front_table, main
-from pipeline.search.config import load_config
-from pipeline.job.experiment import load_experiment
-from pipeline.measure.gain import paired_gain, slower
-from pipeline.search.prepare import prepare_study
-from pipeline.promote.promotion import PromotionPolicy, PromotionRefused, promote
-from pipeline.job.scoring import AnswerScore
-from pipeline.measure.metrics import RequestRecord
-from pipeline.measure.sidebyside import Arm, interleaving, measure_side_by_side
+from pipeline.commands.cli import main
 from pipeline.engines.settings import InferenceSettings
+from pipeline.job.experiment import load_experiment
+from pipeline.job.scoring import AnswerScore
+from pipeline.measure.gain import paired_gain, slower
+from pipeline.measure.records import RequestRecord
+from pipeline.measure.sidebyside import Arm, interleaving, measure_side_by_side
+from pipeline.promote.promotion import PromotionPolicy, PromotionRefused, promote
+from pipeline.render.plots import plot_fronts_html
+from pipeline.render.tables import front_table
+from pipeline.search.config import load_config
+from pipeline.search.fronts import SETTINGS
+from pipeline.search.prepare import prepare_study
 from pipeline.search.study import run_study
+from pipeline.search.trials import BASELINE as BASELINE_ATTR
 from pipeline.testing import FakeBackend, answers_by_request
 from tests.conftest import EXPERIMENT, ROOT, plan, smoke_config
 
@@ -71,7 +73,7 @@ def test_the_study_measures_the_baseline_first_in_full_and_shows_it(tmp_path, wr
     assert run.data.tags[BASELINE_ATTR] == "true"
     assert list(report.trials["baseline"]) == [True] + [False] * (len(report.trials) - 1)
     console = Console(width=250, record=True)
-    console.print(front_table(report.front, "front", trials=report.trials))
+    console.print(front_table(report.front, "front", settings=SETTINGS, trials=report.trials))
     assert "0 baseline, off the front" in console.export_text()
     plot = plot_fronts_html({"smoke": report.trials}, prepared.config.objectives, tmp_path / "f.html",
                             title="t", settings=("num_ctx", "few_shot"))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.commands.cli import main
-from tests.conftest import EXPERIMENT, PROMPTS, files_under, smoke_config
+from tests.conftest import PROMPTS, files_under, smoke_config
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str]:
@@ -29,51 +29,18 @@ def assert_rejected(capsys, tmp_path: Path, args: list[str], message: str) -> No
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--trials", "0"], "argument --trials: 0 must be 1 or more"),
     (["--trials", "2.5"], "argument --trials: '2.5' is not a whole number"),
-    (["--backend", "vllm"], "argument --backend: 'vllm' is not one of embedded, ollama, auto, openai, llama-server"),
     (["--sampler", "grid"], "argument --sampler: 'grid' is not one of tpe, nsga2, random"),
     (["--limit", "-3"], "argument --limit: -3 must be 1 or more"),
     (["--threads", "0"], "argument --threads: 0 must be 1 or more"),
-    (["--config", "missing.yaml"], "config file missing.yaml not found"),
 ])
 def test_bad_command_line_values(capsys, tmp_path, args, message):
     assert_rejected(capsys, tmp_path, args, message)
 
 
-def test_bad_config_file(capsys, tmp_path, write_config):
-    path = write_config(smoke_config(search_space={"few_shot": {"low": 4, "high": 1}}))
-    assert_rejected(capsys, tmp_path, ["--config", str(path)], "inverted range, low 4 > high 1")
-
-
-def test_unknown_prompt_variant_in_the_space(capsys, tmp_path, write_config):
-    path = write_config(smoke_config(search_space={"prompt_variant": {"choices": ["compact", "verbos"]}}))
-    assert_rejected(capsys, tmp_path, ["--config", str(path)],
-                    "unknown prompt variant 'verbos'. Did you mean 'verbose'?")
-
-
 def test_more_shots_than_the_pool_holds(capsys, tmp_path, write_config):
     path = write_config(smoke_config(search_space={"few_shot": {"low": 0, "high": 40}}))
     assert_rejected(capsys, tmp_path, ["--config", str(path)], "asks for up to 40 examples but")
-
-
-def test_dataset_line_violating_the_schema(capsys, tmp_path, write_config):
-    experiment = Path(shutil.copytree(EXPERIMENT, tmp_path / "exp"))
-    with (experiment / "dataset.jsonl").open("a") as handle:
-        handle.write('{"id": "x1", "split": "dev", "request": "hi", "expected": {"action": "create_task", '
-                     '"params": {}, "success": true}}\n')
-    path = write_config(smoke_config(experiment=str(experiment)))
-    assert_rejected(capsys, tmp_path, ["--config", str(path)], "dataset.jsonl:101: expected answer violates")
-
-
-def test_unreadable_model_file(capsys, tmp_path):
-    fake = tmp_path / "model.gguf"
-    fake.write_bytes(b"not a model")
-    config = str(Path(__file__).parent.parent / "configs" / "smoke.yaml")
-    assert_rejected(capsys, tmp_path, ["--config", config, "--model", str(fake)],
-                    f"model file {fake} is not a GGUF file")
-    assert_rejected(capsys, tmp_path, ["--config", config, "--model", str(tmp_path / "none.gguf")],
-                    "cannot be read (No such file or directory)")
 
 
 def test_prompt_folder_without_examples(capsys, tmp_path, write_config):
@@ -87,13 +54,14 @@ def test_front_table_shows_each_headline_value_with_its_interval():
     import pandas as pd
     from rich.console import Console
 
-    from pipeline.commands.cli import front_table
+    from pipeline.render.tables import front_table
+    from pipeline.search.fronts import SETTINGS
 
     front = pd.DataFrame([{"number": 3, "schema_valid_rate": 0.9, "schema_valid_rate_ci95_low": 0.75,
                            "schema_valid_rate_ci95_high": 1.0, "latency_p95_ms": 420.0,
                            "latency_p95_ms_ci95_low": float("nan"), "latency_p95_ms_ci95_high": float("nan")}])
     console = Console(width=200, record=True)
-    console.print(front_table(front, "front"))
+    console.print(front_table(front, "front", settings=SETTINGS))
     text = console.export_text()
     assert "0.9 [0.75, 1]" in text and "│    420 │" in text  # no interval where none was measured
     assert "value [low, high]: 95% bootstrap interval" in " ".join(text.split())
@@ -102,6 +70,7 @@ def test_front_table_shows_each_headline_value_with_its_interval():
 def test_an_error_raised_while_handling_ctrl_c_is_an_interruption(monkeypatch, capsys):
     # Ctrl-C while a store migrates its schema comes out as the store's error about the half-done transaction.
     import pipeline.commands.cli as cli
+    from pipeline.commands import init
 
     def migrate(args, console):
         try:
@@ -109,7 +78,7 @@ def test_an_error_raised_while_handling_ctrl_c_is_an_interruption(monkeypatch, c
         except KeyboardInterrupt:
             raise RuntimeError("Can't reconnect until invalid transaction is rolled back") from None
 
-    monkeypatch.setattr(cli, "_init", migrate)
+    monkeypatch.setattr(init, "run", migrate)
     assert cli.main(["init", "x"]) == 130
     assert capsys.readouterr().err.startswith("interrupted:")
     assert cli._interruption(ValueError("plain")) is False

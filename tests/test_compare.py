@@ -9,8 +9,8 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline.commands.cli import main
-from pipeline.search.compare import compare, coverage, load_fronts, normalized_hypervolume
 from pipeline.errors import InputError
+from pipeline.search.compare import compare, coverage, load_fronts, normalized_hypervolume
 from tests.conftest import ROOT
 
 OBJECTIVES = "schema_valid_rate:maximize,latency_p95_ms:minimize"

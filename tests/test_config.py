@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.measure.metrics import Constraint
-from pipeline.search.config import ParamSpec, load_config
 from pipeline.errors import ConfigError
+from pipeline.measure.registry import Constraint
+from pipeline.search.config import ParamSpec, load_config
 from pipeline.search.prepare import job_defaults
 from tests.conftest import ROOT, smoke_config
 
@@ -109,3 +109,13 @@ def test_constraint_violation_follows_optunas_sign_convention():
     assert Constraint("latency_p95_ms", max=1000).violation(1200) == 200
     assert Constraint("schema_valid_rate", min=0.8).violation(0.5) == pytest.approx(0.3)
     assert Constraint("schema_valid_rate", min=0.8).violation(0.9) < 0
+
+
+def test_a_config_with_a_byte_order_mark_reads_as_the_same_config(tmp_path):
+    # The config is read like every job file (pipeline.job.files.read_text): a leading BOM is dropped.
+    text = (ROOT / "configs" / "smoke.yaml").read_text().replace("../", f"{ROOT}/")
+    (tmp_path / "plain.yaml").write_text(text, encoding="utf-8")
+    (tmp_path / "bom.yaml").write_text(text, encoding="utf-8-sig")
+    assert (tmp_path / "bom.yaml").read_bytes().startswith(b"\xef\xbb\xbf")
+    plain, bom = load_config(tmp_path / "plain.yaml"), load_config(tmp_path / "bom.yaml")
+    assert bom.search_space == plain.search_space and bom.study == plain.study

@@ -7,11 +7,11 @@ from collections import Counter
 
 import pytest
 
-from pipeline.search.config import load_config
-from pipeline.job.experiment import load_experiment
-from pipeline.search.prepare import job_defaults, warmup_example
-from pipeline.job.prompts import load_prompts
 from pipeline.engines.tokens import estimate_tokens
+from pipeline.job.experiment import load_experiment
+from pipeline.job.prompts import load_prompts
+from pipeline.search.config import load_config
+from pipeline.search.prepare import job_defaults, warmup_example
 from tests.conftest import ROOT
 
 ACTIONS = ("create_task", "list_tasks", "update_task", "delete_task", "complete_task")

@@ -10,15 +10,15 @@ import pandas as pd
 from mlflow import MlflowClient
 from rich.console import Console
 
-from pipeline.search.fronts import trials_frame
-from pipeline.search.trials import BASELINE, REMEASURES
+from pipeline.job.experiment import load_experiment
+from pipeline.measure.registry import Objective
 from pipeline.search.compare import StudyFront, compare
-from pipeline.measure.metrics import Objective
 from pipeline.search.config import load_config
 from pipeline.search.drift import DriftMonitor, machine_note
-from pipeline.job.experiment import load_experiment
+from pipeline.search.fronts import trials_frame
 from pipeline.search.prepare import prepare_study
 from pipeline.search.study import run_study
+from pipeline.search.trials import BASELINE, REMEASURES
 from pipeline.testing import FakeBackend, answers_by_request
 from tests.conftest import EXPERIMENT, smoke_config
 
@@ -106,8 +106,9 @@ def test_compare_says_when_studies_ran_at_different_machine_speeds():
 
 
 def test_promote_says_when_the_chosen_trial_and_the_baseline_ran_at_different_speeds():
+    from pipeline.promote.choose import machine_states_note
     from pipeline.search.config import EvaluationConfig, StudyConfig
-    from pipeline.promote.promotion import _machine_states
+    from pipeline.search.snapshot import StudySnapshot
 
     study = optuna.create_study(directions=["maximize", "minimize"])
     distribution = optuna.distributions.IntDistribution(0, 9)
@@ -116,8 +117,9 @@ def test_promote_says_when_the_chosen_trial_and_the_baseline_ran_at_different_sp
             values=[0.5, 900.0], params={"x": number}, distributions={"x": distribution},
             user_attrs={"metrics": {}, "reference_ms": reference, **({BASELINE: True} if number == 0 else {})}))
     config = StudyConfig(path=EXPERIMENT, experiment=EXPERIMENT, prompts=EXPERIMENT, evaluation=EvaluationConfig())
-    note = _machine_states(study, study.trials[1], config)
+    snapshot, threshold = StudySnapshot.of(study), config.evaluation.drift_threshold
+    note = machine_states_note(snapshot, snapshot.trials[1], threshold=threshold)
     assert note.startswith("on dev, trial 1 and the baseline (trial 0) were measured at different machine speeds")
     assert note.endswith("the held-out side-by-side measures both at once")
-    assert _machine_states(study, study.trials[2], config) is None      # 300 vs 310 ms: the same state
-    assert _machine_states(study, study.trials[0], config) is None      # the baseline itself
+    assert machine_states_note(snapshot, snapshot.trials[2], threshold=threshold) is None  # 300 vs 310 ms: same
+    assert machine_states_note(snapshot, snapshot.trials[0], threshold=threshold) is None  # the baseline itself

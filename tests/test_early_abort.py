@@ -7,10 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.measure.metrics import Constraint
-from pipeline.measure.runner import Abort, abort_reason, can_abort
 from pipeline.job.scoring import AnswerScore
-from pipeline.measure.metrics import RequestRecord, optimistic_bound, summarize
+from pipeline.measure.metrics import optimistic_bound, summarize
+from pipeline.measure.records import RequestRecord
+from pipeline.measure.registry import Constraint
+from pipeline.measure.runner import Abort, abort_reason, can_abort
 
 P95_SLA = Constraint("latency_p95_ms", max=4000.0)
 VALID_SLA = Constraint("schema_valid_rate", min=0.8)

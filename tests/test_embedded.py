@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from pipeline.engines.embedded import bundled_model_path
-from pipeline.measure.runner import check_fit, prepare_requests, run_trial
 from pipeline.engines.settings import InferenceSettings
+from pipeline.measure.runner import check_fit, prepare_requests, run_trial
 from tests.conftest import plan
 
 pytestmark = pytest.mark.slow

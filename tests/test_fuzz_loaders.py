@@ -21,11 +21,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.search.config import PARAMETERS, StudyConfig, load_config
 from pipeline.errors import ConfigError, DataError, PipelineError
 from pipeline.job.experiment import Experiment, load_experiment
 from pipeline.job.prompts import PromptLibrary, load_prompts
-from pipeline.measure.metrics import METRICS
+from pipeline.measure.registry import METRICS
+from pipeline.search.config import PARAMETERS, StudyConfig, load_config
 from tests.conftest import EXPERIMENT, PROMPTS, smoke_config
 
 

@@ -22,8 +22,8 @@ import optuna
 from mlflow import MlflowClient
 from rich.console import Console
 
-from pipeline.search.config import load_config
 from pipeline.job.experiment import load_experiment
+from pipeline.search.config import load_config
 from pipeline.search.prepare import prepare_study
 from pipeline.search.study import run_study
 from pipeline.testing import FakeBackend, answers_by_request
@@ -36,7 +36,8 @@ TRIALS = 14
 VOLATILE_TAGS = {"git_commit", "package_version", "cpu", "cpu_count", "memory_gb", "os", "python", "host",
                  "mlflow.user", "mlflow.source.name", "mlflow.source.type", "mlflow.source.git.commit",
                  "mlflow.runName", "mlflow.parentRunId", "mlflow.loggedArtifacts", "mlflow.log-model.history",
-                 "engine_version", "worker", "optuna_storage", "machine", "optuna_version", "mlflow_version", "llama_cpp_version"}
+                 "engine_version", "worker", "optuna_storage", "machine", "optuna_version", "mlflow_version",
+                 "llama_cpp_version"}
 VOLATILE_TAG_SUFFIXES = ("_run_id", "_at", "_version")
 # Throughput is over the wall-clock span of a trial's requests: the only figures the fake backend does not fix.
 VOLATILE_METRICS = {"throughput_rps", "output_tokens_per_s", "goodput_rps"}

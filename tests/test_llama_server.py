@@ -20,15 +20,15 @@ import pytest
 from mlflow.tracking import MlflowClient
 from rich.console import Console
 
+from pipeline.commands.cli import main
+from pipeline.engines.embedded import bundled_model_path
 from pipeline.engines.llama_server import LlamaServerBackend
 from pipeline.engines.openai import OpenAIBackend
-from pipeline.engines.embedded import bundled_model_path
 from pipeline.engines.process import ServerProcess, find_binary
-from pipeline.commands.cli import main
+from pipeline.engines.settings import settings_of
+from pipeline.measure.runner import run_trial
 from pipeline.search.config import load_config
 from pipeline.search.prepare import prepare_study
-from pipeline.measure.runner import run_trial
-from pipeline.engines.settings import settings_of
 from pipeline.search.study import run_study
 from tests.conftest import ROOT, files_under, plan, smoke_config
 

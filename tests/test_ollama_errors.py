@@ -12,10 +12,10 @@ import httpx
 import ollama
 import pytest
 
-from pipeline.engines.ollama import OllamaBackend
 from pipeline.engines.base import RequestFailed
-from pipeline.errors import InputError
+from pipeline.engines.ollama import OllamaBackend
 from pipeline.engines.settings import InferenceSettings
+from pipeline.errors import InputError
 from pipeline.testing import OllamaDouble
 from pipeline.testing.golang import parse_duration_ns
 from pipeline.testing.ollama_double import PULL_ERROR

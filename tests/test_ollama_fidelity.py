@@ -16,15 +16,15 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from pipeline.engines.ollama import OllamaBackend
 from pipeline.commands.cli import main
+from pipeline.engines.ollama import OllamaBackend
+from pipeline.engines.settings import InferenceSettings
+from pipeline.engines.truncation import PromptSizes
+from pipeline.measure.records import RequestRecord
+from pipeline.measure.runner import prepare_requests, run_trial
 from pipeline.search.config import load_config
 from pipeline.search.objectives import CONTEXT_FIT, trial_values
-from pipeline.measure.runner import prepare_requests, run_trial
-from pipeline.measure.metrics import RequestRecord
-from pipeline.engines.settings import InferenceSettings
 from pipeline.testing import OllamaDouble
-from pipeline.engines.truncation import PromptSizes
 from tests.conftest import ROOT, plan, smoke_config
 
 pytestmark = pytest.mark.slow
@@ -90,10 +90,13 @@ def test_with_format_the_schema_applies_after_thinking_and_only_that_request_is_
     # thinking as an assistant message and the format applied, answers. Its metrics alone reach the client.
     chunks = stream(client, format=SCHEMA)
     thinking = [c for c in chunks if c.message.thinking]
-    answer = "".join(c.message.content for c in chunks)
-    jsonschema.validate(json.loads(answer), SCHEMA)
+    answered = [c for c in chunks if c.message.content]
+    jsonschema.validate(json.loads("".join(c.message.content for c in answered)), SCHEMA)
     final = chunks[-1]
-    assert len(thinking) >= 8 and final.eval_count < len(thinking) + final.eval_count
+    # The double streams one line per piece the engine counts as a token, and the schema's grammar admits no
+    # token without text, so the answer's lines are the answer request's eval_count; the thinking's lines (the
+    # first completion's) must not be in it, as they are without `format`.
+    assert len(thinking) >= 8 and final.eval_count == len(answered)
     plain = stream(client, format=SCHEMA, think=False)
     assert not any(c.message.thinking for c in plain)
     # the answer's own prompt holds the thinking: counted bigger than the request's prompt alone
@@ -125,7 +128,9 @@ def test_backend_measures_thinking_apart_and_the_parts_add_up_within_the_outside
                             plan(experiment, prompts, backend))
         for r in outcome.records:
             assert r.thinking_tokens and 0 < r.thinking_ttft_ms < r.thinking_ttft_ms + r.thinking_ms < r.ttft_ms
-            assert r.ttft_ms < r.latency_ms and r.server_ms <= r.latency_ms < r.server_ms + 50
+            # the server's clock runs inside ours; how much longer ours runs is the client's share, which a
+            # busy machine stretches without limit, so it has no upper bound here
+            assert r.ttft_ms < r.latency_ms and r.server_ms <= r.latency_ms
             if fmt == "off":  # one completion: its decode time covers the thinking
                 assert r.thinking_ms <= r.decode_ms and r.prefill_ms + r.decode_ms <= r.latency_ms
             else:  # thinking, then the answer's own request: its prefill and decode, inside the outside clock
@@ -305,9 +310,15 @@ def test_warm_load_duration_is_realistic_and_keep_alive_zero_reloads_every_reque
     # server/routes.go: load_duration = checkpointLoaded - checkpointStart, the lookup and scheduling before the
     # runner; docs/api.md's warm examples show 1.3-6.7 ms.
     stream(client, model=PLAIN, think=False)
-    warm = stream(client, model=PLAIN, think=False)[-1]
-    assert 2_000_000 <= warm.load_duration < 250_000_000
     loads = double.loads
+    # Realistic as Ollama's: the time really spent before generating, not a constant. A lookup slower than the
+    # fixture's 2 ms, so that a double reporting its setting would fail: the warm request loads nothing, and its
+    # load_duration is that lookup, inside the request's own clock (the _fresh fixture puts 2 ms back).
+    double.warm_load_s = 0.03
+    warm = stream(client, model=PLAIN, think=False)[-1]
+    assert double.loads == loads
+    assert 30_000_000 <= warm.load_duration
+    assert warm.load_duration + warm.prompt_eval_duration + warm.eval_duration <= warm.total_duration
     for _ in range(3):  # keep_alive 0: the runner expires after each request, so the next one loads again
         client.chat(model=PLAIN, messages=HELLO, keep_alive=0, options={"num_ctx": 1024, "num_predict": 2})
         assert client.ps().models == []
@@ -348,8 +359,8 @@ def test_thinking_exhausted_needs_thinking_a_length_stop_and_no_answer():
 
 
 def test_think_is_an_optional_setting_read_as_yaml_writes_it(write_config):
-    from pipeline.errors import ConfigError
     from pipeline.engines.settings import settings_of
+    from pipeline.errors import ConfigError
 
     raw = smoke_config()
     raw["search_space"]["think"] = {"choices": [False, True, "low"]}  # YAML 1.1 reads bare off/on as booleans

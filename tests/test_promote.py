@@ -9,12 +9,13 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline.commands.cli import main
-from pipeline.measure.metrics import Constraint, Objective
 from pipeline.errors import InputError
+from pipeline.measure.registry import Constraint, Objective
+from pipeline.promote.choose import Choice, beating_baseline, choose_trial, knee_index
 from pipeline.promote.modelfile import parse
-from pipeline.search.fronts import front_trials
+from pipeline.promote.promotion import PromotionPolicy, decide
+from pipeline.search.snapshot import StudySnapshot
 from pipeline.search.trials import BASELINE
-from pipeline.promote.promotion import Choice, PromotionPolicy, beating_baseline, choose_trial, decide, knee_index
 from pipeline.testing.ollama_double import OllamaDouble
 from tests.conftest import ROOT, smoke_config
 
@@ -36,7 +37,7 @@ def study():
         trial.set_constraint("latency_p95_ms", -1.0 if feasible else 1.0)
         trial.set_user_attr("metrics", {"schema_valid_rate": valid, "latency_p95_ms": p95})
         study.tell(trial, [valid, p95])
-    return study
+    return StudySnapshot.of(study)
 
 
 def test_policies_choose_from_the_feasible_front(study):
@@ -52,7 +53,7 @@ def test_policies_choose_from_the_feasible_front(study):
         choose_trial(study, OBJECTIVES, PromotionPolicy("trial", trial=9))
 
 
-def constructed(points, *, baseline_at=None) -> optuna.Study:
+def constructed(points, *, baseline_at=None) -> StudySnapshot:
     study = optuna.create_study(directions=["maximize", "minimize"])
     for i, (valid, p95) in enumerate(points):
         trial = study.ask()
@@ -61,7 +62,7 @@ def constructed(points, *, baseline_at=None) -> optuna.Study:
         if i == baseline_at:
             trial.set_user_attr(BASELINE, True)
         study.tell(trial, [valid, p95])
-    return study
+    return StudySnapshot.of(study)
 
 
 def test_with_a_baseline_the_policies_choose_among_the_front_points_that_beat_it():
@@ -80,7 +81,7 @@ def test_with_a_baseline_the_policies_choose_among_the_front_points_that_beat_it
     assert choice.trial.number == 1 and choice.why.startswith("no front point within the SLA beats the baseline")
     # the baseline on the front: nothing beats it, the whole front is the pool, said so
     on_front = constructed([(1.0, 900.0), (0.2, 100.0)], baseline_at=0)
-    pool, why = beating_baseline(on_front, front_trials(on_front), OBJECTIVES)
+    pool, why = beating_baseline(on_front, on_front.front, OBJECTIVES)
     assert [t.number for t in pool] == [1] and why.startswith("no front point beats the baseline (trial 0)")
     assert choose_trial(on_front, OBJECTIVES, PromotionPolicy("knee")).trial.number == 1  # never the baseline
     assert choose_trial(on_front, OBJECTIVES, PromotionPolicy("trial", trial=1)).why == ""
@@ -108,9 +109,16 @@ def schema_study(tmp_path_factory):
     return folder, config
 
 
-def promote_cli(folder: Path, config: Path, *args: str) -> int:
+def promote_cli(folder: Path, config: Path, *args: str, output: str = "out") -> int:
     return main(["promote", "promo", "--config", str(config), "--tracking-uri", f"sqlite:///{folder}/mlflow.db",
-                 "--repetitions", "1", "--output", str(folder / "out"), *args])
+                 "--repetitions", "1", "--output", str(folder / output), *args])
+
+
+def champion(client: MlflowClient) -> int | None:
+    """The version the registered model's champion alias points at; None before any promotion."""
+    if not client.search_registered_models(filter_string="name = 'promo'"):
+        return None
+    return client.get_registered_model("promo").aliases.get("champion")
 
 
 @pytest.mark.slow
@@ -149,14 +157,21 @@ def test_promotion_refused_when_held_out_latency_breaks_the_sla(schema_study, ca
     folder, config = schema_study
     client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
     before = len(client.search_model_versions("name='promo'")) if client.search_registered_models() else 0
-    code = promote_cli(folder, config, "--policy", "trial", "--trial", "0", "--sla-p95-ms", "1")
+    # the accepted test may have run first (same study, module fixture): absent, or the version it promoted last
+    alias_before = champion(client)
+    # an output folder of its own: the accepted test writes its bundle to "out"
+    code = promote_cli(folder, config, "--policy", "trial", "--trial", "0", "--sla-p95-ms", "1", output="refused")
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 3 and len(err) == 2 and "refused: trial 0 of 'promo': held-out data breaks the SLA" in err[-1]
     after = len(client.search_model_versions("name='promo'")) if client.search_registered_models() else 0
     assert after == before
+    assert champion(client) == alias_before
+    # nothing written: no Modelfile, no sidecar, not even the folder
+    assert not (folder / "refused").exists()
     refused = [r for r in client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
                if r.data.tags.get("promotion") == "refused"]
     assert len(refused) == 1 and "latency_p95_ms <= 1" in refused[0].data.tags["refused_because"]
+    assert not client.list_artifacts(refused[0].info.run_id, "modelfile")  # and no bundle logged to the run
 
 
 def test_decision_rule_on_accuracy_drop_and_held_out_sla():

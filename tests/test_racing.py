@@ -17,31 +17,32 @@ from hypothesis import strategies as st
 from mlflow import MlflowClient
 from rich.console import Console
 
-from pipeline.search.fronts import front_frame, front_trials, measured_trials, superseded, trials_frame
-from pipeline.search.trials import BASELINE, RACED, REMEASURES, REUSED, TOPS_UP
-from pipeline.commands.cli import front_table
-from pipeline.measure.metrics import Objective
-from pipeline.search.config import load_config
 from pipeline.errors import ConfigError
 from pipeline.job.experiment import load_experiment
-from pipeline.search.prepare import prepare_study
-from pipeline.promote.promotion import PromotionPolicy, choose_trial
+from pipeline.job.scoring import AnswerScore
+from pipeline.measure.metrics import summarize
 from pipeline.measure.racing import (
     Racer,
     bound_metrics,
     dominated_by,
-    dominated_on_the_same_requests,
     interval,
-    paired_gaps,
     ties,
     undecided,
 )
+from pipeline.measure.records import RequestRecord
+from pipeline.measure.registry import Objective
+from pipeline.promote.choose import choose_trial
+from pipeline.promote.promotion import PromotionPolicy
+from pipeline.render.tables import front_table
+from pipeline.search.config import load_config
+from pipeline.search.fronts import SETTINGS, front_frame, front_trials, measured_trials, superseded, trials_frame
+from pipeline.search.prepare import prepare_study
 from pipeline.search.reuse import reuse_measurement
-from pipeline.job.scoring import AnswerScore
-from pipeline.measure.metrics import RequestRecord, summarize
+from pipeline.search.snapshot import StudySnapshot
 from pipeline.search.study import run_study
-from pipeline.testing import FakeBackend, answers_by_request
 from pipeline.search.topup import next_top_up, resumable
+from pipeline.search.trials import BASELINE, RACED, REMEASURES, REUSED, TOPS_UP
+from pipeline.testing import FakeBackend, answers_by_request
 from tests.conftest import EXPERIMENT, smoke_config
 
 ACCURACY = Objective("field_accuracy", "maximize")
@@ -159,8 +160,27 @@ def test_never_stops_a_trial_better_than_the_front_point_on_some_objective(pairs
     for trial in (faster, better):
         assert racer.check(trial, len(pairs) + 1) is None
     anyone = requests_of([p[0] for p in pairs], [p[1] for p in pairs])
-    stopped = racer.check(anyone, len(pairs) + 1) is not None
-    assert stopped == dominated_on_the_same_requests(paired_gaps(anyone, front, OBJECTIVES, 0.05))
+    race = racer.check(anyone, len(pairs) + 1)
+    expected = (0, len(pairs), len(pairs) + 1) if reference_stops(anyone, front, 0.05) else None
+    assert (None if race is None else (race.by, race.requests, race.planned)) == expected
+
+
+def reference_stops(ours: list[RequestRecord], theirs: list[RequestRecord], alpha: float) -> bool:
+    """The racing rule written out from its description: resample the requests together (1000 draws of the
+    request indices, seed 0), take each objective's gap (theirs better: positive) on every draw, and stop when the
+    front point is better on one objective (the gap's alpha/2 quantile above 0) and no worse on any (above 0, or
+    no gap on any draw)."""
+    n = len(ours)
+    picks = np.random.default_rng(0).integers(0, n, (1000, n))
+    accuracy = (np.array([r.score.field_accuracy for r in ours]), np.array([r.score.field_accuracy for r in theirs]))
+    latency = (np.array([r.latency_ms for r in ours]), np.array([r.latency_ms for r in theirs]))
+    gaps = [accuracy[1][picks].mean(axis=1) - accuracy[0][picks].mean(axis=1),
+            np.percentile(latency[0][picks], 95, axis=1) - np.percentile(latency[1][picks], 95, axis=1)]
+    lows = [np.quantile(gap, alpha / 2) for gap in gaps]
+    highs = [np.quantile(gap, 1 - alpha / 2) for gap in gaps]
+    better = [low > 0 for low in lows]
+    same = [low == high == 0 for low, high in zip(lows, highs)]
+    return all(b or s for b, s in zip(better, same)) and any(better)
 
 
 @pytest.mark.parametrize("alpha", [0.05, 0.2])
@@ -216,9 +236,12 @@ def test_top_ups_go_to_the_least_measured_open_point_doubling_within_budget_and_
     assert choice.trial.number == 1 and choice.requests == 8
     assert next_top_up(study, OBJECTIVES, budget=5, most=60).requests == 5
     assert next_top_up(study, OBJECTIVES, budget=0, most=60) is None
-    # the split is used up for trial 1 at 10: the next is trial 0, with what is left of the split
-    assert next_top_up(study, OBJECTIVES, budget=100, most=10) is None or \
-        next_top_up(study, OBJECTIVES, budget=100, most=10).trial.number == 1
+    # a split of 10: trial 0 (20 requests) has used it up; trial 1 (8) is still open with trial 0 on both
+    # objectives, so it is topped up, by what is left of the split (10 - 8), not doubled
+    capped = next_top_up(study, OBJECTIVES, budget=100, most=10)
+    assert capped is not None and (capped.trial.number, capped.requests) == (1, 2)
+    # a split of 8: every open point has used it up
+    assert next_top_up(study, OBJECTIVES, budget=100, most=8) is None
     decided = _study({0: (bounds((0.5, 0.7), (900, 1000)), 20), 1: (bounds((0.75, 0.8), (1100, 1300)), 8)})
     assert next_top_up(decided, OBJECTIVES, budget=100, most=60) is None
 
@@ -266,12 +289,13 @@ def test_the_front_table_marks_ties_and_promote_takes_the_cheaper_of_them():
     frame = trials_frame(study, OBJECTIVES)
     assert dict(zip(frame["number"], frame["tied_with"])) == {0: "1", 1: "0", 2: ""}
     console = Console(file=io.StringIO(), width=200)
-    console.print(front_table(front_frame(frame, OBJECTIVES), "front", objectives=["field_accuracy"],
+    console.print(front_table(front_frame(frame, OBJECTIVES), "front", settings=SETTINGS,
+                              objectives=["field_accuracy"],
                               trials=frame))
     text = " ".join(console.file.getvalue().split())
     assert "tied with" in text and "tied: the front points whose intervals overlap" in text
     # the sla policy's best accuracy within 2000 ms is trial 1 (0.65); trial 0 is tied with it and faster
-    choice = choose_trial(study, OBJECTIVES, PromotionPolicy(policy="sla", sla_p95_ms=2000))
+    choice = choose_trial(StudySnapshot.of(study), OBJECTIVES, PromotionPolicy(policy="sla", sla_p95_ms=2000))
     assert choice.trial.number == 0
     assert "trial 1 is tied with trial 0" in choice.why and "chose trial 0, the lowest latency_p95_ms (1000)" in \
         choice.why
@@ -315,13 +339,15 @@ def _good_or_junk(messages, settings) -> str:
 class Counting(FakeBackend):
     """Counts the timed requests (every call but the warm-ups, which send the pool's first example)."""
 
-    def __init__(self, warmup_request: str) -> None:
-        super().__init__(_good_or_junk)
+    def __init__(self, warmup_request: str, answer=_good_or_junk) -> None:
+        super().__init__(answer)
         self.warmup_request, self.timed = warmup_request, 0
+        self.asked: list[str] = []  # the timed requests, in order
 
     def generate(self, messages, settings, *, schema):
         if messages[-1]["content"] != self.warmup_request:
             self.timed += 1
+            self.asked.append(messages[-1]["content"])
         return super().generate(messages, settings, schema=schema)
 
 
@@ -338,8 +364,8 @@ def _requests_rows(client: MlflowClient, run_id: str, folder: Path) -> int:
 
 
 def test_a_study_races_hopeless_trials_and_refines_its_front_with_every_request_accounted(write_config, tmp_path):
-    from pipeline.search.prepare import warmup_example
     from pipeline.job.prompts import load_prompts
+    from pipeline.search.prepare import warmup_example
 
     raw = smoke_config(evaluation={"limit": 10, "stages": [3], "refine_requests": 30},
                        study={"trials": 6, "sampler": "random", "seed": 3},
@@ -388,15 +414,19 @@ def test_a_study_races_hopeless_trials_and_refines_its_front_with_every_request_
 
 def test_refine_on_request_adds_no_trials_and_reads_earlier_requests_back_from_mlflow(write_config, tmp_path):
     from pipeline.commands.cli import build_parser
+    from pipeline.job.prompts import load_prompts
+    from pipeline.search.prepare import warmup_example
 
     args = build_parser().parse_args(["study", "--config", "x.yaml", "--refine", "12"])
     assert args.refine == 12 and args.trials is None
     config = load_config(write_config(smoke_config(evaluation={"limit": 4}, study={"trials": 3, "seed": 11})))
+    warmup = warmup_example(TASK_API, load_prompts(config.prompts, TASK_API)).request
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    first = run_study(prepare_study(config, tracking_uri=uri, backend=FakeBackend(RIGHT)), trials=3,
+    earlier = Counting(warmup, RIGHT)
+    first = run_study(prepare_study(config, tracking_uri=uri, backend=earlier), trials=3,
                       console=Console(file=io.StringIO()))
     assert (first.trials["requests_measured"] == 4).all()
-    backend = FakeBackend(RIGHT)  # a new process: the earlier records are only in MLflow
+    backend = Counting(warmup, RIGHT)  # a new process: the earlier records are only in MLflow
     output = io.StringIO()
     again = run_study(prepare_study(config, tracking_uri=uri, backend=backend), trials=0, refine=12,
                       console=Console(file=output, width=200))
@@ -407,6 +437,10 @@ def test_refine_on_request_adds_no_trials_and_reads_earlier_requests_back_from_m
     client, runs = _runs(tmp_path)
     added = sum(r.data.metrics["requests_run"] for r in runs if TOPS_UP in r.data.tags)
     assert 0 < added <= 12
+    # the backend of the refinement answered the added requests and nothing else: none of the 4 requests the
+    # topped-up trials had already answered was sent again, so their records can only have come from MLflow
+    assert backend.timed == added
+    assert len(set(earlier.asked)) == 4 and not set(backend.asked) & set(earlier.asked)
     for run in runs:
         assert _requests_rows(client, run.info.run_id, tmp_path / run.info.run_id) == \
             run.data.metrics["requests_measured"]

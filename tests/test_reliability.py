@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,6 +30,7 @@ def environment() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["PYTHONPATH"] = str(ROOT)  # the code under test, whatever is installed
     env["PYTHONFAULTHANDLER"] = "1"  # a worker stopped with SIGABRT prints every thread's stack (see finish)
+    env.pop("PIPELINE_WORKER", None)  # each worker names itself on its trials: host and process id
     return env
 
 
@@ -151,9 +153,13 @@ def test_two_workers_share_one_study_on_a_journal_file(tmp_path):
         optuna.storages.journal.JournalFileBackend(f"{tmp_path}/study.log")))
     measured = [t for t in study.trials if "same_as" not in t.user_attrs]  # a reused repeat is no measurement
     assert {t.state for t in study.trials} == {TrialState.COMPLETE} and len(measured) == 4
-    assert len({t.user_attrs["worker"] for t in measured}) == 2  # both workers did some
+    # Which worker takes which trial is up to the scheduler (one may take all four); what is guaranteed is that
+    # each trial was run by one of the two, once, and recorded once.
+    names = {f"{socket.gethostname()}:{worker.pid}" for worker in workers}
+    assert all(t.user_attrs["worker"] in names for t in measured)
     parents, children = mlflow_runs(tmp_path)
     assert len(parents) == 1 and len(children) == 4
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
-    assert {int(c.data.tags["optuna.trial_number"]) for c in children} == {t.number for t in measured}
+    assert sorted(int(c.data.tags["optuna.trial_number"]) for c in children) == sorted(t.number for t in measured)
+    assert sorted(c.info.run_id for c in children) == sorted(t.user_attrs["mlflow_run_id"] for t in measured)
     assert parents[0].info.status == "FINISHED"

@@ -11,7 +11,7 @@ import pytest
 
 from benchmarks.common import SCORE_COLUMNS, load
 from benchmarks.replay import Replay, Scale, Table, replay
-from pipeline.measure.metrics import Constraint
+from pipeline.measure.registry import Constraint
 
 FIXED = {"num_predict": 48, "temperature": 0.0, "prompt_variant": "compact", "format": "off"}
 

@@ -7,12 +7,12 @@ from dataclasses import replace
 import optuna
 import pytest
 
-from pipeline.search.fronts import front_trials, measured_trials, trials_frame
-from pipeline.search.trials import REUSED
-from pipeline.measure.metrics import Objective
+from pipeline.measure.registry import Objective
 from pipeline.search.config import load_config
+from pipeline.search.fronts import front_trials, measured_trials, trials_frame
 from pipeline.search.reuse import reuse_measurement
 from pipeline.search.samplers import make_sampler
+from pipeline.search.trials import REUSED
 from tests.conftest import ROOT
 
 OBJECTIVES = (Objective("schema_valid_rate", "maximize"), Objective("latency_p95_ms", "minimize"))
@@ -60,7 +60,8 @@ def test_shipped_samplers_repeat_settings_in_a_small_space(sampler):
     """Why reuse matters: in a space of 4 settings, 12 asks repeat; reused, the repeats cost no requests."""
     config = load_config(ROOT / "configs" / "smoke.yaml")
     config = replace(config, study=replace(config.study, sampler=sampler))
-    study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_sampler(config, 0))
+    study = optuna.create_study(directions=["maximize", "minimize"],
+                                sampler=make_sampler(config.study.sampler, seed=config.study.seed))
     measured = 0
     for _ in range(12):
         trial = ask(study)
@@ -73,10 +74,11 @@ def test_shipped_samplers_repeat_settings_in_a_small_space(sampler):
 
 def test_a_batch_proposing_one_setting_twice_measures_it_once():
     """Two trials of one batch with the same settings: the first measures, the second is answered from it."""
-    from pipeline.search.study import _optimize
+    from pipeline.search.loop import TrialLoop
 
     config = load_config(ROOT / "configs" / "smoke.yaml")
-    study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_sampler(config, 0))
+    study = optuna.create_study(directions=["maximize", "minimize"],
+                                sampler=make_sampler(config.study.sampler, seed=config.study.seed))
     same = {"num_predict": 32, "few_shot": 2, "prompt_variant": "compact", "format": "schema"}
     study.enqueue_trial(same)
     study.enqueue_trial(same)
@@ -87,7 +89,6 @@ def test_a_batch_proposing_one_setting_twice_measures_it_once():
         trial.set_user_attr("metrics", {"field_accuracy": 0.5, "latency_p95_ms": 100.0 + len(measured)})
         return [0.5, 100.0 + len(measured)]
 
-    _optimize(study, evaluate, target=2, config=config, storage_url="", batch=2, stop=[],
-              on_recovered=lambda trials: None, on_trial=lambda: None)
+    TrialLoop(study, evaluate, config=config, storage_url="").optimize(target=2, batch=2)
     assert [p for p in measured if same.items() <= p.items()] == [measured[0]] and len(measured) == 2
     assert study.trials[1].user_attrs[REUSED] == 0 and len(measured_trials(study)) == 2

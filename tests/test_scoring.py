@@ -13,14 +13,9 @@ from pipeline.job.pointers import MISSING, parse_pointer
 from pipeline.job.rules import Exact, Ignore, Number, RuleSet, Text, Unordered, make_rule
 from pipeline.job.schemas import check_schema
 from pipeline.job.scoring import AnswerScore, Scorer, parse_answer
-from pipeline.measure.metrics import (
-    CI_METRICS,
-    RequestRecord,
-    confidence_intervals,
-    field_metric,
-    metric_name,
-    summarize,
-)
+from pipeline.measure.metrics import confidence_intervals, summarize
+from pipeline.measure.records import RequestRecord
+from pipeline.measure.registry import CI_METRICS, field_metric, metric_name
 from pipeline.measure.tables import field_errors
 
 EXPECTED = {"action": "update_task", "params": {"id": 4, "fields": {"due": "monday"}}, "success": True}

@@ -5,8 +5,8 @@ import ast
 import optuna
 import pytest
 
-from pipeline.search.config import load_config
 from pipeline.engines.settings import InferenceSettings
+from pipeline.search.config import load_config
 from pipeline.search.space import suggest
 from tests.conftest import ROOT
 

@@ -21,9 +21,9 @@ from mlflow import MlflowClient
 from rich.console import Console
 
 from pipeline.commands.cli import main
-from pipeline.search.config import load_config
 from pipeline.errors import ConfigError
 from pipeline.job.experiment import load_experiment
+from pipeline.search.config import load_config
 from pipeline.search.prepare import prepare_study
 from pipeline.search.reuse import REUSE_LIMIT
 from pipeline.search.study import run_study

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import contextlib
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import httpx
 
-from pipeline.errors import BackendError
 from pipeline.engines.settings import InferenceSettings
+from pipeline.errors import BackendError
 
-__all__ = ["Backend", "Generation", "Message", "ModelPublisher", "RequestFailed", "http_failures"]
+__all__ = ["Backend", "Generation", "ManagedServer", "Message", "ModelPublisher", "RequestFailed", "RequestShaper",
+           "http_failures"]
 
 # One chat message: {"role": "system" | "user" | "assistant", "content": text}.
 Message = dict[str, str]
@@ -64,21 +65,27 @@ class Generation:
     thinking_ttft_ms: float | None = None
     thinking_ms: float | None = None
     thinking_tokens: int | None = None
-    input_truncated: bool = False  # the server cut the prompt to fit num_ctx (pipeline.truncation)
+    input_truncated: bool = False  # the server cut the prompt to fit num_ctx (pipeline.engines.truncation)
 
 
 class Backend(Protocol):
-    """An inference engine. Besides its methods, a backend says what it can do:
+    """An inference engine. Besides its methods, a backend declares what it can do (a backend class subclasses
+    this protocol, so the capabilities it does not have keep the defaults below):
 
     ``server_timings``: its generations carry a server's own total (``Generation.server_ms``), so the
     ``server_ms_*`` and ``overhead_ms_*`` metrics exist; ``keeps_contexts``: every ``num_ctx`` it has loaded
     stays loaded (in process), so trials need not be grouped by context to spare reloads; ``server_settings``:
-    it starts its server itself and so can apply server settings (pipeline.serving); ``concurrent``: it can
-    answer several requests at once (``generate`` may be called from several threads); ``base_model``: what an
-    Ollama Modelfile's ``FROM`` names for this model.
+    it starts its server itself and so can apply server settings (pipeline.engines.serving); ``concurrent``: it
+    can answer several requests at once (``generate`` may be called from several threads); ``thinks``: it can
+    switch a model's thinking (Ollama's ``think``); ``can_think``: whether its model has the thinking capability
+    (None: not known); ``context_limit``: the model's training context, where the server caps ``num_ctx`` there
+    (None: no cap known); ``fixed_context``: the context is set when a server that the tool does not start
+    starts, so ``num_ctx`` cannot be searched; ``base_model``: what an Ollama Modelfile's ``FROM`` names.
+    :meth:`serving_tags` says what the current trial is served with (a server's command line, its slots'
+    context), recorded on the trial's run.
 
-    A backend may also have ``serving_tags() -> dict[str, str]``: what the current trial is served with (the
-    server's command line, its slots' context), recorded on the trial's run.
+    Optional abilities are small protocols of their own: :class:`ModelPublisher`, :class:`ManagedServer`,
+    :class:`RequestShaper`.
     """
 
     name: str
@@ -86,6 +93,10 @@ class Backend(Protocol):
     keeps_contexts: bool
     server_settings: bool
     concurrent: bool
+    thinks: bool = False
+    can_think: bool | None = None
+    context_limit: int | None = None
+    fixed_context: bool = False
 
     @property
     def base_model(self) -> str:
@@ -105,6 +116,10 @@ class Backend(Protocol):
                  schema: dict[str, Any]) -> Generation:
         """Answer one chat request, streaming; raise RequestFailed when only this request failed."""
 
+    def serving_tags(self) -> dict[str, str]:
+        """What the current trial is served with, as tags of its run (none by default)."""
+        return {}
+
     def close(self) -> None:
         """Release the engine."""
 
@@ -122,3 +137,25 @@ class ModelPublisher(Protocol):
                   think: str = "default") -> str:
         """One answer of model ``name``, with ``fmt`` (off, json, schema) and ``think`` as a study's request would
         send them."""
+
+
+@runtime_checkable
+class ManagedServer(Protocol):
+    """A backend that starts its own server process: it can be stopped (the next ``start_trial`` starts it afresh)
+    and says the command line it started the server with."""
+
+    @property
+    def command(self) -> list[str]:
+        """The server's launch command of the current trial (empty before one started)."""
+
+    def stop(self) -> None:
+        """Stop the server, if it runs."""
+
+
+@runtime_checkable
+class RequestShaper(Protocol):
+    """A backend whose requests are plain HTTP bodies (OpenAI-compatible servers): the body it would send."""
+
+    def request_body(self, messages: list[Message], settings: InferenceSettings, *,
+                     schema: dict[str, Any]) -> dict[str, Any]:
+        """The JSON body of one chat request with these settings."""

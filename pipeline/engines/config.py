@@ -20,7 +20,7 @@ class EngineConfig:
     warmup_requests: int = 1
     request_timeout_s: float = 120.0
     # A request's load_duration (ms) above which Ollama reloaded the model for it; None: derived from the warm
-    # ones (pipeline.backends.ollama).
+    # ones (pipeline.engines.ollama).
     reload_threshold_ms: float | None = None
     context_margin: float = 0.1
     # An OpenAI-compatible server's model id (default: the only model it serves).

@@ -19,10 +19,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pipeline.engines.base import Generation, RequestFailed
-from pipeline.errors import BackendError, ModelError
-from pipeline.engines.base import Message
+from pipeline.engines._llama_cpp import context_handle, without_extra_buffers
+from pipeline.engines.base import Backend, Generation, Message, RequestFailed
 from pipeline.engines.settings import InferenceSettings
+from pipeline.errors import BackendError, ModelError
 
 __all__ = ["EmbeddedBackend", "bundled_model_path", "check_model_file", "file_sha256"]
 
@@ -83,30 +83,7 @@ def _quiet_stderr():
         os.close(saved)
 
 
-@contextlib.contextmanager
-def _without_extra_buffers(bindings: Any):
-    """Load models without llama.cpp's extra CPU buffer types (AMX and repacked weights).
-
-    On CPUs that advertise AMX inside virtual machines, those kernels crash in batched decoding (any prompt
-    of more than one token); plain CPU buffers are correct everywhere. ``Llama`` does not expose the
-    ``use_extra_bufts`` model parameter, so it is set on the defaults it reads while loading.
-    """
-    default_params = bindings.llama_model_default_params
-
-    def params() -> Any:
-        value = default_params()
-        value.use_extra_bufts = False
-        return value
-
-    bindings.llama_model_default_params = params
-    try:
-        with _quiet_stderr():
-            yield
-    finally:
-        bindings.llama_model_default_params = default_params
-
-
-class EmbeddedBackend:
+class EmbeddedBackend(Backend):
     """A GGUF model served in process by llama.cpp."""
 
     name = "embedded"
@@ -127,7 +104,7 @@ class EmbeddedBackend:
             raise ModelError("llama-cpp-python is not installed: pip install llama-cpp-python==0.3.36") from exc
         self._llama_cpp = llama_cpp
         try:
-            with _without_extra_buffers(llama_cpp.llama_cpp):
+            with without_extra_buffers(llama_cpp.llama_cpp), _quiet_stderr():
                 self._vocab = llama_cpp.Llama(str(self.model_path), vocab_only=True, verbose=False)
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"model file {self.model_path} cannot be loaded by llama.cpp ({exc}); "
@@ -173,7 +150,7 @@ class EmbeddedBackend:
             return None
         start = time.perf_counter()
         try:
-            with _without_extra_buffers(self._llama_cpp.llama_cpp):
+            with without_extra_buffers(self._llama_cpp.llama_cpp), _quiet_stderr():
                 self._contexts[num_ctx] = self._llama_cpp.Llama(
                     str(self.model_path), n_ctx=num_ctx, n_batch=min(512, num_ctx), n_threads=self.threads,
                     verbose=False)
@@ -214,7 +191,7 @@ class EmbeddedBackend:
             raise RequestFailed(f"prompt of {len(tokens)} tokens + num_predict {settings.num_predict} "
                                 f"exceeds num_ctx {settings.num_ctx}")
         grammar = self._grammar(settings.format, schema)
-        ctx = llm._ctx.ctx
+        ctx = context_handle(llm)
         self._llama_cpp.llama_perf_context_reset(ctx)
         pieces: list[str] = []
         output_tokens = 0

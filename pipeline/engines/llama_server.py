@@ -1,9 +1,9 @@
 """The llama-server backend: llama.cpp's own HTTP server, started by the tool with each trial's server settings.
 
-The server runs on 127.0.0.1 on a free port (pipeline.backends.process) and is spoken to through its
-OpenAI-compatible API (pipeline.backends.openai), whose answers carry llama-server's own timings. A trial's
+The server runs on 127.0.0.1 on a free port (pipeline.engines.process) and is spoken to through its
+OpenAI-compatible API (pipeline.engines.openai), whose answers carry llama-server's own timings. A trial's
 ``num_ctx`` and server settings (``parallel``, ``threads``, ``batch_size``, KV-cache types, ...;
-pipeline.serving) are flags of the server, so :meth:`LlamaServerBackend.start_trial` restarts it when they
+pipeline.engines.serving) are flags of the server, so :meth:`LlamaServerBackend.start_trial` restarts it when they
 change — the study groups trials by them as it groups them by ``num_ctx`` for Ollama — and the restart is timed
 as a load, never inside a latency. After each start the slots' real context is read from ``/slots``. A server
 that died (killed, crashed) is started again by the next trial.
@@ -20,14 +20,13 @@ from typing import Any
 
 import httpx
 
-from pipeline.engines.base import Generation
+from pipeline.engines.base import Backend, Generation, Message
 from pipeline.engines.embedded import bundled_model_path, check_model_file, file_sha256
 from pipeline.engines.openai import OpenAIBackend
 from pipeline.engines.process import ServerProcess, ServerStartError, find_binary
-from pipeline.errors import BackendError
-from pipeline.engines.base import Message
 from pipeline.engines.serving import launch_args, load_key
 from pipeline.engines.settings import InferenceSettings
+from pipeline.errors import BackendError
 
 __all__ = ["LlamaServerBackend"]
 
@@ -35,7 +34,7 @@ __all__ = ["LlamaServerBackend"]
 _PREFLIGHT_CTX = 512
 
 
-class LlamaServerBackend:
+class LlamaServerBackend(Backend):
     """A GGUF model served by a llama-server process this backend starts, restarts and stops."""
 
     name = "llama-server"

@@ -38,12 +38,12 @@ from typing import Any
 import httpx
 import ollama
 
-from pipeline.engines.base import Generation, RequestFailed, http_failures
-from pipeline.errors import BackendError, InputError, redact_url
-from pipeline.engines.base import Message
+from pipeline.engines._ollama import http_client
+from pipeline.engines.base import Backend, Generation, Message, RequestFailed, http_failures
 from pipeline.engines.settings import InferenceSettings
 from pipeline.engines.tokens import estimate_tokens
 from pipeline.engines.truncation import PromptSizes
+from pipeline.errors import BackendError, InputError, redact_url
 
 __all__ = ["OllamaBackend", "redact_host"]
 
@@ -63,7 +63,7 @@ def redact_host(host: str) -> str:
     return redact_url(host if "://" in host else f"http://{host}")
 
 
-class OllamaBackend:
+class OllamaBackend(Backend):
     """A model on an Ollama server."""
 
     name = "ollama"
@@ -108,7 +108,7 @@ class OllamaBackend:
         where = redact_host(self.host)
         try:
             # The client has no call for /api/version; its own httpx client carries the host and headers.
-            response = self.client._client.get("/api/version")
+            response = http_client(self.client).get("/api/version")
             response.raise_for_status()
             return str(response.json().get("version", "unknown"))
         except (httpx.TransportError, ConnectionError) as exc:
@@ -197,7 +197,7 @@ class OllamaBackend:
             return reloaded
 
     def _cut(self, messages: list[Message], settings: InferenceSettings, counted: int | None, thought: int) -> bool:
-        """Whether the server cut this prompt to fit num_ctx (pipeline.truncation). Under ``format`` the count of a
+        """Whether the server cut this prompt to fit num_ctx (pipeline.engines.truncation). Under ``format`` the count of a
         model that thought is that of the answer's own request, whose prompt holds the thinking: taken off."""
         shape = (settings.few_shot, settings.prompt_variant, settings.example_selection)
         return self.prompt_sizes.cut(shape, estimate_tokens(messages), counted and counted - thought,
@@ -267,7 +267,7 @@ class OllamaBackend:
         return answer.message.content or ""
 
     def close(self) -> None:
-        self.client._client.close()
+        http_client(self.client).close()
 
 
 def _same_model(a: str, b: str) -> bool:

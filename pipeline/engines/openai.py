@@ -31,10 +31,9 @@ from typing import Any
 
 import httpx
 
-from pipeline.engines.base import Generation, RequestFailed, http_failures
-from pipeline.errors import BackendError, InputError, redact_url
-from pipeline.engines.base import Message
+from pipeline.engines.base import Backend, Generation, Message, RequestFailed, http_failures
 from pipeline.engines.settings import InferenceSettings
+from pipeline.errors import BackendError, InputError, redact_url
 
 __all__ = ["OpenAIBackend", "response_format"]
 
@@ -50,7 +49,7 @@ def response_format(fmt: str, schema: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-class OpenAIBackend:
+class OpenAIBackend(Backend):
     """A model on a server with an OpenAI-compatible chat-completions API."""
 
     name = "openai"

@@ -18,7 +18,7 @@ __all__ = ["CORE_PARAMETERS", "InferenceSettings", "settings_of"]
 @dataclass(frozen=True)
 class InferenceSettings:
     """One point of the search space. Option names are Ollama's, verbatim; ``serving`` holds the optional
-    settings the space has (``think``, llama-server's own settings, the load ``concurrency``; pipeline.serving)
+    settings the space has (``think``, llama-server's own settings, the load ``concurrency``; pipeline.engines.serving)
     as ``(name, value)`` pairs, in the space's order."""
 
     num_ctx: int
@@ -50,7 +50,7 @@ class InferenceSettings:
 
     @property
     def load_key(self) -> tuple[Any, ...]:
-        """What a server must be (re)started or reloaded for (:func:`pipeline.serving.load_key`)."""
+        """What a server must be (re)started or reloaded for (:func:`pipeline.engines.serving.load_key`)."""
         return load_key(self.num_ctx, self.server)
 
     def options(self) -> dict[str, Any]:

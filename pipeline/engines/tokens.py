@@ -10,8 +10,8 @@ from functools import lru_cache
 
 import tiktoken
 
-from pipeline.errors import InputError
 from pipeline.engines.base import Message
+from pipeline.errors import InputError
 
 __all__ = ["ENCODING", "estimate_tokens"]
 

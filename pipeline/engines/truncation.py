@@ -5,7 +5,7 @@ system ones (the few-shot examples first) until the rest fits, then cuts tokens 
 server/prompt.go), and answers as usual. The only trace is ``prompt_eval_count``, the whole prompt as the server
 counted it: fewer tokens than the messages sent.
 
-:class:`PromptSizes` knows how many tokens to expect. The tiktoken estimate (pipeline.tokens) counts with
+:class:`PromptSizes` knows how many tokens to expect. The tiktoken estimate (pipeline.engines.tokens) counts with
 another tokenizer than the model's, so it learns the ratio of the server's count to the estimate from prompts
 that surely fit (estimate at most two thirds of ``num_ctx``: even at 1.5 times the estimate they fit), for each prompt
 shape (few-shot count, prompt variant, example selection: the same system prompt and kinds of messages) and over

@@ -7,10 +7,10 @@ An experiment folder holds a manifest, ``experiment.yaml``, which names the rest
   field falls back to ``schema``;
 - ``dataset`` (default ``dataset.jsonl``): one labelled request per line, ``{"id", "split", "expected", ...}``
   plus the fields the input template uses; ``split`` is ``dev`` (studies) or ``holdout`` (promotion);
-- ``input`` (default ``"{request}"``): the user message, a template over a line's fields (:mod:`pipeline.template`);
+- ``input`` (default ``"{request}"``): the user message, a template over a line's fields (:mod:`pipeline.job.template`);
 - ``label``: an optional path (JSON Pointer) into the answer whose value names the request's class: it balances
   the evaluated requests, routes few-shot examples (``by_label``) and gives ``label_accuracy``;
-- ``scoring``: how each answer path is compared (:mod:`pipeline.rules`): ``default`` and ``fields``;
+- ``scoring``: how each answer path is compared (:mod:`pipeline.job.rules`): ``default`` and ``fields``;
 - ``warmup``: the fields of an untimed request sent after every model load (default: the first few-shot example);
 - ``description``: free text.
 
@@ -180,7 +180,9 @@ def label_text(value: Any) -> str:
 
 
 def load_experiment(folder: FilePath) -> Experiment:
-    """Load and check an experiment folder (see the module docstring).
+    """Load and check an experiment folder (see the module docstring). One function, a little over 60 lines:
+    the checks run in the order their messages promise (manifest, schema, rules, label, dataset), each naming its
+    file.
 
     Raises:
         DataError: a missing or unreadable file, an invalid manifest or schema, a scoring rule or label that the

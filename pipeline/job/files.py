@@ -65,22 +65,23 @@ def parse_yaml(path: Path, text: str, error: type[InputError], *, what: str, dep
         raise error(f"{path}: not a usable {what} ({exc.args[0].split(';')[0]}); fix the value") from exc
 
 
-def read_text(path: Path) -> tuple[bytes, str]:
-    """A file's bytes and its UTF-8 text (a leading byte-order mark dropped).
+def read_text(path: Path, *, error: type[InputError] = DataError) -> tuple[bytes, str]:
+    """A file's bytes and its UTF-8 text (a leading byte-order mark dropped): how every file of a job or a
+    config is read.
 
     Raises:
-        DataError: the file cannot be read or is not UTF-8.
+        DataError (or ``error``): the file cannot be read or is not UTF-8.
     """
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise DataError(f"{path} cannot be read ({exc.strerror}); check that it is a readable file") from exc
+        raise error(f"{path} cannot be read ({exc.strerror}); check that it is a readable file") from exc
     try:
         return raw, raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
-        raise DataError(f"{path}:{line}: not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start}); "
-                        "save it as UTF-8") from exc
+        raise error(f"{path}:{line}: not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start}); "
+                    "save it as UTF-8") from exc
 
 
 def _reject_constant(name: str) -> Any:

@@ -10,25 +10,22 @@ accuracy and is left out of the latencies, as in a trial's metrics.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
 import numpy as np
 import pandas as pd
-from scipy.stats import DegenerateDataWarning, bootstrap
 
-from pipeline.measure.metrics import Objective
-from pipeline.measure.metrics import FIELD_METRIC, RequestRecord, field_metric
+from pipeline.measure.intervals import percentile_bootstrap
+from pipeline.measure.records import RequestRecord
+from pipeline.measure.registry import FIELD_METRIC, REGISTRY, Objective, field_metric, lookup
 
 __all__ = ["LATENCY_RATIOS", "Gain", "accuracy_metrics", "gain_frame", "gain_metrics", "is_accuracy", "paired_gain",
            "slower"]
 
 # (metric, percentile) compared as candidate / baseline
 LATENCY_RATIOS = (("latency_p50_ms", 50), ("latency_p95_ms", 95))
-_FLAGS = {"schema_valid_rate": "schema_valid", "parse_rate": "parsed", "exact_match_rate": "exact_match",
-          "label_accuracy": "label_correct"}
 
 
 @dataclass(frozen=True)
@@ -59,8 +56,9 @@ def _shares(records: list[RequestRecord], metric: str) -> tuple[np.ndarray, np.n
     """Per request, what counts toward an accuracy metric and out of how much: the metric is sum / sum."""
     if metric == "field_accuracy":
         return np.array([r.score.field_accuracy for r in records], float), np.ones(len(records))
-    if metric in _FLAGS:
-        return np.array([bool(getattr(r.score, _FLAGS[metric])) for r in records], float), np.ones(len(records))
+    declared = REGISTRY.get(metric)
+    if declared is not None and declared.interval == "wilson":  # a rate of 0/1 outcomes
+        return np.array([declared.request(r) for r in records], float), np.ones(len(records))
     if metric.startswith(FIELD_METRIC):
         fields = [[f for f in r.score.fields if field_metric(f.path) == metric] for r in records]
         return (np.array([sum(f.correct for f in fs) for fs in fields], float),
@@ -119,18 +117,14 @@ def _interval(data: tuple[np.ndarray, ...], statistic, rng: np.random.Generator,
               level: float) -> tuple[float, float]:
     if len(data[0]) < 2:
         return float("nan"), float("nan")
-    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-        # A resample may draw only failed requests (no latency: NaN), or one value many times; both are expected.
-        warnings.filterwarnings("ignore", message="All-NaN slice", category=RuntimeWarning)
-        warnings.filterwarnings("ignore", category=DegenerateDataWarning)
-        result = bootstrap(data, statistic, paired=True, vectorized=True, confidence_level=level,
-                           n_resamples=resamples, method="percentile", rng=rng)
-    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+    low, high = percentile_bootstrap(data, statistic, level=level, resamples=resamples, rng=rng, paired=True)
+    return float(low), float(high)
 
 
 def is_accuracy(metric: str) -> bool:
     """Whether a metric is a share of right answers or fields (one :func:`paired_gain` compares)."""
-    return metric in ("field_accuracy", *_FLAGS) or metric.startswith(FIELD_METRIC)
+    declared = lookup(metric)
+    return declared is not None and declared.unit == "share"
 
 
 def accuracy_metrics(objectives: Sequence[Objective], *, labelled: bool) -> list[str]:

@@ -3,13 +3,8 @@
 A trial measured on a sample of requests knows each objective only within an interval. At the error rate
 ``alpha`` each objective gets a two-sided ``1 - alpha`` interval over the trial's requests:
 
-- a rate whose requests score 0 or 1 (schema-valid, parsed, exact match, label): Wilson's score interval, which
-  stays honest at 0 and 1 and for a handful of requests (0 of 8 correct: at most 0.32 at ``alpha`` 0.05);
-- field accuracy (a share per request): the percentile bootstrap of the mean over the requests, widened to
-  Wilson's interval when every request scored the same (the bootstrap's width is then 0);
-- a latency statistic (``latency_p95_ms``, ``ttft_p50_ms``, ...): the percentile bootstrap of that statistic, as
-  the reported 95% intervals are computed (``scoring.confidence_intervals``);
-- any other metric: unbounded, so it never decides anything.
+Wilson's score interval for a rate, the bootstrap for a share or a latency statistic, none for other metrics
+(:func:`pipeline.measure.intervals.interval`, by the kind the metric registry declares).
 
 From the intervals, in minimisation form (a maximised metric negated): a point's **optimistic corner** is the best
 end of each interval, its **pessimistic corner** the worst end. A point is *dominated at the error rate* when
@@ -21,86 +16,27 @@ topping up spends requests on the pairs that are not (:func:`undecided`).
 Racing (:class:`Racer`) decides on fewer requests than that: every trial of a study takes the same requests in
 the same order, so after ``n`` of its requests a trial is compared with each front point *on those same n
 requests*, request by request (:func:`paired_gaps`: the bootstrap resamples the requests, both points
-together). What makes a request hard or slow for every setting cancels out.
+together, :func:`pipeline.measure.intervals.paired_gaps`). What makes a request hard or slow for every setting
+cancels out.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import binomtest, bootstrap, norm
 
-from pipeline.measure.metrics import Objective
-from pipeline.measure.metrics import FIELD_METRIC, RequestRecord, field_metric
+from pipeline.measure.intervals import interval, paired_gaps
+from pipeline.measure.records import RequestRecord
+from pipeline.measure.registry import Objective
 
 __all__ = ["BOUND_SUFFIXES", "Race", "Racer", "bound_metrics", "bounds_of", "corner", "dominated_by", "dominates",
            "dominated_on_the_same_requests", "interval", "paired_gaps", "still_dominated", "ties", "undecided"]
 
 # A trial's interval on each objective is recorded beside its metrics as <metric>_bound_low / <metric>_bound_high.
 BOUND_SUFFIXES = ("_bound_low", "_bound_high")
-
-_BINARY: dict[str, Callable[[RequestRecord], bool | None]] = {
-    "schema_valid_rate": lambda r: r.score.schema_valid,
-    "parse_rate": lambda r: r.score.parsed,
-    "exact_match_rate": lambda r: r.score.exact_match,
-    "label_accuracy": lambda r: r.score.label_correct,
-}
-_LATENCIES: dict[str, tuple[str, Callable[[np.ndarray, int], np.ndarray]]] = {
-    **{f"latency_p{q}_ms": ("latency_ms", lambda x, axis, q=q: np.percentile(x, q, axis=axis)) for q in (50, 95, 99)},
-    "latency_mean_ms": ("latency_ms", lambda x, axis: np.mean(x, axis=axis)),
-    **{f"ttft_p{q}_ms": ("ttft_ms", lambda x, axis, q=q: np.percentile(x, q, axis=axis)) for q in (50, 95)},
-}
-_RESAMPLES = 1000
-
-
-def _wilson(successes: float, n: int, alpha: float) -> tuple[float, float]:
-    if n == 0:
-        return 0.0, 1.0
-    if float(successes).is_integer():
-        ci = binomtest(int(successes), n).proportion_ci(confidence_level=1 - alpha, method="wilson")
-        return float(ci.low), float(ci.high)
-    z = norm.ppf(1 - alpha / 2)
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def _bootstrap(values: np.ndarray, statistic: Callable[[np.ndarray, int], np.ndarray], alpha: float,
-               seed: int) -> tuple[float, float]:
-    if len(values) < 2:
-        return -math.inf, math.inf
-    if np.all(values == values[0]):
-        return float(values[0]), float(values[0])
-    result = bootstrap((values,), statistic, vectorized=True, confidence_level=1 - alpha, n_resamples=_RESAMPLES,
-                       method="percentile", rng=np.random.default_rng(seed))
-    return float(result.confidence_interval.low), float(result.confidence_interval.high)
-
-
-def interval(records: Sequence[RequestRecord], metric: str, alpha: float, *, seed: int = 0) -> tuple[float, float]:
-    """The two-sided ``1 - alpha`` interval of one trial metric over ``records`` (see the module docstring)."""
-    if metric in _BINARY:
-        flags = [_BINARY[metric](r) for r in records]
-        return _wilson(float(sum(bool(f) for f in flags)), len(records), alpha)
-    if metric == "field_accuracy" or metric.startswith(FIELD_METRIC):
-        if metric == "field_accuracy":
-            shares = np.array([r.score.field_accuracy for r in records], float)
-        else:
-            shares = np.array([float(f.correct) for r in records for f in r.score.fields
-                               if field_metric(f.path) == metric], float)
-        if len(shares) and np.all(shares == shares[0]):
-            return _wilson(float(shares.sum()), len(shares), alpha)
-        return _bootstrap(shares, lambda x, axis: np.mean(x, axis=axis), alpha, seed)
-    if metric in _LATENCIES:
-        attribute, statistic = _LATENCIES[metric]
-        values = np.array([getattr(r, attribute) for r in records
-                           if not r.failed and getattr(r, attribute) is not None], float)
-        return _bootstrap(values, statistic, alpha, seed)
-    return -math.inf, math.inf
-
 
 def bound_metrics(records: Sequence[RequestRecord], objectives: Sequence[Objective], alpha: float, *,
                   seed: int = 0) -> dict[str, float]:
@@ -165,50 +101,6 @@ class Race:
     def describe(self) -> str:
         return (f"stopped after {self.requests} of {self.planned} requests: trial {self.by} dominates it at error "
                 f"rate {self.alpha:g} (its {self.detail})")
-
-
-def _per_request(records: Sequence[RequestRecord], metric: str) -> tuple[np.ndarray, Callable] | None:
-    """Each request's value of what ``metric`` summarises, and the statistic over an axis (None: no such rule)."""
-    if metric in _BINARY:
-        return np.array([float(bool(_BINARY[metric](r))) for r in records]), lambda x, axis: np.mean(x, axis=axis)
-    if metric == "field_accuracy":
-        return np.array([r.score.field_accuracy for r in records]), lambda x, axis: np.mean(x, axis=axis)
-    if metric in _LATENCIES:
-        attribute, statistic = _LATENCIES[metric]
-        values = [getattr(r, attribute) for r in records]
-        if any(r.failed or v is None for r, v in zip(records, values)):
-            return None
-        return np.array(values, float), statistic
-    return None
-
-
-def paired_gaps(ours: Sequence[RequestRecord], theirs: Sequence[RequestRecord], objectives: Sequence[Objective],
-                alpha: float, *, seed: int = 0) -> list[tuple[float, float, float]] | None:
-    """How much better ``theirs`` is than ``ours`` on each objective, on the requests both answered (paired by
-    request, in ``ours``' order): the estimate and the two-sided ``1 - alpha`` percentile-bootstrap interval of
-    the difference, resampling the requests together (positive: theirs better). None when an objective has no
-    per-request rule or the two share fewer than two requests."""
-    first: dict[str, RequestRecord] = {}
-    for record in theirs:
-        first.setdefault(record.request_id, record)
-    pairs = [(r, first[r.request_id]) for r in ours if r.request_id in first]
-    if len(pairs) < 2:
-        return None
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, len(pairs), (_RESAMPLES, len(pairs)))
-    gaps = []
-    for objective in objectives:
-        mine = _per_request([a for a, _ in pairs], objective.metric)
-        other = _per_request([b for _, b in pairs], objective.metric)
-        if mine is None or other is None:
-            return None
-        (x, statistic), (y, _) = mine, other
-        sign = 1.0 if objective.direction == "maximize" else -1.0
-        estimate = sign * float(statistic(y, 0) - statistic(x, 0))
-        resampled = sign * (statistic(y[picks], 1) - statistic(x[picks], 1))
-        low, high = np.quantile(resampled, [alpha / 2, 1 - alpha / 2])
-        gaps.append((estimate, float(low), float(high)))
-    return gaps
 
 
 def dominated_on_the_same_requests(gaps: list[tuple[float, float, float]] | None) -> bool:

@@ -14,17 +14,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pipeline.engines.base import Backend, Generation, RequestFailed
-from pipeline.measure.metrics import Constraint
-from pipeline.job.experiment import Example
-from pipeline.engines.base import Message
-from pipeline.job.prompts import PromptLibrary
-from pipeline.measure.racing import Race
-from pipeline.job.scoring import Scorer
-from pipeline.measure.metrics import BOUNDED_METRICS, RequestRecord, metric_direction, optimistic_bound
+from pipeline.engines.base import Backend, Generation, Message, RequestFailed
 from pipeline.engines.serving import combination_problem
 from pipeline.engines.settings import InferenceSettings
 from pipeline.engines.tokens import estimate_tokens
+from pipeline.job.experiment import Example
+from pipeline.job.prompts import PromptLibrary
+from pipeline.job.scoring import Scorer
+from pipeline.measure.metrics import optimistic_bound
+from pipeline.measure.racing import Race
+from pipeline.measure.records import RequestRecord
+from pipeline.measure.registry import BOUNDED_METRICS, Constraint, metric_direction
 
 __all__ = ["Abort", "PreparedRequest", "SettingRun", "TrialOutcome", "TrialPlan", "abort_reason", "can_abort",
            "check_fit", "prepare_requests", "run_trial"]
@@ -167,9 +167,7 @@ class SettingRun:
         load_seconds = self.plan.backend.start_trial(self.settings.num_ctx, server=self.settings.server)
         if load_seconds is not None:
             self._loaded(load_seconds * 1000)
-        describe = getattr(self.plan.backend, "serving_tags", None)
-        if describe is not None:
-            self.outcome.tags.update(describe())
+        self.outcome.tags.update(self.plan.backend.serving_tags())
 
     def measure(self, request: PreparedRequest) -> RequestRecord:
         """Time and score one request; the record is also appended to the outcome."""
@@ -195,7 +193,8 @@ class SettingRun:
 def run_trial(settings: InferenceSettings, examples: list[Example], plan: TrialPlan, *,
               on_request: Callable[[], None] = lambda: None,
               race: Callable[[list[RequestRecord], int], Race | None] | None = None) -> TrialOutcome:
-    """Measure one setting on the given examples.
+    """Measure one setting on the given examples (one loop over the requests, kept whole so that the order of
+    load, warm-up, timing, abort and racing reads as it happens).
 
     After each request the plan's ``abort_on`` constraints are checked with :func:`abort_reason`; the trial
     stops as soon as one of them can no longer be met. ``race`` (``racing.Racer.check``) is asked too, with the

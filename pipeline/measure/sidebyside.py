@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from pipeline.engines.registry import make_backend
 from pipeline.engines.base import Backend
 from pipeline.engines.config import EngineConfig
+from pipeline.engines.registry import make_backend
+from pipeline.engines.settings import InferenceSettings
 from pipeline.job.experiment import Example
 from pipeline.measure.runner import SettingRun, TrialOutcome, TrialPlan
-from pipeline.engines.settings import InferenceSettings
 
 __all__ = ["Arm", "SideBySide", "interleaving", "measure_on_own_backends", "measure_side_by_side"]
 

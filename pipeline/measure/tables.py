@@ -17,7 +17,7 @@ import pandas as pd
 from pipeline.job.experiment import Example
 from pipeline.job.pointers import MISSING
 from pipeline.job.scoring import Scorer
-from pipeline.measure.metrics import RequestRecord
+from pipeline.measure.records import RequestRecord
 from pipeline.measure.sidebyside import SideBySide
 
 __all__ = ["field_errors", "records_from_rows", "requests_frame", "side_by_side_frame"]

@@ -1,9 +1,9 @@
 """``pipeline compare-settings``: two settings written out in full, measured side by side outside any study.
 
 For a user who wants to check one change by hand (another prompt, constrained decoding on): both settings run
-interleaved on the same requests (:mod:`pipeline.sidebyside`), each on a backend of its own, and the second is
-compared with the first as promotion compares a candidate with the baseline (:mod:`pipeline.gain`). The
-measurement is recorded as one MLflow run.
+interleaved on the same requests (:mod:`pipeline.measure.sidebyside`), each on a backend of its own, and the second
+is compared with the first as promotion compares a candidate with the baseline (:mod:`pipeline.measure.gain`). The
+measurement is recorded as one MLflow run (:class:`pipeline.tracking.promotion.SingleRun`).
 """
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from pipeline.engines.base import Backend
+from pipeline.engines.settings import settings_of
 from pipeline.errors import InputError
 from pipeline.measure.gain import Gain, accuracy_metrics, gain_frame, gain_metrics, paired_gain, slower
-from pipeline.search.prepare import PreparedStudy, check_point
 from pipeline.measure.metrics import measured_metrics
 from pipeline.measure.sidebyside import measure_on_own_backends
-from pipeline.engines.settings import settings_of
-from pipeline.search.study import trial_plan
 from pipeline.measure.tables import side_by_side_frame
-from pipeline.tracking.runs import log_batch, start_run
+from pipeline.search.prepare import PreparedStudy, check_point
+from pipeline.search.study import trial_plan
+from pipeline.tracking.promotion import SingleRun
 
 __all__ = ["SettingsComparison", "compare_settings"]
 
@@ -63,18 +63,17 @@ def compare_settings(prepared: PreparedStudy, first: tuple[str, dict[str, Any]],
     gains = paired_gain(records[first[0]], records[second[0]],
                         accuracy_metrics(config.objectives, labelled=experiment.label is not None),
                         seed=config.study.seed)
-    client, run_id = start_run(prepared.tracking_uri, experiment_name=experiment_name, beside_run=None,
-                               run_name=f"{second[0]} vs {first[0]}",
-                               tags={"kind": "settings comparison", "experiment": experiment.name, "split": split,
-                                     **prepared.backend.describe()})
-    log_batch(client, run_id,
-              params={**{f"a.{k}": v for k, v in first[1].items()}, **{f"b.{k}": v for k, v in second[1].items()},
-                      "a": first[0], "b": second[0], "requests": len(examples) * repetitions},
-              metrics={**{f"a.{k}": v for k, v in metrics[first[0]].items()},
-                       **{f"b.{k}": v for k, v in metrics[second[0]].items()}, **gain_metrics(gains)})
-    client.log_table(run_id, data=side_by_side_frame(side), artifact_file="side_by_side.json")
-    client.log_table(run_id, data=gain_frame(gains), artifact_file="gain.json")
-    client.set_terminated(run_id, "FINISHED")
-    return SettingsComparison((first[0], second[0]), metrics, gains, len(examples) * repetitions, run_id,
+    run = SingleRun.start(prepared.tracking_uri, experiment_name=experiment_name, beside_run=None,
+                          run_name=f"{second[0]} vs {first[0]}",
+                          tags={"kind": "settings comparison", "experiment": experiment.name, "split": split,
+                                **prepared.backend.describe()})
+    run.log(params={**{f"a.{k}": v for k, v in first[1].items()}, **{f"b.{k}": v for k, v in second[1].items()},
+                    "a": first[0], "b": second[0], "requests": len(examples) * repetitions},
+            metrics={**{f"a.{k}": v for k, v in metrics[first[0]].items()},
+                     **{f"b.{k}": v for k, v in metrics[second[0]].items()}, **gain_metrics(gains)})
+    run.log_table(side_by_side_frame(side), "side_by_side.json")
+    run.log_table(gain_frame(gains), "gain.json")
+    run.finish()
+    return SettingsComparison((first[0], second[0]), metrics, gains, len(examples) * repetitions, run.run_id,
                               slower(gains, names=(first[0], second[0])))
 

@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pipeline.measure.metrics import Objective  # noqa: E402
+from pipeline.measure.registry import Objective  # noqa: E402
 
 __all__ = ["baseline_rows", "plot_fronts", "plot_fronts_html"]
 

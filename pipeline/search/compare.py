@@ -17,13 +17,13 @@ from itertools import permutations
 import numpy as np
 import optuna
 import pandas as pd
-from optuna._hypervolume import compute_hypervolume  # Optuna's exact hypervolume (WFG beyond 2-D)
 
-from pipeline.search.fronts import front_frame, trials_frame
-from pipeline.measure.metrics import Objective
+from pipeline.errors import ConfigError, InputError, redact_url
+from pipeline.measure.registry import Objective
+from pipeline.search._optuna import hypervolume
 from pipeline.search.config import EvaluationConfig
 from pipeline.search.drift import REFERENCE, machine_note
-from pipeline.errors import ConfigError, InputError, redact_url
+from pipeline.search.fronts import front_frame, trials_frame
 from pipeline.search.storage import open_storage
 
 __all__ = ["Comparison", "StudyFront", "compare", "coverage", "load_fronts", "normalized_hypervolume",
@@ -48,7 +48,7 @@ class Comparison:
     coverage: pd.DataFrame     # coverage.loc[a, b]: share of b's front weakly dominated by a's front
     ideal: dict[str, float]
     reference: dict[str, float]
-    notes: tuple[str, ...] = ()  # studies whose latencies come from different machine states (pipeline.drift)
+    notes: tuple[str, ...] = ()  # studies whose latencies come from different machine states (pipeline.search.drift)
 
 
 def _objectives(study: optuna.Study) -> tuple[Objective, ...]:
@@ -108,7 +108,7 @@ def normalized_hypervolume(points: np.ndarray, ideal: np.ndarray, reference: np.
         return 0.0
     scaled = (points - ideal) / (reference - ideal)
     inside = scaled[np.all(scaled < 1.0, axis=1)]
-    return float(compute_hypervolume(inside, np.ones(points.shape[1]))) if len(inside) else 0.0
+    return hypervolume(inside, np.ones(points.shape[1])) if len(inside) else 0.0
 
 
 def coverage(a: np.ndarray, b: np.ndarray) -> float:

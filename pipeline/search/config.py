@@ -3,7 +3,7 @@
 Everything a study needs is read here; the rest of the pipeline receives typed values and never looks at raw
 YAML. Relative paths in a config file are resolved against the file's own folder. A config named
 ``configs/NAME.yaml`` studies ``experiments/NAME`` with ``prompts/NAME`` unless it says otherwise, and its study
-is called ``NAME``. Locations (stores, server hosts) are checked by :mod:`pipeline.locations`.
+is called ``NAME``. Locations (stores, server hosts) are checked by :mod:`pipeline.tracking.locations`.
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ from typing import Any, Literal
 
 from pipeline.engines.config import EngineConfig
 from pipeline.engines.registry import BACKENDS
+from pipeline.engines.serving import CONCURRENCY, SERVER_SETTINGS
 from pipeline.engines.settings import CORE_PARAMETERS
 from pipeline.errors import ConfigError, did_you_mean
-from pipeline.job.files import parse_yaml
-from pipeline.tracking.locations import check_host, check_storage_url, check_tracking_uri
+from pipeline.job.files import parse_yaml, read_text
 from pipeline.job.prompts import SELECTIONS
-from pipeline.measure.metrics import FIELD_METRIC, METRICS, Constraint, Objective, metric_direction, metric_name
-from pipeline.engines.serving import CONCURRENCY, SERVER_SETTINGS
+from pipeline.measure.registry import FIELD_METRIC, REGISTRY, Constraint, Objective, metric_direction, metric_name
+from pipeline.search.samplers import SAMPLERS
+from pipeline.tracking.locations import check_host, check_storage_url, check_tracking_uri
 
 __all__ = [
     "FORMATS",
@@ -41,7 +42,6 @@ __all__ = [
     "settings_values",
 ]
 
-SAMPLERS = ("tpe", "nsga2", "random")
 FORMATS = ("off", "json", "schema")
 # Ollama's `think` (api.ThinkValue): off, on, or a thinking level (gpt-oss); "default" sends nothing, so a model
 # that thinks does (Ollama turns thinking on for every model with the thinking capability).
@@ -49,7 +49,7 @@ THINK = ("default", "off", "on", "low", "medium", "high", "max")
 
 # The tunable inference settings: Ollama's option names verbatim, plus the prompt-side knobs.
 # name -> (type, default spec, lowest allowed value or allowed strings). A default of None depends on the job
-# and is filled in once its files are loaded (pipeline.prepare): every prompt variant, few-shot counts up to
+# and is filled in once its files are loaded (pipeline.search.prepare): every prompt variant, few-shot counts up to
 # the pool's size, and by_label selection only for an experiment with a label.
 PARAMETERS: dict[str, tuple[type, Any, Any]] = {
     "num_ctx": (int, {"choices": [512, 1024, 2048]}, 64),
@@ -66,7 +66,7 @@ PARAMETERS: dict[str, tuple[type, Any, Any]] = {
 # server's default).
 assert tuple(PARAMETERS) == CORE_PARAMETERS
 # Whether a model that can think does (a request setting of Ollama's), the server's own settings (llama-server's
-# flags, pipeline.serving) and the load (evaluation.concurrency).
+# flags, pipeline.engines.serving) and the load (evaluation.concurrency).
 PARAMETERS["think"] = (str, None, THINK)
 PARAMETERS.update({name: (s.kind, None, s.allowed) for name, s in SERVER_SETTINGS.items()})
 PARAMETERS[CONCURRENCY] = (int, None, 1)
@@ -105,7 +105,7 @@ class EvaluationConfig:
     limit: int | None = 20
     repetitions: int = 1
     early_abort: bool = True
-    # Racing (pipeline.racing): request counts after which a trial stops when a front point dominates it at
+    # Racing (pipeline.measure.racing): request counts after which a trial stops when a front point dominates it at
     # `racing_error_rate`; []: every trial runs `limit` requests; null: the default, RACING_STAGES of a trial's
     # requests when it has at least MIN_RACED (see prepare.racing_stages).
     stages: tuple[int, ...] | None = None
@@ -114,7 +114,7 @@ class EvaluationConfig:
     error_rate: float = 0.05
     # Requests a study spends at its end topping up the front and the points it cannot tell from it (0: none).
     refine_requests: int = 0
-    # Drift control (pipeline.drift): every `drift_every` trials (0: never), `drift_requests` requests of a reference
+    # Drift control (pipeline.search.drift): every `drift_every` trials (0: never), `drift_requests` requests of a reference
     # setting; trials measured while its median latency moved by more than `drift_threshold` are flagged (and
     # measured again with `drift_remeasure`).
     drift_every: int = 0
@@ -277,15 +277,7 @@ def _job_name(path: Path, where: str) -> str:
 
 
 def _read_yaml(path: Path) -> Any:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"config file {path} cannot be read ({exc.strerror}); check its permissions") from exc
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start}); "
-                          "save the file as UTF-8") from exc
+    _, text = read_text(path, error=ConfigError)
     return parse_yaml(path, text, ConfigError, what="config", depth="a study config needs a few levels at most",
                       unique_keys=True)
 
@@ -478,10 +470,10 @@ def _constraints(raw: Any, where: str) -> tuple[Constraint, ...]:
 
 def _metric(name: Any, where: str) -> str:
     """A trial metric's name; whether a ``field_accuracy.<path>`` names a field of the job is checked later, with
-    the experiment's files (pipeline.prepare)."""
+    the experiment's files (pipeline.search.prepare)."""
     if not isinstance(name, str) or metric_direction(name) is None:
-        raise ConfigError(f"{where}: unknown metric {_shown(name)}.{did_you_mean(str(name), METRICS)} "
-                          f"Known metrics: {', '.join(METRICS)}, and {FIELD_METRIC}<path> for one field, e.g. "
+        raise ConfigError(f"{where}: unknown metric {_shown(name)}.{did_you_mean(str(name), REGISTRY)} "
+                          f"Known metrics: {', '.join(REGISTRY)}, and {FIELD_METRIC}<path> for one field, e.g. "
                           f"{FIELD_METRIC}/category")
     return metric_name(name)
 

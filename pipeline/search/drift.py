@@ -23,13 +23,13 @@ import numpy as np
 import optuna
 from rich.console import Console
 
-from pipeline.search.fronts import measured_trials
-from pipeline.search.trials import REMEASURES
-from pipeline.search.config import StudyConfig
-from pipeline.search.prepare import PreparedStudy
-from pipeline.measure.runner import TrialPlan, run_trial
 from pipeline.engines.settings import InferenceSettings, settings_of
+from pipeline.measure.runner import TrialPlan, run_trial
+from pipeline.search.config import StudyConfig
+from pipeline.search.fronts import measured_trials
+from pipeline.search.prepare import PreparedStudy
 from pipeline.search.space import suggest
+from pipeline.search.trials import REMEASURES
 from pipeline.tracking.runs import StudyTracker
 
 __all__ = ["DRIFT", "REFERENCE", "DriftMonitor", "machine_note", "reference_setting", "study_monitor"]
@@ -109,16 +109,17 @@ def reference_setting(study: optuna.Study, config: StudyConfig) -> InferenceSett
 
 
 def study_monitor(study: optuna.Study, prepared: PreparedStudy, plan: TrialPlan, tracker: StudyTracker,
-                   reference: list[InferenceSettings], console: Console) -> DriftMonitor | None:
-    """Drift control as ``evaluation.drift_*`` asks (None when off): the reference measured through the trial
-    plan without early abort, its series on the parent run, flagged trials recorded (and enqueued again)."""
+                  reference: Callable[[], InferenceSettings], console: Console) -> DriftMonitor | None:
+    """Drift control as ``evaluation.drift_*`` asks (None when off): the ``reference`` setting (asked for when it
+    is first measured) measured through the trial plan without early abort, its series on the parent run,
+    flagged trials recorded (and enqueued again)."""
     evaluation = prepared.config.evaluation
     if not evaluation.drift_every:
         return None
     requests = prepared.examples[:evaluation.drift_requests]
 
     def measure() -> float:
-        outcome = run_trial(reference[0], requests, replace(plan, abort_on=()))
+        outcome = run_trial(reference(), requests, replace(plan, abort_on=()))
         done = [r.latency_ms for r in outcome.records if not r.failed]
         return float(np.median(done)) if done else float("nan")
 

@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import numpy as np
 import optuna
-from optuna.study._multi_objective import _get_pareto_front_trials_by_trials
 import pandas as pd
 
 from pipeline.engines.settings import CORE_PARAMETERS
-from pipeline.measure.metrics import Objective
-from pipeline.search.config import OPTIONAL_PARAMETERS
 from pipeline.measure.racing import bounds_of, ties
+from pipeline.measure.registry import Objective
 from pipeline.render.plots import baseline_rows
+from pipeline.search._optuna import is_pareto_front, pareto_front_trials
+from pipeline.search.config import OPTIONAL_PARAMETERS
 from pipeline.search.trials import BASELINE, RACED, REMEASURES, REUSED, TOPS_UP
 
 __all__ = ["BASELINE", "RACED", "REMEASURES", "REUSED", "SETTINGS", "TOPS_UP", "baseline_rows", "front_bounds",
-           "front_frame", "front_trials", "measured_trials", "superseded", "trials_frame"]
+           "front_frame", "front_trials", "is_pareto_front", "measured_trials", "superseded", "trials_frame"]
 
 
 def superseded(study: optuna.Study) -> set[int]:
@@ -43,7 +43,7 @@ def front_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     all of them."""
     trials = [t for t in measured_trials(study) if RACED not in t.user_attrs]
     constrained = any(t.constraints for t in trials)
-    return _get_pareto_front_trials_by_trials(trials, study.directions, consider_constraint=constrained)
+    return pareto_front_trials(trials, study.directions, consider_constraint=constrained)
 
 
 def front_bounds(study: optuna.Study, objectives: tuple[Objective, ...]) -> list[tuple[int, np.ndarray]]:

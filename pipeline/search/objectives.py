@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import optuna
 
-from pipeline.measure.metrics import Constraint
-from pipeline.search.config import StudyConfig
 from pipeline.errors import BackendError
-from pipeline.search.trials import RACED
+from pipeline.measure.metrics import measured_metrics
 from pipeline.measure.racing import bound_metrics
+from pipeline.measure.records import RequestRecord
+from pipeline.measure.registry import Constraint
 from pipeline.measure.runner import TrialOutcome
-from pipeline.measure.metrics import RequestRecord, measured_metrics
+from pipeline.search.config import StudyConfig
+from pipeline.search.trials import RACED
 
 __all__ = ["CONTEXT_FIT", "request_slos", "trial_values", "truncation_reason"]
 
@@ -24,7 +25,7 @@ def trial_values(trial: optuna.Trial, outcome: TrialOutcome, config: StudyConfig
 
     A setting that cannot fit the context is not run: it gets the worst values (0 for a maximised metric, the
     request timeout for a minimised one) and a violated ``context_fit`` constraint, so it is never on the front. A
-    trial whose prompts the server cut to fit (Ollama drops the oldest messages silently: pipeline.truncation)
+    trial whose prompts the server cut to fit (Ollama drops the oldest messages silently: pipeline.engines.truncation)
     keeps its measured metrics and breaks ``context_fit`` by the number of those prompts.
     A trial stopped early has the metrics of the requests it ran; the constraint it cannot meet is set from
     the best value it could still have reached, which breaks it. A trial stopped by racing keeps the metrics of

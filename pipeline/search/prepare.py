@@ -14,18 +14,17 @@ from typing import Any
 
 import optuna
 
-from pipeline.engines.registry import make_backend
 from pipeline.engines.base import Backend
-from pipeline.engines.settings import CORE_PARAMETERS
-from pipeline.search.config import MIN_RACED, OPTIONAL_PARAMETERS, RACING_STAGES, ParamSpec, StudyConfig
+from pipeline.engines.registry import make_backend
+from pipeline.engines.serving import CONCURRENCY, SERVER_SETTINGS, combination_problem
+from pipeline.engines.settings import CORE_PARAMETERS, settings_of
 from pipeline.errors import ConfigError, DataError, did_you_mean
 from pipeline.job.experiment import Example, Experiment, load_experiment
-from pipeline.tracking.locations import resolve_stores
 from pipeline.job.prompts import PromptLibrary, load_prompts
+from pipeline.measure.registry import FIELD_METRIC, SERVER_METRICS, field_metric
 from pipeline.measure.runner import check_fit, prepare_requests
-from pipeline.measure.metrics import FIELD_METRIC, SERVER_METRICS, field_metric
-from pipeline.engines.serving import CONCURRENCY, SERVER_SETTINGS, combination_problem
-from pipeline.engines.settings import settings_of
+from pipeline.search.config import MIN_RACED, OPTIONAL_PARAMETERS, RACING_STAGES, ParamSpec, StudyConfig
+from pipeline.tracking.locations import resolve_stores
 
 __all__ = ["PreparedStudy", "check_definition", "check_point", "definition_of", "job_defaults", "prepare_study",
            "warmup_example"]
@@ -211,11 +210,10 @@ def _serving_problem(config: StudyConfig, backend: Backend) -> str | None:
                 "start; use --backend llama-server, or remove it (README: each one's Ollama and vLLM counterpart)")
     think = config.search_space.get("think")
     thinking = [t for t in think.choices if t != "default"] if think is not None else []
-    if thinking and not getattr(backend, "thinks", False):
+    if thinking and not backend.thinks:
         return (f"search_space.think {thinking[0]}: the {backend.name} backend cannot switch a model's thinking "
                 "(Ollama's `think`); use --backend ollama, or remove it")
-    able = getattr(backend, "can_think", None)
-    if able is False and set(thinking) - {"off"}:
+    if backend.can_think is False and set(thinking) - {"off"}:
         return (f"search_space.think {next(t for t in thinking if t != 'off')}: model {backend.base_model!r} does not "
                 "think (it lacks the thinking capability in `ollama show`); set think: off, or remove it")
     load = config.search_space.get(CONCURRENCY)
@@ -224,13 +222,13 @@ def _serving_problem(config: StudyConfig, backend: Backend) -> str | None:
                 "time in this process, so more clients would only queue; measure load on a server (--backend "
                 "llama-server, openai or ollama) or set concurrency 1")
     context = config.search_space["num_ctx"]
-    limit = getattr(backend, "context_limit", None)
+    limit = backend.context_limit
     largest = max(context.choices) if context.choices else context.high
     if limit is not None and largest > limit:
         return (f"search_space.num_ctx reaches {largest:g}, above the model's training context {limit} (its "
                 f"context_length); the {backend.name} server caps num_ctx there, so a larger value is the same "
                 f"setting as {limit} scored as another: keep num_ctx at {limit} or below")
-    if getattr(backend, "fixed_context", False) and context.kind != "fixed":
+    if backend.fixed_context and context.kind != "fixed":
         return (f"search_space.num_ctx is searched, but the context of a server the {backend.name} backend only "
                 "speaks to is set when that server starts; fix num_ctx to the server's context, or use "
                 "--backend llama-server")

@@ -32,8 +32,10 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from pipeline.search._optuna import storage_of, trial_id
+
 __all__ = ["GRACE_PERIOD_S", "HEARTBEAT_INTERVAL_S", "WORKER", "heartbeat", "heartbeat_helpers", "open_storage",
-           "recover_dead_trials", "study_lock"]
+           "recover_dead_trials", "study_lock", "study_names"]
 
 HEARTBEAT_INTERVAL_S = 10
 GRACE_PERIOD_S = 60
@@ -137,27 +139,27 @@ def recover_dead_trials(study: optuna.Study) -> list[FrozenTrial]:
 
     Raises nothing for a trial another worker fails at the same moment.
     """
-    running = {t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    running = {trial_id(t) for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     with heartbeat_helpers():
         optuna.storages.fail_stale_trials(study)  # heartbeats, on storages that keep them
-    storage = study._storage
+    storage = storage_of(study)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get("worker", "")
         if worker and _process_gone(worker):
             try:
-                storage.set_trial_user_attr(trial._trial_id, "failure", f"interrupted: worker {worker} is gone")
-                storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+                storage.set_trial_user_attr(trial_id(trial), "failure", f"interrupted: worker {worker} is gone")
+                storage.set_trial_state_values(trial_id(trial), state=TrialState.FAIL)
             except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
                 continue  # another worker got there first
             # As for a stale heartbeat: queue the same settings again, so the interrupted trial is not lost.
-            _retry(study, storage.get_trial(trial._trial_id))
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t._trial_id in running]
+            _retry(study, storage.get_trial(trial_id(trial)))
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if trial_id(t) in running]
 
 
 @contextlib.contextmanager
 def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
     """Record the trial's heartbeat every interval while it runs, on storages that keep heartbeats."""
-    storage = study._storage  # RDBStorage comes wrapped in Optuna's cache, which passes heartbeats through
+    storage = storage_of(study)  # RDBStorage comes wrapped in Optuna's cache, which passes heartbeats through
     interval = storage.get_heartbeat_interval() if hasattr(storage, "record_heartbeat") else None
     if interval is None:
         yield
@@ -167,7 +169,7 @@ def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
     def beat() -> None:
         while True:
             with contextlib.suppress(Exception):  # a store that is briefly away must not end the trial
-                storage.record_heartbeat(trial._trial_id)
+                storage.record_heartbeat(trial_id(trial))
             if stop.wait(interval):
                 return
 
@@ -178,3 +180,8 @@ def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
     finally:
         stop.set()
         thread.join()
+
+
+def study_names(url: str) -> list[str]:
+    """The names of the studies in the storage at ``url``."""
+    return optuna.get_all_study_names(open_storage(url))

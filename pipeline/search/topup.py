@@ -21,15 +21,15 @@ from dataclasses import dataclass
 import optuna
 import pandas as pd
 
+from pipeline.job.experiment import Example
+from pipeline.job.scoring import Scorer
+from pipeline.measure.racing import bounds_of, dominated_by, still_dominated, undecided
+from pipeline.measure.records import RequestRecord
+from pipeline.measure.registry import Objective
+from pipeline.measure.runner import TrialOutcome
+from pipeline.measure.tables import records_from_rows
 from pipeline.search.fronts import front_bounds, front_trials, measured_trials
 from pipeline.search.trials import RACED, REMEASURES, TOPS_UP
-from pipeline.measure.metrics import Objective
-from pipeline.job.experiment import Example
-from pipeline.measure.racing import bounds_of, dominated_by, still_dominated, undecided
-from pipeline.measure.runner import TrialOutcome
-from pipeline.job.scoring import Scorer
-from pipeline.measure.metrics import RequestRecord
-from pipeline.measure.tables import records_from_rows
 
 __all__ = ["TOP_UP_REQUESTS", "TopUp", "TrialRecords", "combined", "next_requests", "next_top_up", "resumable",
            "top_up_source"]

@@ -13,8 +13,7 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pipeline.engines.base import Generation, RequestFailed
-from pipeline.engines.base import Message
+from pipeline.engines.base import Backend, Generation, Message, RequestFailed
 from pipeline.engines.settings import InferenceSettings
 
 __all__ = ["FakeBackend", "answers_by_request"]
@@ -31,7 +30,7 @@ def _from_examples(messages: list[Message], settings: InferenceSettings) -> str:
     return "{}"
 
 
-class FakeBackend:
+class FakeBackend(Backend):
     """A backend answering from a function, with deterministic timings (milliseconds)."""
 
     name = "fake"

@@ -29,7 +29,8 @@ def quote(text: str) -> str:
 
 def parse_duration_ns(text: str) -> int:
     """Go's ``time.ParseDuration`` (src/time/format.go), error texts included: a sign, then one or more
-    ``<number><unit>``; a unit is required except for a bare ``0``; no spaces.
+    ``<number><unit>``; a unit is required except for a bare ``0``; no spaces. Longer than most functions here:
+    it follows upstream's function step by step, so that it can be read against it.
 
     Returns:
         Nanoseconds.

@@ -62,7 +62,7 @@ def default_storage(tracking_uri: str) -> str:
     return f"sqlite:///{folder / 'optuna.db'}"
 
 
-# Optuna's journal file storage, as pipeline.storage opens it: journal://<path>, so journal:///abs/study.log.
+# Optuna's journal file storage, as pipeline.search.storage opens it: journal://<path>, so journal:///abs/study.log.
 _JOURNAL = "journal://"
 _STORAGE_EXAMPLES = "sqlite:///optuna.db, journal:///path/to/study.log or postgresql://user@host/db"
 

@@ -27,6 +27,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_LOGGED_ARTIFACTS, MLFLOW_PARENT_RUN_ID
 
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.tracking._mlflow import dataset_entity
 from pipeline.tracking.locations import sqlite_folder
 
 __all__ = ["ArtifactWriteError", "StudyTracker", "log_batch", "log_comparison", "metric_key", "start_run"]
@@ -100,7 +101,7 @@ class StudyTracker:
             warnings.simplefilter("ignore", UserWarning)
             data = mlflow.data.from_pandas(dataset, source=dataset_source, name=dataset_name, digest=digest[:20])
         self.client.log_inputs(self.parent_run_id, datasets=[
-            DatasetInput(data._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, split)])])
+            DatasetInput(dataset_entity(data), tags=[InputTag(MLFLOW_DATASET_CONTEXT, split)])])
 
     @_store_errors
     def start_trial(self, number: int, *, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:

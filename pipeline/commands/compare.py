@@ -1,0 +1,72 @@
+"""``pipeline compare``: the Pareto fronts of studies side by side, logged as an MLflow run."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.commands.options import stdout, store_options
+from pipeline.errors import ConfigError
+from pipeline.render.plots import plot_fronts, plot_fronts_html
+from pipeline.render.tables import front_table
+from pipeline.search.compare import compare, load_fronts
+from pipeline.search.fronts import SETTINGS
+from pipeline.tracking.locations import resolve_stores
+from pipeline.tracking.runs import log_comparison
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    compare = commands.add_parser("compare", help="compare the Pareto fronts of studies")
+    compare.add_argument("studies", nargs="+", help="study names (or one comma-separated list)")
+    store_options(compare)
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    names = [n for text in args.studies for n in text.split(",") if n]
+    if not names:
+        raise ConfigError("name at least one study to compare")
+    tracking_uri, storage = resolve_stores(args.tracking_uri or None, None, args.storage or None,
+                                           configured_in=None, storage_where="--storage", existing=True)
+    fronts = load_fronts(names, storage)
+    comparison = compare(fronts)
+    title = "Pareto fronts: " + " vs ".join(names)
+    with tempfile.TemporaryDirectory() as folder:
+        frames = {f.name: f.trials for f in fronts}
+        plots = [p for p in (plot_fronts(frames, comparison.objectives, Path(folder) / "fronts.png", title=title),
+                             plot_fronts_html(frames, comparison.objectives, Path(folder) / "fronts.html",
+                                              title=title, settings=SETTINGS)) if p is not None]
+        table = pd.concat([f.front.assign(study=f.name) for f in fronts], ignore_index=True)
+        run_id, url = log_comparison(tracking_uri=tracking_uri, experiment_name=args.experiment_name or "compare",
+                                     comparison=comparison, fronts=table, artifacts=plots)
+    out = stdout()
+    for front in fronts:
+        out.print(front_table(front.front, f"front of {front.name!r} ({len(front.front)} of "
+                                           f"{len(front.trials)} completed trials)",
+                              settings=SETTINGS, objectives=[o.metric for o in front.objectives],
+                              trials=front.trials))
+    summary = Table(title="hypervolume against one shared reference point (0..1, larger is better)")
+    for column in ("study", "trials", "feasible", "front", "hypervolume"):
+        summary.add_column(column, justify="right")
+    for row in comparison.summary.itertuples():
+        summary.add_row(row.study, str(row.trials), str(row.feasible), str(row.front_size), f"{row.hypervolume:.4f}")
+    out.print(summary)
+    cover = Table(title="coverage: share of the column study's front dominated by the row study's front")
+    cover.add_column("")
+    for name in names:
+        cover.add_column(name, justify="right")
+    for a in names:
+        cover.add_row(a, *("-" if a == b else f"{comparison.coverage.loc[a, b]:.2f}" for b in names))
+    out.print(cover)
+    reference = ", ".join(f"{m}={v:.4g}" for m, v in comparison.reference.items())
+    out.print(f"reference point: {reference}")
+    for note in comparison.notes:
+        out.print(f"note: {note}", markup=False)
+    out.print(f"comparison run {run_id}: {url}")
+    return 0

@@ -1,0 +1,83 @@
+"""``pipeline promote``: re-check a front point on held-out data and write its Modelfile."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+
+from pipeline.commands import options
+from pipeline.errors import ConfigError, InputError, redact_url
+from pipeline.measure.gain import slower
+from pipeline.promote.promotion import CHAMPION, PromotionPolicy, PromotionRefused, promote
+from pipeline.render.tables import gain_table
+from pipeline.search.storage import study_names
+from pipeline.tracking.locations import resolve_stores
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    promote = commands.add_parser("promote", help="re-check a front point on held-out data and write a Modelfile")
+    promote.add_argument("study", help="the study to promote from")
+    options.engine_options(promote)
+    options.store_options(promote)
+    promote.add_argument("--policy", choices=("knee", "sla", "trial"), default="knee",
+                         help="knee of the front, best accuracy within --sla-p95-ms, or --trial N")
+    promote.add_argument("--sla-p95-ms", type=options.optional(options.positive_float),
+                         help="latency limit of the sla policy (also checked on held-out data)")
+    promote.add_argument("--trial", type=options.optional(options.whole_number), help="trial number for --policy trial")
+    promote.add_argument("--tolerance", type=options.share, default=0.05,
+                         help="largest drop of held-out accuracy below dev accuracy that is accepted")
+    promote.add_argument("--repetitions", type=options.positive_int, default=2, help="passes over the held-out split")
+    promote.add_argument("--registered-model", help="MLflow registered model name (default: the study name)")
+    promote.add_argument("--ollama-name", help="name of the model to create on the Ollama server "
+                                               "(default: the registered model name)")
+    promote.add_argument("--output", type=Path, default=Path("promoted"), help="folder for Modelfile and sidecar")
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    policy = PromotionPolicy(policy=args.policy, sla_p95_ms=args.sla_p95_ms, trial=args.trial,
+                             tolerance=args.tolerance, repetitions=args.repetitions,
+                             registered_model=args.registered_model or None, ollama_name=args.ollama_name or None,
+                             output=args.output)
+    if policy.policy == "trial" and policy.trial is None:
+        raise ConfigError("--policy trial needs --trial N")
+    if policy.policy == "sla" and policy.sla_p95_ms is None:
+        raise ConfigError("--policy sla needs --sla-p95-ms X")
+    config = options.config_of(args)
+    _, storage = resolve_stores(args.tracking_uri or None, config.tracking.tracking_uri, config.study.storage,
+                                configured_in=str(config.path), storage_where="--storage", existing=True)
+    if args.study not in study_names(storage):
+        raise InputError(f"no study {args.study!r} in {redact_url(storage)}: run `pipeline study` first or pass "
+                         "the --storage it used")
+    prepared = options.prepare(args, config, console)
+    out = options.stdout()
+    try:
+        report = promote(prepared, args.study, policy)
+    except PromotionRefused as refused:
+        if refused.report is not None and refused.report.gains:
+            out.print(gain_table(refused.report.gains, "the candidate against the baseline (held-out, side by side)"))
+        raise
+    finally:
+        prepared.backend.close()
+    if report.choice:
+        out.print(report.choice, markup=False)
+    if report.gains:
+        out.print(gain_table(report.gains, "the candidate against the baseline (held-out, side by side)"))
+        out.print(slower(report.gains) or "the candidate is not slower than the baseline", markup=False)
+    out.print(f"promoted trial {report.trial} of {report.study!r} as {policy.registered_model or report.study!r} "
+              f"version {report.model_version} (alias {CHAMPION})")
+    shown = dict.fromkeys([*(o.metric for o in config.objectives), *(c.metric for c in config.constraints),
+                           "schema_valid_rate", "latency_p95_ms"])
+    for metric in (m for m in shown if m in report.holdout and m in report.dev):
+        out.print(f"  {metric}: dev {report.dev[metric]:.4g}, held-out {report.holdout[metric]:.4g}", markup=False)
+    for note in report.notes:
+        out.print(f"  note: {note}")
+    out.print(f"Modelfile: {report.modelfile}   sidecar: {report.sidecar}")
+    out.print(f"  ollama create {policy.registered_model or report.study} -f {report.modelfile}")
+    if report.launch is not None:
+        out.print(f"llama-server launch command (port 8080): {report.launch}   request defaults: in the sidecar",
+                  markup=False)
+    return 0

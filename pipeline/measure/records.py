@@ -1,0 +1,46 @@
+"""One timed request as a trial keeps it: what was asked, what came back, how it scored and how long it took."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.job.scoring import AnswerScore
+
+__all__ = ["RequestRecord"]
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One timed request: what was asked, what came back, how it scored and how long it took (milliseconds)."""
+
+    request_id: str
+    request: str
+    expected: Any
+    answer: str
+    score: AnswerScore
+    latency_ms: float
+    ttft_ms: float | None = None
+    prefill_ms: float | None = None
+    decode_ms: float | None = None
+    decode_tokens: int | None = None
+    prompt_tokens_estimated: int = 0
+    prompt_tokens_engine: int | None = None
+    output_tokens: int = 0
+    truncated: bool = False
+    failed: bool = False
+    server_ms: float | None = None
+    input_truncated: bool = False
+    thinking_ttft_ms: float | None = None
+    thinking_ms: float | None = None
+    thinking_tokens: int | None = None
+
+    @property
+    def overhead_ms(self) -> float | None:
+        """Our wall clock minus the server's own total: network and queueing."""
+        return None if self.server_ms is None else self.latency_ms - self.server_ms
+
+    @property
+    def thinking_exhausted(self) -> bool:
+        """The model thought until ``num_predict`` ran out and never answered."""
+        return bool(self.thinking_tokens) and self.truncated and not self.answer

@@ -1,0 +1,289 @@
+"""The metric registry: every trial metric declared once.
+
+A :class:`Metric` says everything the rest of the package needs to know about one metric: its name, the
+direction in which it is better, its unit and the short header a table shows, how one request contributes to
+it (``request``: the request's value, None where it does not count), how the requests of a trial aggregate
+(``value``), whether the early-abort rule can bound it (``bounded``: no request can make it better than a perfect
+one — correct, not truncated, answered in 0 ms), which interval racing and ties give it (``interval``) and
+whether every trial records its 95% bootstrap interval (``reported_interval``). Scoring
+(:mod:`pipeline.measure.metrics`), the intervals (:mod:`pipeline.measure.intervals`), racing, paired gain, the
+config's check of metric names and the terminal tables all read :data:`REGISTRY`.
+
+Adding a metric is one declaration in :data:`REGISTRY` (the README's "adding a metric" shows one). Besides the
+declared metrics, each field path of the expected answers has its accuracy, ``field_accuracy.<path>``
+(:func:`field_metric`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import numpy as np
+
+from pipeline.job.pointers import ANY, format_pointer, parse_pointer
+from pipeline.measure.records import RequestRecord
+
+__all__ = ["BOUNDED_METRICS", "CI_METRICS", "FIELD_METRIC", "METRICS", "REGISTRY", "SERVER_METRICS", "Constraint",
+           "Direction", "Metric", "Objective", "Trial", "field_metric", "lookup", "metric_direction", "metric_name"]
+
+Direction = Literal["maximize", "minimize"]
+# How racing and ties bound a metric: "wilson" (a rate of 0/1 outcomes), "share" (a mean of per-request shares:
+# bootstrap, Wilson when every request scored the same), "statistic" (the bootstrap of a latency statistic), or
+# None (unbounded: the metric never decides anything).
+IntervalKind = Literal["wilson", "share", "statistic"] | None
+FIELD_METRIC = "field_accuracy."
+
+
+@dataclass(frozen=True)
+class Trial:
+    """What a trial's metrics are computed from: its request records, the completed ones, and what the trial
+    measured besides (model loads, the span of its requests, the per-request limits that count as good)."""
+
+    records: Sequence[RequestRecord]
+    model_loads: int = 0
+    model_load_ms: float = 0.0
+    span_s: float | None = None
+    slos: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def done(self) -> list[RequestRecord]:
+        return [r for r in self.records if not r.failed]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One trial metric (see the module docstring). ``value`` returns None when the trial has no such metric
+    (a label accuracy without a label, server timings in process)."""
+
+    name: str
+    direction: Direction
+    unit: str
+    value: Callable[[Trial], float | None]
+    request: Callable[[RequestRecord], float | None] | None = None
+    statistic: Callable[..., np.ndarray] | None = None  # over per-request values, along ``axis``
+    completed_only: bool = False  # ``request`` counts completed requests only (latencies)
+    bounded: bool = False
+    interval: IntervalKind = None
+    reported_interval: bool = False
+    header: str = ""
+    group: str = "trial"  # which metrics are there together: trial, label, server, thinking, load
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(values, q)) if len(values) else float("nan")
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(np.mean(values)) if len(values) else float("nan")
+
+
+def _rate(name: str, flag: Callable[[RequestRecord], bool | None], *, header: str = "", reported: bool = False,
+          group: str = "trial") -> Metric:
+    """A share of requests with a property, a failed request counting as without it."""
+    def value(trial: Trial) -> float | None:
+        n = len(trial.records)
+        return sum(bool(flag(r)) for r in trial.records) / n if n else 0.0
+
+    return Metric(name, "maximize", "share", value, request=lambda r: float(bool(flag(r))),
+                  statistic=lambda x, axis: np.mean(x, axis=axis), bounded=True, interval="wilson",
+                  reported_interval=reported, header=header, group=group)
+
+
+def _latency(name: str, attribute: str, q: float | None, *, header: str = "", reported: bool = False) -> Metric:
+    """A percentile (``q``) or the mean of a per-request time over the completed requests that have one."""
+    def values(trial: Trial) -> list[float]:
+        return [getattr(r, attribute) for r in trial.done if getattr(r, attribute) is not None]
+
+    if q is None:
+        aggregate, statistic = _mean, (lambda x, axis: np.mean(x, axis=axis))
+    else:
+        aggregate = lambda v, q=q: _percentile(v, q)  # noqa: E731
+        statistic = lambda x, axis, q=q: np.percentile(x, q, axis=axis)  # noqa: E731
+    return Metric(name, "minimize", "ms", lambda t: aggregate(values(t)), request=lambda r: getattr(r, attribute),
+                  statistic=statistic, completed_only=True, bounded=True, interval="statistic",
+                  reported_interval=reported, header=header)
+
+
+def _decoded(trial: Trial) -> list[RequestRecord]:
+    return [r for r in trial.done if r.decode_ms is not None and r.decode_tokens is not None]
+
+
+def _decode_rate(trial: Trial) -> float:
+    decoded = _decoded(trial)
+    seconds = sum(r.decode_ms for r in decoded) / 1000
+    return sum(r.decode_tokens for r in decoded) / seconds if seconds > 0 else float("nan")
+
+
+def _count(name: str, counted: Callable[[RequestRecord], bool], *, bounded: bool, over_done: bool = True) -> Metric:
+    """How many requests (completed ones, by default) have a property."""
+    def value(trial: Trial) -> float:
+        return float(sum(bool(counted(r)) for r in (trial.done if over_done else trial.records)))
+
+    return Metric(name, "minimize", "requests", value, bounded=bounded)
+
+
+def _labelled(trial: Trial) -> bool:
+    return any(r.score.label_correct is not None for r in trial.records)
+
+
+def _served(trial: Trial) -> list[RequestRecord]:
+    return [r for r in trial.done if r.server_ms is not None]
+
+
+def _thought(trial: Trial) -> list[RequestRecord]:
+    return [r for r in trial.done if r.thinking_tokens is not None]
+
+
+def _when(present: Callable[[Trial], object], value: Callable[[Trial], float]) -> Callable[[Trial], float | None]:
+    return lambda trial: value(trial) if present(trial) else None
+
+
+def _per_span(value: Callable[[Trial], float]) -> Callable[[Trial], float | None]:
+    """A rate over the trial's measured span, at its concurrency; only when the span was measured."""
+    return lambda trial: value(trial) / trial.span_s if trial.span_s else None
+
+
+def _good(trial: Trial) -> float:
+    """Requests that completed within every per-request limit (``vllm bench serve --goodput``'s definition)."""
+    def within(record: RequestRecord, key: str, limit: float) -> bool:
+        value = getattr(record, key)
+        return value is not None and value <= limit
+    return float(sum(all(within(r, k, limit) for k, limit in trial.slos.items()) for r in trial.done))
+
+
+_LABELLED_RATE = _rate("label_accuracy", lambda r: r.score.label_correct, header="label", reported=True,
+                       group="label")
+
+# In the order a trial's metrics are recorded.
+_DECLARED: tuple[Metric, ...] = (
+    _rate("schema_valid_rate", lambda r: r.score.schema_valid, header="valid", reported=True),
+    _rate("parse_rate", lambda r: r.score.parsed),
+    _rate("exact_match_rate", lambda r: r.score.exact_match, header="exact", reported=True),
+    Metric("field_accuracy", "maximize", "share",
+           lambda t: sum(r.score.field_accuracy for r in t.records) / len(t.records) if t.records else 0.0,
+           request=lambda r: r.score.field_accuracy, statistic=lambda x, axis: np.mean(x, axis=axis), bounded=True,
+           interval="share", reported_interval=True, header="fields"),
+    _latency("latency_p50_ms", "latency_ms", 50, header="p50 ms", reported=True),
+    _latency("latency_p95_ms", "latency_ms", 95, header="p95 ms", reported=True),
+    _latency("latency_p99_ms", "latency_ms", 99),
+    _latency("latency_mean_ms", "latency_ms", None),
+    _latency("ttft_p50_ms", "ttft_ms", 50, header="ttft ms"),
+    _latency("ttft_p95_ms", "ttft_ms", 95),
+    Metric("prefill_ms_mean", "minimize", "ms",
+           lambda t: _mean([r.prefill_ms for r in t.done if r.prefill_ms is not None])),
+    Metric("decode_ms_mean", "minimize", "ms", lambda t: _mean([r.decode_ms for r in _decoded(t)])),
+    Metric("decode_tokens_per_s", "maximize", "tokens/s", _decode_rate, header="tok/s"),
+    Metric("output_tokens_mean", "minimize", "tokens", lambda t: _mean([r.output_tokens for r in t.done]),
+           bounded=True),
+    Metric("prompt_tokens_estimated", "minimize", "tokens",
+           lambda t: _mean([r.prompt_tokens_estimated for r in t.records])),
+    Metric("prompt_tokens_engine", "minimize", "tokens",
+           lambda t: _mean([r.prompt_tokens_engine for r in t.done if r.prompt_tokens_engine is not None])),
+    _count("truncated_answers", lambda r: r.truncated, bounded=True),
+    # requests whose prompt the server cut to fit num_ctx (Ollama drops the oldest messages silently)
+    _count("truncated_inputs", lambda r: r.input_truncated, bounded=True),
+    _count("failed_requests", lambda r: r.failed, bounded=True, over_done=False),
+    Metric("model_loads", "minimize", "loads", lambda t: float(t.model_loads)),
+    Metric("model_load_ms", "minimize", "ms", lambda t: float(t.model_load_ms)),
+    Metric("requests_measured", "minimize", "requests", lambda t: float(len(t.records)), header="requests"),
+    # only for experiments with a label
+    replace(_LABELLED_RATE, value=_when(_labelled, _LABELLED_RATE.value)),
+    # only for backends with a server's own timings (Ollama, llama-server)
+    Metric("server_ms_p50", "minimize", "ms", _when(_served, lambda t: _percentile([r.server_ms for r in _served(t)],
+                                                                                   50)), group="server"),
+    Metric("server_ms_p95", "minimize", "ms", _when(_served, lambda t: _percentile([r.server_ms for r in _served(t)],
+                                                                                   95)), group="server"),
+    Metric("overhead_ms_mean", "minimize", "ms", _when(_served, lambda t: _mean([r.overhead_ms for r in _served(t)])),
+           group="server"),
+    Metric("overhead_ms_p95", "minimize", "ms",
+           _when(_served, lambda t: _percentile([r.overhead_ms for r in _served(t)], 95)), group="server"),
+    # only for a model that thinks before it answers (Ollama's `think`)
+    Metric("thinking_ttft_p50_ms", "minimize", "ms",
+           _when(_thought, lambda t: _percentile([r.thinking_ttft_ms for r in _thought(t)], 50)), group="thinking"),
+    Metric("thinking_ms_p50", "minimize", "ms",
+           _when(_thought, lambda t: _percentile([r.thinking_ms for r in _thought(t)], 50)), group="thinking"),
+    Metric("thinking_ms_p95", "minimize", "ms",
+           _when(_thought, lambda t: _percentile([r.thinking_ms for r in _thought(t)], 95)), group="thinking"),
+    Metric("thinking_tokens_mean", "minimize", "tokens",
+           _when(_thought, lambda t: sum(r.thinking_tokens for r in _thought(t)) / len(t.done)), group="thinking"),
+    # requests whose thinking used up num_predict: no answer
+    Metric("thinking_exhausted", "minimize", "requests",
+           _when(_thought, lambda t: float(sum(r.thinking_exhausted for r in t.done))), group="thinking"),
+    # over the trial's measured span (first request sent to last answer), at its concurrency
+    Metric("throughput_rps", "maximize", "requests/s", _per_span(lambda t: len(t.done)), group="load"),
+    Metric("output_tokens_per_s", "maximize", "tokens/s", _per_span(lambda t: sum(r.output_tokens for r in t.done)),
+           group="load"),
+    Metric("goodput_rps", "maximize", "requests/s", _per_span(_good), group="load"),
+)
+
+REGISTRY: dict[str, Metric] = {m.name: m for m in _DECLARED}
+# Every declared metric with the direction in which it is better.
+METRICS: dict[str, str] = {name: m.direction for name, m in REGISTRY.items()}
+SERVER_METRICS = tuple(name for name, m in REGISTRY.items() if m.group == "server")
+# Metrics with a 95% bootstrap interval, logged as ``<metric>_ci95_low`` and ``<metric>_ci95_high``.
+CI_METRICS = tuple(name for name, m in REGISTRY.items() if m.reported_interval and m.unit == "share") + tuple(
+    name for name, m in REGISTRY.items() if m.reported_interval and m.unit != "share")
+# Metrics whose value over the requests so far plus perfect ones bounds every value the finished trial can have.
+BOUNDED_METRICS = tuple(name for name, m in REGISTRY.items() if m.bounded)
+
+
+def field_metric(path: str) -> str:
+    """The metric name of one field's accuracy: ``field_accuracy./params/title``. MLflow allows no ``*`` in a
+    metric name, so an array item is written ``-`` there: ``field_accuracy./line_items/-/price``."""
+    return FIELD_METRIC + format_pointer(tuple("-" if p == ANY else p for p in parse_pointer(path)))
+
+
+def metric_name(name: str) -> str:
+    """A metric name as recorded: ``field_accuracy.`` paths may be written with ``*`` or ``-`` for array items."""
+    if name.startswith(FIELD_METRIC):
+        try:
+            return field_metric(name[len(FIELD_METRIC):])
+        except ValueError:
+            return name
+    return name
+
+
+def lookup(name: str) -> Metric | None:
+    """The declaration of a metric; for ``field_accuracy.<path>``, one made for that path (a share of the path's
+    fields that are right, over every request); None for a name that is no metric."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    if name.startswith(FIELD_METRIC):
+        try:
+            parse_pointer(name[len(FIELD_METRIC):])
+        except ValueError:
+            return None
+        return Metric(name, "maximize", "share", lambda t: None, interval="share")
+    return None
+
+
+def metric_direction(name: str) -> str | None:
+    """Whether a metric is maximised or minimised; None for a name that is no metric."""
+    metric = lookup(name)
+    return None if metric is None else metric.direction
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str
+    direction: Direction
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """An SLA limit on a trial metric; a trial breaking it is infeasible."""
+
+    metric: str
+    max: float | None = None
+    min: float | None = None
+
+    def violation(self, value: float) -> float:
+        """Optuna's convention: ``<= 0`` is feasible, the size of a positive value is how far off it is."""
+        if self.max is not None:
+            return value - self.max
+        return self.min - value  # type: ignore[operator]
+
+    def describe(self) -> str:
+        return f"{self.metric} <= {self.max:g}" if self.max is not None else f"{self.metric} >= {self.min:g}"
