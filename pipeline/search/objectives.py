@@ -20,8 +20,10 @@ __all__ = ["CONTEXT_FIT", "request_slos", "trial_values", "truncation_reason"]
 CONTEXT_FIT = "context_fit"
 
 
-def trial_values(trial: optuna.Trial, outcome: TrialOutcome, config: StudyConfig) -> list[float]:
-    """Set the trial's metrics and constraints; return its objective values.
+def trial_values(trial: optuna.Trial, outcome: TrialOutcome, config: StudyConfig, *,
+                 extra: dict[str, float] | None = None) -> list[float]:
+    """Set the trial's metrics (with ``extra``, what the study measured besides: the requests it ran) and
+    constraints; return its objective values.
 
     A setting that cannot fit the context is not run: it gets the worst values (0 for a maximised metric, the
     request timeout for a minimised one) and a violated ``context_fit`` constraint, so it is never on the front. A
@@ -62,7 +64,7 @@ def trial_values(trial: optuna.Trial, outcome: TrialOutcome, config: StudyConfig
             trial.set_user_attr(RACED, outcome.raced.describe())
         for constraint in config.constraints:
             trial.set_constraint(constraint.metric, constraint.violation(limits[constraint.metric]))
-    trial.set_user_attr("metrics", metrics)
+    trial.set_user_attr("metrics", {**metrics, **(extra or {})})  # one storage write: the dict is large
     return [metrics[o.metric] for o in config.objectives]
 
 

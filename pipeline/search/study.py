@@ -234,14 +234,14 @@ class StudyRun:
         run_id = self._start(trial, settings, source)
         try:
             outcome, ran = self._measure(trial, settings, source)
-            values = trial_values(trial, outcome, self.config)
+            values = trial_values(trial, outcome, self.config, extra={"requests_run": float(ran)})
         except BaseException as exc:
             self.tracker.fail_trial(run_id, f"{type(exc).__name__}: {exc}")
             raise
         self.records.keep(trial.number, outcome.records)
         if self.drift is not None and not outcome.infeasible:
             self.drift.trial_done(trial.number)
-        self._record(trial, settings, run_id, source, outcome, ran)
+        self._record(trial, settings, run_id, source, outcome)
         self.new_trials += 1
         return values
 
@@ -292,12 +292,11 @@ class StudyRun:
         return combined(before, source.user_attrs["metrics"], added), len(added.records)
 
     def _record(self, trial: optuna.Trial, settings: InferenceSettings, run_id: str,
-                source: optuna.trial.FrozenTrial | None, outcome: TrialOutcome, ran: int) -> None:
+                source: optuna.trial.FrozenTrial | None, outcome: TrialOutcome) -> None:
         """Finish the trial's run: its metrics, why it is infeasible, stopped or raced, its tables; mark the
         trial it topped up as superseded. A run whose artifacts cannot be written keeps its metrics, and the
         study stops after this trial."""
-        metrics = {**trial.user_attrs["metrics"], "requests_run": float(ran)}
-        trial.set_user_attr("metrics", metrics)
+        metrics = trial.user_attrs["metrics"]
         tags = {"feasible": str(all(v <= 0 for v in trial.constraints.values())).lower(), **outcome.tags}
         if outcome.infeasible:
             tags["infeasible"] = outcome.infeasible
