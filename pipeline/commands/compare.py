@@ -10,10 +10,10 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.commands.options import stdout, store_options
+from pipeline.commands.options import stdout, store_options, wide_option
 from pipeline.errors import ConfigError
 from pipeline.render.plots import plot_fronts, plot_fronts_html
-from pipeline.render.tables import front_table
+from pipeline.render.tables import front_summary, front_table
 from pipeline.search.compare import compare, load_fronts
 from pipeline.search.fronts import SETTINGS
 from pipeline.tracking.locations import resolve_stores
@@ -25,6 +25,7 @@ __all__ = ["add_parser", "run"]
 def add_parser(commands: argparse._SubParsersAction) -> None:
     compare = commands.add_parser("compare", help="compare the Pareto fronts of studies")
     compare.add_argument("studies", nargs="+", help="study names (or one comma-separated list)")
+    wide_option(compare)
     store_options(compare)
 
 
@@ -46,11 +47,11 @@ def run(args: argparse.Namespace, console: Console) -> int:
         run_id, url = log_comparison(tracking_uri=tracking_uri, experiment_name=args.experiment_name or "compare",
                                      comparison=comparison, fronts=table, artifacts=plots)
     out = stdout()
+    shown = front_table if args.wide else front_summary
     for front in fronts:
-        out.print(front_table(front.front, f"front of {front.name!r} ({len(front.front)} of "
-                                           f"{len(front.trials)} completed trials)",
-                              settings=SETTINGS, objectives=[o.metric for o in front.objectives],
-                              trials=front.trials))
+        out.print(shown(front.front, f"front of {front.name!r} ({len(front.front)} of {len(front.trials)} "
+                                     "completed trials)",
+                        settings=SETTINGS, objectives=[o.metric for o in front.objectives], trials=front.trials))
     summary = Table(title="hypervolume against one shared reference point (0..1, larger is better)")
     for column in ("study", "trials", "feasible", "front", "hypervolume"):
         summary.add_column(column, justify="right")
@@ -62,7 +63,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
     for name in names:
         cover.add_column(name, justify="right")
     for a in names:
-        cover.add_row(a, *("-" if a == b else f"{comparison.coverage.loc[a, b]:.2f}" for b in names))
+        # a study with no front covers nothing and is covered by nothing: "-" rather than NaN
+        cover.add_row(a, *("-" if a == b or pd.isna(comparison.coverage.loc[a, b])
+                           else f"{comparison.coverage.loc[a, b]:.2f}" for b in names))
     out.print(cover)
     reference = ", ".join(f"{m}={v:.4g}" for m, v in comparison.reference.items())
     out.print(f"reference point: {reference}")

@@ -16,7 +16,7 @@ from pipeline.search.config import StudyConfig, load_config
 from pipeline.search.prepare import PreparedStudy, prepare_study
 
 __all__ = ["Parser", "choice", "config_of", "engine_options", "optional", "positive_float", "positive_int",
-           "prepare", "share", "stdout", "store_options", "whole_number"]
+           "prepare", "share", "stdout", "store_options", "whole_number", "wide_option"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -97,6 +97,11 @@ def engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=optional(positive_int),
                         help="CPU threads of the engine (default: the config's, else every core); workers sharing "
                              "one machine should split its cores")
+
+
+def wide_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--wide", action="store_true",
+                        help="print the front with every setting and metric as its own column (wide terminals)")
 
 
 def store_options(parser: argparse.ArgumentParser) -> None:

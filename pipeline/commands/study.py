@@ -8,7 +8,7 @@ from rich.console import Console
 
 from pipeline.commands import options
 from pipeline.errors import redact_url
-from pipeline.render.tables import front_table
+from pipeline.render.tables import front_summary, front_table
 from pipeline.search.config import SAMPLERS
 from pipeline.search.fronts import SETTINGS
 from pipeline.search.study import run_study
@@ -28,6 +28,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     study.add_argument("--seed", type=options.optional(options.whole_number),
                        help="seed of the sampler and the engine (default: the config's)")
     study.add_argument("--limit", type=options.positive_int, help="requests per trial, taken in turn from each label")
+    options.wide_option(study)
     study.add_argument("--refine", type=options.optional(options.whole_number),
                        help="requests to spend topping up the front and the points tied with it, until their order "
                             "is decided (alone: no new trials; default: the config's evaluation.refine_requests)")
@@ -43,10 +44,13 @@ def run(args: argparse.Namespace, console: Console) -> int:
     finally:
         prepared.backend.close()
     out = options.stdout()
-    out.print(front_table(report.front, f"Pareto front of study {report.study_name!r} "
-                                        f"({len(report.front)} of {len(report.trials)} completed trials)",
-                          settings=SETTINGS, objectives=[o.metric for o in prepared.config.objectives],
-                          trials=report.trials))
+    shown = front_table if args.wide else front_summary
+    out.print(shown(report.front, f"Pareto front of study {report.study_name!r} "
+                                  f"({len(report.front)} of {len(report.trials)} completed trials)",
+                    settings=SETTINGS, objectives=[o.metric for o in prepared.config.objectives],
+                    trials=report.trials))
+    for line in report.explanation:
+        out.print(f"- {line}", markup=False, highlight=False)
     out.print(f"Added {report.new_trials} trials. Optuna storage: {redact_url(report.storage_url)}",
               markup=False)
     out.print(f"MLflow parent run {report.parent_run_id} in {redact_url(report.tracking_uri)}", markup=False)

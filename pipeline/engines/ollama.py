@@ -197,8 +197,9 @@ class OllamaBackend(Backend):
             return reloaded
 
     def _cut(self, messages: list[Message], settings: InferenceSettings, counted: int | None, thought: int) -> bool:
-        """Whether the server cut this prompt to fit num_ctx (pipeline.engines.truncation). Under ``format`` the count of a
-        model that thought is that of the answer's own request, whose prompt holds the thinking: taken off."""
+        """Whether the server cut this prompt to fit num_ctx (pipeline.engines.truncation). Under ``format`` the
+        count of a model that thought is that of the answer's own request, whose prompt holds the thinking: taken
+        off."""
         shape = (settings.few_shot, settings.prompt_variant, settings.example_selection)
         return self.prompt_sizes.cut(shape, estimate_tokens(messages), counted and counted - thought,
                                      settings.num_ctx)

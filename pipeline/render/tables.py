@@ -6,13 +6,16 @@ import math
 from collections.abc import Sequence
 
 import pandas as pd
+from rich import box
+from rich.console import Group
 from rich.table import Table
+from rich.text import Text
 
 from pipeline.measure.gain import Gain
 from pipeline.measure.registry import REGISTRY
 from pipeline.render.plots import baseline_rows
 
-__all__ = ["front_table", "gain_table"]
+__all__ = ["front_summary", "front_table", "gain_table", "setting_text"]
 
 # After the settings, a front table shows the study's objectives, then these where they were measured.
 METRIC_COLUMNS = ("field_accuracy", "exact_match_rate", "label_accuracy", "schema_valid_rate", "latency_p50_ms",
@@ -42,9 +45,9 @@ def front_table(front: pd.DataFrame, title: str, *, settings: Sequence[str], obj
                 trials: pd.DataFrame | None = None) -> Table:
     """A table of front trials: the ``settings`` (column names) that differ between ``trials`` (all, without
     them), the objectives and the headline metrics, with the 95% interval where measured. The baseline trial
-    (the settings served today) is its own last row when it is not on the front, and marked where it is. Front points that the
-    measurements cannot tell apart (``racing.ties``) say which others they are tied with, and the requests each
-    point was measured on are shown when they differ (racing, topping up)."""
+    (the settings served today) is its own last row when it is not on the front, and marked where it is. Front
+    points that the measurements cannot tell apart (``racing.ties``) say which others they are tied with, and the
+    requests each point was measured on are shown when they differ (racing, topping up)."""
     caption = r"value \[low, high]: 95% bootstrap interval over the trial's requests"
     tied = "tied_with" in front.columns and bool(front["tied_with"].astype(bool).any())
     if tied:
@@ -86,3 +89,85 @@ def _cell(value: object) -> str:
         return "nan" if math.isnan(value) else f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
     return "" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
 
+
+
+# How a setting is written in a front summary's one `setting` column (the others: name=value).
+_SHORT = {"num_ctx": "ctx", "num_predict": "np", "temperature": "t", "top_p": "p", "top_k": "k"}
+_SHOTS = ("few_shot", "example_selection")
+
+
+def setting_text(row: pd.Series, varying: Sequence[str]) -> str:
+    """The ``varying`` settings of one trial in one short line: ``ctx=4096 np=96 t=0.26 3×static minimal
+    fmt=schema`` (the few-shot count with its selection, the prompt variant by its name)."""
+    parts = []
+    for name in varying:
+        value = row.get(name)
+        if name == "example_selection" and "few_shot" in varying:
+            continue
+        if name in _SHOTS:
+            shots = int(row.get("few_shot", 0) or 0)
+            parts.append(f"{shots}×{row.get('example_selection', '')}" if shots else "0-shot")
+        elif name == "prompt_variant":
+            parts.append(str(value))
+        elif name == "format":
+            parts.append(f"fmt={value}")
+        elif isinstance(value, float):
+            parts.append(f"{_SHORT.get(name, name)}={value:.2f}")
+        else:
+            parts.append(f"{_SHORT.get(name, name)}={value}")
+    return " ".join(parts)
+
+
+def _with_range(row: pd.Series, column: str) -> str:
+    """``0.41 [0.29, 0.53]``: the value and its 95% interval, which a latency percentile's often is not centred
+    on (the value alone where it has none)."""
+    value = row.get(column)
+    low, high = row.get(f"{column}_ci95_low"), row.get(f"{column}_ci95_high")
+    if value is None or pd.isna(value):
+        return "-"
+    if low is None or high is None or pd.isna(low) or pd.isna(high):
+        return _cell(value)
+    return f"{_cell(value)} [{_cell(low)}, {_cell(high)}]"
+
+
+def front_summary(front: pd.DataFrame, title: str, *, settings: Sequence[str], objectives: Sequence[str] = (),
+                  trials: pd.DataFrame | None = None) -> Group:
+    """The front as a terminal shows it in 80 to 100 columns: one table of each point's objectives as
+    ``value [low, high]`` (and schema validity when it is no objective), then each point's settings that vary
+    between ``trials`` on one line. A point tied with others says ``=n``; the baseline (the settings served today)
+    is marked ``base``, below a line when it is off the front. The full table is :func:`front_table`
+    (``--wide``), and every column is on the MLflow run.
+
+    Returns:
+        The two tables, to print together.
+    """
+    tied = "tied_with" in front.columns and bool(front["tied_with"].astype(bool).any())
+    names = [c for c in settings if c in front.columns]
+    varying = [c for c in names if trials is not None and c in trials.columns and trials[c].nunique() > 1] or names
+    served = baseline_rows(trials) if trials is not None else front.iloc[0:0]
+    extra = served[~served["number"].isin(front["number"])] if not served.empty else served
+    rows = pd.concat([front, extra]) if not extra.empty else front
+    metrics = [m for m in dict.fromkeys([*objectives, "schema_valid_rate"])
+               if m in rows.columns and not rows[m].isna().all()]
+    legend = Text("[low, high]: the 95% interval over the trial's requests"
+                  + ("; =n: tied with trial n (their intervals overlap on every objective)" if tied else "")
+                  + ("; base: the baseline, the settings served today" if not served.empty else "")
+                  + "; --wide: every setting and metric as a column", style="dim")
+    values = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, header_style="bold")
+    lines = Table(box=None, pad_edge=False, show_header=False)
+    values.add_column("trial", justify="right", no_wrap=True)
+    for metric in metrics:
+        values.add_column(HEADERS.get(metric, metric), justify="right", no_wrap=True)
+    lines.add_column("trial", justify="right", no_wrap=True)
+    lines.add_column("setting")
+    for _, row in rows.iterrows():
+        label = str(row["number"])
+        if tied and row.get("tied_with"):
+            label += "=" + ",".join(n.strip() for n in str(row["tied_with"]).split(","))
+        if bool(row.get("baseline", False)):
+            label += " base"
+            if row["number"] not in set(front["number"]):
+                values.add_section()
+        values.add_row(label, *(_with_range(row, m) for m in metrics))
+        lines.add_row(f"{label}:", setting_text(row, varying))
+    return Group(values, lines, legend)

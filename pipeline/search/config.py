@@ -114,8 +114,8 @@ class EvaluationConfig:
     error_rate: float = 0.05
     # Requests a study spends at its end topping up the front and the points it cannot tell from it (0: none).
     refine_requests: int = 0
-    # Drift control (pipeline.search.drift): every `drift_every` trials (0: never), `drift_requests` requests of a reference
-    # setting; trials measured while its median latency moved by more than `drift_threshold` are flagged (and
+    # Drift control (pipeline.search.drift): every `drift_every` trials (0: never), `drift_requests` requests of a
+    # reference setting; trials measured while its median latency moved by more than `drift_threshold` are flagged (and
     # measured again with `drift_remeasure`).
     drift_every: int = 0
     drift_requests: int = 3

@@ -25,8 +25,8 @@ def reuse_measurement(study: optuna.Study, trial: optuna.Trial, *,
     ``same_as`` (the earlier trial's number), has no MLflow run, and does not count toward the target.
 
     An earlier trial that ``resume`` accepts (one racing stopped, no longer dominated) is not an answer: the
-    trial measures the rest of its requests instead (``pipeline.search.topup``). Nor is a trial enqueued to top one up or
-    to measure one again.
+    trial measures the rest of its requests instead (``pipeline.search.topup``). Nor is a trial enqueued to top one
+    up or to measure one again.
 
     Returns:
         Whether the trial was answered.

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass, replace
+import warnings
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import optuna
@@ -24,6 +25,7 @@ from pipeline.measure.tables import field_errors, requests_frame
 from pipeline.render.plots import plot_fronts
 from pipeline.render.progress import study_progress
 from pipeline.search.drift import REFERENCE, reference_setting, study_monitor
+from pipeline.search.explain import front_explanation, study_note
 from pipeline.search.fronts import front_frame, front_trials, measured_trials, superseded, trials_frame
 from pipeline.search.loop import TrialLoop
 from pipeline.search.objectives import trial_values
@@ -59,6 +61,7 @@ class StudyReport:
     trials: pd.DataFrame
     front: pd.DataFrame
     new_trials: int
+    explanation: list[str] = field(default_factory=list)  # why the front is empty or thin (explain.py)
 
 
 def _open_study(prepared: PreparedStudy, storage: optuna.storages.BaseStorage,
@@ -79,6 +82,10 @@ def _open_study(prepared: PreparedStudy, storage: optuna.storages.BaseStorage,
         offset = 0
     study = optuna.create_study(study_name=name, storage=storage, directions=directions, load_if_exists=True,
                                 sampler=make_sampler(config.study.sampler, seed=config.study.seed + offset))
+    if study.metric_names is None:  # optuna-dashboard and Optuna's plots then name the objectives
+        with warnings.catch_warnings():  # marked experimental since Optuna 3.2; its interface is one list
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([o.metric for o in config.objectives])
     if existing is None:
         study.set_user_attr("definition", definition)
         if config.baseline is not None:
@@ -341,7 +348,8 @@ def _finish(study: optuna.Study, tracker: StudyTracker, prepared: PreparedStudy,
         if not trials.empty:
             states = [t.state for t in study.trials]
             try:
-                tracker.log_front(trials=trials, front=front, plot=plot, metrics={
+                tracker.log_front(trials=trials, front=front, plot=plot, note=study_note(trials, front, config),
+                                  metrics={
                     "front_size": len(front),
                     "trials_complete": states.count(TrialState.COMPLETE),
                     "trials_reused": sum(REUSED in t.user_attrs for t in study.trials),
@@ -361,5 +369,6 @@ def _finish(study: optuna.Study, tracker: StudyTracker, prepared: PreparedStudy,
     if front_error is not None:
         raise front_error
     return StudyReport(config.study.name, prepared.storage_url, prepared.tracking_uri, tracker.parent_run_id,
-                       tracker.run_url(), trials, front, new_trials)
+                       tracker.run_url(), trials, front, new_trials,
+                       explanation=front_explanation(trials, front, config) if not trials.empty else [])
 

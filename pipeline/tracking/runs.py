@@ -24,7 +24,12 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
-from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_LOGGED_ARTIFACTS, MLFLOW_PARENT_RUN_ID
+from mlflow.utils.mlflow_tags import (
+    MLFLOW_DATASET_CONTEXT,
+    MLFLOW_LOGGED_ARTIFACTS,
+    MLFLOW_PARENT_RUN_ID,
+    MLFLOW_RUN_NOTE,
+)
 
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.tracking._mlflow import dataset_entity
@@ -179,8 +184,9 @@ class StudyTracker:
 
     @_store_errors
     def log_front(self, *, trials: pd.DataFrame, front: pd.DataFrame, plot: Path | None,
-                  metrics: Mapping[str, float]) -> None:
-        """Attach the Pareto front to the parent and tag every trial run ``pareto=true|false``."""
+                  metrics: Mapping[str, float], note: str = "") -> None:
+        """Attach the Pareto front to the parent, with ``note`` as its description (what the MLflow UI shows
+        under the run's name), and tag every trial run ``pareto=true|false``."""
         on_front = set(front["mlflow_run_id"].dropna())
         for run_id in trials["mlflow_run_id"].dropna():
             self.client.set_tag(run_id, "pareto", str(run_id in on_front).lower())
@@ -191,7 +197,8 @@ class StudyTracker:
         if plot is not None:
             self.client.log_artifact(self.parent_run_id, str(plot))
         log_batch(self.client, self.parent_run_id, metrics=metrics,
-                        tags={"pareto_trials": ",".join(str(n) for n in front["number"])})
+                  tags={"pareto_trials": ",".join(str(n) for n in front["number"]),
+                        **({MLFLOW_RUN_NOTE: note} if note else {})})
 
     def _replace_table(self, table: pd.DataFrame, artifact_file: str) -> None:
         # log_table appends to an existing table; a resumed study's front replaces the old one instead.
