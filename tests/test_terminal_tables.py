@@ -4,37 +4,20 @@
 from __future__ import annotations
 
 import io
-import json
 
 import pandas as pd
 import pytest
 from rich.console import Console
 
 from pipeline.commands.cli import build_parser
-from pipeline.job.experiment import load_experiment
 from pipeline.render.tables import front_summary, front_table, setting_text
 from pipeline.search.config import load_config
 from pipeline.search.fronts import SETTINGS
 from pipeline.search.prepare import prepare_study
 from pipeline.search.study import run_study
-from pipeline.testing import FakeBackend, answers_by_request
-from tests.conftest import EXPERIMENT, ROOT
-
-RIGHT = answers_by_request({e.request: e.expected for e in load_experiment(EXPERIMENT).examples})
-
-
-def answer(messages, settings) -> str:
-    """Right with examples, plain text without them unless decoding is constrained, details lost with the
-    minimal prompt: a front of several points with a baseline off it."""
-    right = RIGHT(messages, settings)
-    if settings.few_shot == 0 and settings.format == "off":
-        return "I would create a task for that."
-    if settings.prompt_variant == "minimal":
-        value = json.loads(right)
-        if isinstance(value, dict) and isinstance(value.get("params"), dict):
-            value["params"] = dict(list(value["params"].items())[:1])
-        return json.dumps(value)
-    return right
+from pipeline.testing import FakeBackend
+from tests.conftest import ROOT
+from tests.test_golden import answer  # the pinned study's answers: a front with a baseline off it
 
 
 @pytest.fixture(scope="module")
