@@ -80,11 +80,12 @@ def reported_intervals(records: Sequence[RequestRecord], *, level: float = 0.95,
     shares = [m for m in reported if not m.completed_only]
     latencies = [m for m in reported if m.completed_only]
     rates = np.array([[m.request(r) for m in shares] for r in records], float).reshape(len(records), len(shares))
-    # every reported latency is a statistic of the same per-request time (latency_ms): one sample, resampled once
-    times = np.array([latencies[0].request(r) for r in records if not r.failed]) if latencies else np.array([])
+    # the completed requests that have every reported time, one row per latency metric, resampled together
+    timed = [r for r in records if not r.failed and all(m.request(r) is not None for m in latencies)]
+    times = np.array([[m.request(r) for r in timed] for m in latencies], float).reshape(len(latencies), len(timed))
     samples = [(shares, rates.T, lambda *columns, axis: np.stack([c.mean(axis=axis) for c in columns])),
-               (latencies, times[None, :],
-                lambda ms, axis: np.stack([m.statistic(ms, axis=axis) for m in latencies]))]
+               (latencies, times,
+                lambda *columns, axis: np.stack([m.statistic(c, axis=axis) for m, c in zip(latencies, columns)]))]
     intervals: dict[str, float] = {}
     for metrics, data, statistic in samples:
         lows = highs = [float("nan")] * len(metrics)

@@ -121,13 +121,7 @@ def setting_text(row: pd.Series, varying: Sequence[str]) -> str:
 def _with_range(row: pd.Series, column: str) -> str:
     """``0.41 [0.29, 0.53]``: the value and its 95% interval, which a latency percentile's often is not centred
     on (the value alone where it has none)."""
-    value = row.get(column)
-    low, high = row.get(f"{column}_ci95_low"), row.get(f"{column}_ci95_high")
-    if value is None or pd.isna(value):
-        return "-"
-    if low is None or high is None or pd.isna(low) or pd.isna(high):
-        return _cell(value)
-    return f"{_cell(value)} [{_cell(low)}, {_cell(high)}]"
+    return "-" if pd.isna(row.get(column)) else _with_interval(row, column)
 
 
 def front_summary(front: pd.DataFrame, title: str, *, settings: Sequence[str], objectives: Sequence[str] = (),
@@ -160,13 +154,14 @@ def front_summary(front: pd.DataFrame, title: str, *, settings: Sequence[str], o
         values.add_column(HEADERS.get(metric, metric), justify="right", no_wrap=True)
     lines.add_column("trial", justify="right", no_wrap=True)
     lines.add_column("setting")
+    on_front = set(front["number"])
     for _, row in rows.iterrows():
         label = str(row["number"])
         if tied and row.get("tied_with"):
             label += "=" + ",".join(n.strip() for n in str(row["tied_with"]).split(","))
         if bool(row.get("baseline", False)):
             label += " base"
-            if row["number"] not in set(front["number"]):
+            if row["number"] not in on_front:
                 values.add_section()
         values.add_row(label, *(_with_range(row, m) for m in metrics))
         lines.add_row(f"{label}:", setting_text(row, varying))

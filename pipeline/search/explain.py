@@ -69,10 +69,10 @@ def front_explanation(trials: pd.DataFrame, front: pd.DataFrame, config: StudyCo
     return lines
 
 
-def study_note(trials: pd.DataFrame, front: pd.DataFrame, config: StudyConfig) -> str:
-    """The parent run's description: the front's points in short, or why it is empty or thin (Markdown)."""
+def study_note(trials: pd.DataFrame, front: pd.DataFrame, config: StudyConfig, explanation: list[str]) -> str:
+    """The parent run's description (Markdown): the front's points in short, and ``explanation``
+    (:func:`front_explanation`) when the front is empty or thin."""
     title = f"Study **{config.study.name}**: {len(trials)} measured trials, a front of {len(front)}."
-    explanation = front_explanation(trials, front, config)
     objectives = [o.metric for o in config.objectives]
     points = []
     for _, row in front.iterrows():

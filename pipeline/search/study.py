@@ -128,7 +128,8 @@ def run_study(prepared: PreparedStudy, *, trials: int, console: Console | None =
 class StudyRun:
     """One run of a study, in the method's order: :meth:`open` the study (the baseline enqueued first in a new
     one) and its parent run, :meth:`describe` it on that run, :meth:`optimize` (each trial through
-    :meth:`evaluate`), :meth:`refine`, and :meth:`finish` with the front attached."""
+    :meth:`evaluate`), refine the front (``TrialLoop.refine``), and finish with the front attached
+    (:func:`_finish`)."""
 
     def __init__(self, prepared: PreparedStudy, *, trials: int, console: Console, refine: int | None) -> None:
         self.prepared, self.config, self.console = prepared, prepared.config, console
@@ -341,6 +342,7 @@ def _finish(study: optuna.Study, tracker: StudyTracker, prepared: PreparedStudy,
     config = prepared.config
     trials = trials_frame(study, config.objectives)
     front = front_frame(trials, config.objectives)
+    explanation = front_explanation(trials, front, config)
     front_error = None
     with tempfile.TemporaryDirectory() as folder:
         plot = plot_fronts({config.study.name: trials}, config.objectives, Path(folder) / "pareto_front.png",
@@ -348,8 +350,8 @@ def _finish(study: optuna.Study, tracker: StudyTracker, prepared: PreparedStudy,
         if not trials.empty:
             states = [t.state for t in study.trials]
             try:
-                tracker.log_front(trials=trials, front=front, plot=plot, note=study_note(trials, front, config),
-                                  metrics={
+                note = study_note(trials, front, config, explanation)
+                tracker.log_front(trials=trials, front=front, plot=plot, note=note, metrics={
                     "front_size": len(front),
                     "trials_complete": states.count(TrialState.COMPLETE),
                     "trials_reused": sum(REUSED in t.user_attrs for t in study.trials),
@@ -370,5 +372,5 @@ def _finish(study: optuna.Study, tracker: StudyTracker, prepared: PreparedStudy,
         raise front_error
     return StudyReport(config.study.name, prepared.storage_url, prepared.tracking_uri, tracker.parent_run_id,
                        tracker.run_url(), trials, front, new_trials,
-                       explanation=front_explanation(trials, front, config) if not trials.empty else [])
+                       explanation=explanation)
 
