@@ -1,6 +1,6 @@
 """The package's rooms: imports only go toward rooms below, and each library is imported by its one room.
 
-The order, lowest first, is the README's "Layout" section: a module may import its own room and the rooms below
+The order, lowest first, is the table of docs/layout.md: a module may import its own room and the rooms below
 it. ``pipeline/errors.py`` is below every room; ``pipeline/testing`` (the doubles) may import every room and no
 room imports it. Each room's ``__init__`` docstring says its one job and which rooms it may import.
 """

@@ -125,7 +125,10 @@ def champion(client: MlflowClient) -> int | None:
 def test_promotion_accepted_writes_modelfile_and_moves_the_alias(schema_study, capsys):
     folder, config = schema_study
     assert promote_cli(folder, config, "--policy", "trial", "--trial", "0") == 0
-    assert "promoted trial 0 of 'promo' as 'promo' version 1" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "promoted trial 0 of 'promo' as 'promo' version 1" in out
+    # the real model, greedy: the 8 requests replayed through the files answer exactly as the trial's settings did
+    assert "bundle check: 8 held-out requests replayed through the written bundle, 8 answered identically" in out
     study = optuna.load_study(study_name="promo", storage=f"sqlite:///{folder}/optuna.db")
     params = study.trials[0].params
     modelfile = parse((folder / "out" / "Modelfile").read_text())
@@ -150,6 +153,24 @@ def test_promotion_accepted_writes_modelfile_and_moves_the_alias(schema_study, c
     names = {a.path for a in client.list_artifacts(run.info.run_id, "modelfile")}
     assert names == {"modelfile/Modelfile", "modelfile/promotion.json"}
     assert "holdout_requests.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert run.data.tags["bundle_check"] == "passed" and run.data.metrics["bundle_check_identical"] == 8
+
+
+@pytest.mark.slow
+def test_a_bundle_without_its_format_is_refused_by_the_replay_on_the_real_model(schema_study, capsys, monkeypatch):
+    from pipeline.promote import promotion
+
+    folder, config = schema_study
+    made = promotion.bundle_of
+    monkeypatch.setattr(promotion, "bundle_of", lambda prepared, settings: (
+        made(prepared, settings)[0], {**made(prepared, settings)[1], "format": "off", "pass_format": False}))
+    assert promote_cli(folder, config, "--policy", "trial", "--trial", "0", output="unformatted") == 3
+    captured = capsys.readouterr()
+    assert "the written bundle does not reproduce the trial:" in captured.err
+    assert "answers differ from the trial's, where decoding is deterministic" in captured.err
+    # what was measured is printed before the refusal: dev against held-out, and the check
+    assert "schema_valid_rate: dev" in captured.out and "bundle check: 8 held-out requests" in captured.out
+    assert not (folder / "unformatted").exists()
 
 
 @pytest.mark.slow
@@ -194,7 +215,8 @@ def test_decision_rule_on_accuracy_drop_and_held_out_sla():
 
 
 @pytest.mark.slow
-def test_promotion_to_an_ollama_server_creates_the_model_and_smoke_tests_it(engine, tmp_path, write_config):
+def test_promotion_to_an_ollama_server_creates_the_model_and_replays_requests_through_it(engine, tmp_path,
+                                                                                         write_config):
     with OllamaDouble(engine=engine) as server:
         config = write_config(smoke_config(
             study={"name": "promo"}, engine={"backend": "ollama", "ollama_model": "tuned", "host": server.url},
@@ -206,7 +228,9 @@ def test_promotion_to_an_ollama_server_creates_the_model_and_smoke_tests_it(engi
         creates = [r["body"] for r in server.requests if r["path"] == "/api/create"]
         assert len(creates) == 1 and creates[0]["model"] == "tuned-tuned" and creates[0]["from"] == "tuned"
         assert creates[0]["parameters"]["num_predict"] == 64 and len(creates[0]["messages"]) == 4
-        smoke = [r["body"] for r in server.requests if r["path"] == "/api/chat"
-                 and r["body"].get("model") == "tuned-tuned"]
-        assert len(smoke) == 1 and smoke[0]["format"]["oneOf"]
+        # the bundle check: held-out requests asked of the created model, with only what a client sends
+        replayed = [r["body"] for r in server.requests if r["path"] == "/api/chat"
+                    and r["body"].get("model") == "tuned-tuned"]
+        assert len(replayed) == 8 and all(b["format"]["oneOf"] for b in replayed)
+        assert all([m["role"] for m in b["messages"]] == ["user"] for b in replayed)
     assert parse((tmp_path / "out" / "Modelfile").read_text()).base == "tuned"

@@ -155,15 +155,3 @@ def test_a_baseline_gets_the_fixed_load_and_must_give_a_searched_one(tmp_path, w
                             "searched.yaml")
     with pytest.raises(ConfigError, match="baseline\\): missing concurrency, which search_space searches"):
         prepare_study(load_config(searched), tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", backend=FakeBackend())
-
-
-def test_the_readme_maps_every_server_setting_to_its_flag_and_counterparts():
-    from tests.conftest import ROOT
-
-    readme = (ROOT / "README.md").read_text()
-    for name, setting in SERVER_SETTINGS.items():
-        row = next((line for line in readme.splitlines() if line.startswith(f"| `{name}` | `{setting.flag}` |")),
-                   None)
-        assert row is not None, name
-        first = setting.ollama.split(" (")[0]
-        assert first in row and setting.vllm.split(" (")[0] in row, row

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pandas as pd
 from rich.console import Console
-from rich.table import Table
 
 from pipeline.commands.options import stdout, store_options, wide_option
 from pipeline.errors import ConfigError
 from pipeline.render.plots import plot_fronts, plot_fronts_html
-from pipeline.render.tables import front_summary, front_table
+from pipeline.render.tables import coverage_table, front_summary, front_table, hypervolume_table
 from pipeline.search.compare import compare, load_fronts
 from pipeline.search.fronts import SETTINGS
 from pipeline.tracking.locations import resolve_stores
@@ -52,23 +51,10 @@ def run(args: argparse.Namespace, console: Console) -> int:
         out.print(shown(front.front, f"front of {front.name!r} ({len(front.front)} of {len(front.trials)} "
                                      "completed trials)",
                         settings=SETTINGS, objectives=[o.metric for o in front.objectives], trials=front.trials))
-    summary = Table(title="hypervolume against one shared reference point (0..1, larger is better)")
-    for column in ("study", "trials", "feasible", "front", "hypervolume"):
-        summary.add_column(column, justify="right")
-    for row in comparison.summary.itertuples():
-        summary.add_row(row.study, str(row.trials), str(row.feasible), str(row.front_size), f"{row.hypervolume:.4f}")
-    out.print(summary)
-    cover = Table(title="coverage: share of the column study's front dominated by the row study's front")
-    cover.add_column("")
-    for name in names:
-        cover.add_column(name, justify="right")
-    for a in names:
-        # a study with no front covers nothing and is covered by nothing: "-" rather than NaN
-        cover.add_row(a, *("-" if a == b or pd.isna(comparison.coverage.loc[a, b])
-                           else f"{comparison.coverage.loc[a, b]:.2f}" for b in names))
-    out.print(cover)
-    reference = ", ".join(f"{m}={v:.4g}" for m, v in comparison.reference.items())
-    out.print(f"reference point: {reference}")
+        out.print()
+    out.print(hypervolume_table(comparison.summary, comparison.reference))
+    out.print()
+    out.print(coverage_table(comparison.coverage))  # a study with no front: "-" rather than NaN
     for note in comparison.notes:
         out.print(f"note: {note}", markup=False)
     out.print(f"comparison run {run_id}: {url}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from rich.console import Console
@@ -10,8 +11,9 @@ from rich.console import Console
 from pipeline.commands import options
 from pipeline.errors import ConfigError, InputError, redact_url
 from pipeline.measure.gain import slower
-from pipeline.promote.promotion import CHAMPION, PromotionPolicy, PromotionRefused, promote
+from pipeline.promote.promotion import CHAMPION, PromotionPolicy, PromotionRefused, PromotionReport, promote
 from pipeline.render.tables import gain_table
+from pipeline.search.config import StudyConfig
 from pipeline.search.storage import study_names
 from pipeline.tracking.locations import resolve_stores
 
@@ -31,6 +33,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     promote.add_argument("--tolerance", type=options.share, default=0.05,
                          help="largest drop of held-out accuracy below dev accuracy that is accepted")
     promote.add_argument("--repetitions", type=options.positive_int, default=2, help="passes over the held-out split")
+    promote.add_argument("--check-requests", type=options.positive_int, default=8,
+                         help="held-out requests replayed through the written bundle before it is promoted")
     promote.add_argument("--registered-model", help="MLflow registered model name (default: the study name)")
     promote.add_argument("--ollama-name", help="name of the model to create on the Ollama server "
                                                "(default: the registered model name)")
@@ -40,6 +44,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace, console: Console) -> int:
     policy = PromotionPolicy(policy=args.policy, sla_p95_ms=args.sla_p95_ms, trial=args.trial,
                              tolerance=args.tolerance, repetitions=args.repetitions,
+                             check_requests=args.check_requests,
                              registered_model=args.registered_model or None, ollama_name=args.ollama_name or None,
                              output=args.output)
     if policy.policy == "trial" and policy.trial is None:
@@ -57,22 +62,14 @@ def run(args: argparse.Namespace, console: Console) -> int:
     try:
         report = promote(prepared, args.study, policy)
     except PromotionRefused as refused:
-        if refused.report is not None and refused.report.gains:
-            out.print(gain_table(refused.report.gains, "the candidate against the baseline (held-out, side by side)"))
+        if refused.report is not None:  # measured before it was refused: what was measured, then why (stderr)
+            _measured(out, refused.report, config)
         raise
     finally:
         prepared.backend.close()
-    if report.choice:
-        out.print(report.choice, markup=False)
-    if report.gains:
-        out.print(gain_table(report.gains, "the candidate against the baseline (held-out, side by side)"))
-        out.print(slower(report.gains) or "the candidate is not slower than the baseline", markup=False)
+    _measured(out, report, config)
     out.print(f"promoted trial {report.trial} of {report.study!r} as {policy.registered_model or report.study!r} "
               f"version {report.model_version} (alias {CHAMPION})")
-    shown = dict.fromkeys([*(o.metric for o in config.objectives), *(c.metric for c in config.constraints),
-                           "schema_valid_rate", "latency_p95_ms"])
-    for metric in (m for m in shown if m in report.holdout and m in report.dev):
-        out.print(f"  {metric}: dev {report.dev[metric]:.4g}, held-out {report.holdout[metric]:.4g}", markup=False)
     for note in report.notes:
         out.print(f"  note: {note}")
     out.print(f"Modelfile: {report.modelfile}   sidecar: {report.sidecar}")
@@ -81,3 +78,22 @@ def run(args: argparse.Namespace, console: Console) -> int:
         out.print(f"llama-server launch command (port 8080): {report.launch}   request defaults: in the sidecar",
                   markup=False)
     return 0
+
+
+def _measured(out: Console, report: PromotionReport, config: StudyConfig) -> None:
+    """How the point was chosen, the gain over the baseline, dev against held-out figures and the bundle check."""
+    if report.choice:
+        out.print(report.choice, markup=False)
+    if report.gains:
+        out.print(gain_table(report.gains, "the candidate against the baseline (held-out, side by side)"))
+        out.print(slower(report.gains) or "the candidate is not slower than the baseline", markup=False)
+    shown = dict.fromkeys([*(o.metric for o in config.objectives), *(c.metric for c in config.constraints),
+                           "schema_valid_rate", "latency_p95_ms"])
+    for metric in (m for m in shown if m in report.holdout and m in report.dev):
+        low, high = report.holdout.get(f"{metric}_ci95_low"), report.holdout.get(f"{metric}_ci95_high")
+        band = (f" [{low:.4g}, {high:.4g}]" if low is not None and high is not None
+                and math.isfinite(low) and math.isfinite(high) else "")
+        out.print(f"  {metric}: dev {report.dev[metric]:.4g}, held-out {report.holdout[metric]:.4g}{band}",
+                  markup=False)
+    if report.check is not None:
+        out.print(report.check.summary(), markup=False)

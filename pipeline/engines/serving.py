@@ -2,18 +2,20 @@
 
 These settings are optional in a search space: left out, the server keeps its default and every request is sent
 by one client. Their names are llama-server's flags (``--parallel`` is ``parallel``, ``--cache-type-k`` is
-``cache_type_k``); :data:`SERVER_SETTINGS` also names each one's Ollama and vLLM counterpart (the README's table
-is drawn from it). Only the ``llama-server`` backend, which starts the server itself, can apply them.
+``cache_type_k``); :data:`SERVER_SETTINGS` also names each one's Ollama and vLLM counterpart (the table of
+docs/backends.md is generated from it, tests/test_docs.py). Only the ``llama-server`` backend, which starts the
+server itself, can apply them.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["CONCURRENCY", "KV_CACHE_TYPES", "SERVER_SETTINGS", "ServerSetting", "combination_problem",
-           "launch_args", "load_key"]
+           "launch_args", "load_key", "server_of_launch"]
 
 KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
 # KV cache types llama.cpp stores unquantised: a V cache of any other type needs flash attention.
@@ -85,3 +87,24 @@ def launch_args(num_ctx: int, server: Mapping[str, Any]) -> list[str]:
     for name, value in server.items():
         args += [SERVER_SETTINGS[name].flag, str(value)]
     return args
+
+
+def server_of_launch(args: list[str]) -> tuple[int, dict[str, Any]]:
+    """What a llama-server command line serves, as :func:`launch_args` would be given it: the context of every
+    slot and the server settings its flags set (a flag given twice: the last one, as llama-server reads it).
+
+    Raises:
+        ValueError: no ``--ctx-size``, or a flag's value of the wrong type.
+    """
+    flags = {s.flag: (name, s.kind) for name, s in SERVER_SETTINGS.items()}
+    server: dict[str, Any] = {}
+    context = None
+    for flag, value in itertools.pairwise(args):
+        if flag == "--ctx-size":
+            context = int(value)
+        elif flag in flags:
+            name, kind = flags[flag]
+            server[name] = kind(value)
+    if context is None:
+        raise ValueError("the launch command has no --ctx-size")
+    return context // server.get("parallel", 1), server

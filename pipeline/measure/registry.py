@@ -4,12 +4,13 @@ A :class:`Metric` says everything the rest of the package needs to know about on
 direction in which it is better, its unit and the short header a table shows, how one request contributes to
 it (``request``: the request's value, None where it does not count), how the requests of a trial aggregate
 (``value``), whether the early-abort rule can bound it (``bounded``: no request can make it better than a perfect
-one — correct, not truncated, answered in 0 ms), which interval racing and ties give it (``interval``) and
-whether every trial records its 95% bootstrap interval (``reported_interval``). Scoring
+one — correct, not truncated, answered in 0 ms), which interval racing and ties give it (``interval``),
+whether every trial records its 95% bootstrap interval (``reported_interval``) and what it means
+(``description``: the metric table of docs/metrics.md is generated from it, tests/test_docs.py). Scoring
 (:mod:`pipeline.measure.metrics`), the intervals (:mod:`pipeline.measure.intervals`), racing, paired gain, the
 config's check of metric names and the terminal tables all read :data:`REGISTRY`.
 
-Adding a metric is one declaration in :data:`REGISTRY` (the README's "adding a metric" shows one). Besides the
+Adding a metric is one declaration in :data:`REGISTRY` (docs/layout.md's "a metric" shows one). Besides the
 declared metrics, each field path of the expected answers has its accuracy, ``field_accuracy.<path>``
 (:func:`field_metric`).
 """
@@ -69,6 +70,7 @@ class Metric:
     reported_interval: bool = False
     header: str = ""
     group: str = "trial"  # which metrics are there together: trial, label, server, thinking, load
+    description: str = ""  # what it means, one sentence in Markdown (docs/metrics.md is generated from it)
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -80,7 +82,7 @@ def _mean(values: Sequence[float]) -> float:
 
 
 def _rate(name: str, flag: Callable[[RequestRecord], bool | None], *, header: str = "", reported: bool = False,
-          group: str = "trial") -> Metric:
+          group: str = "trial", description: str = "") -> Metric:
     """A share of requests with a property, a failed request counting as without it."""
     def value(trial: Trial) -> float | None:
         n = len(trial.records)
@@ -88,10 +90,11 @@ def _rate(name: str, flag: Callable[[RequestRecord], bool | None], *, header: st
 
     return Metric(name, "maximize", "share", value, request=lambda r: float(bool(flag(r))),
                   statistic=lambda x, axis: np.mean(x, axis=axis), bounded=True, interval="wilson",
-                  reported_interval=reported, header=header, group=group)
+                  reported_interval=reported, header=header, group=group, description=description)
 
 
-def _latency(name: str, attribute: str, q: float | None, *, header: str = "", reported: bool = False) -> Metric:
+def _latency(name: str, attribute: str, q: float | None, *, header: str = "", reported: bool = False,
+             description: str = "") -> Metric:
     """A percentile (``q``) or the mean of a per-request time over the completed requests that have one."""
     def values(trial: Trial) -> list[float]:
         return [getattr(r, attribute) for r in trial.done if getattr(r, attribute) is not None]
@@ -103,7 +106,7 @@ def _latency(name: str, attribute: str, q: float | None, *, header: str = "", re
         statistic = lambda x, axis, q=q: np.percentile(x, q, axis=axis)  # noqa: E731
     return Metric(name, "minimize", "ms", lambda t: aggregate(values(t)), request=lambda r: getattr(r, attribute),
                   statistic=statistic, completed_only=True, bounded=True, interval="statistic",
-                  reported_interval=reported, header=header)
+                  reported_interval=reported, header=header, description=description)
 
 
 def _decoded(trial: Trial) -> list[RequestRecord]:
@@ -116,12 +119,13 @@ def _decode_rate(trial: Trial) -> float:
     return sum(r.decode_tokens for r in decoded) / seconds if seconds > 0 else float("nan")
 
 
-def _count(name: str, counted: Callable[[RequestRecord], bool], *, bounded: bool, over_done: bool = True) -> Metric:
+def _count(name: str, counted: Callable[[RequestRecord], bool], *, bounded: bool, over_done: bool = True,
+           description: str = "") -> Metric:
     """How many requests (completed ones, by default) have a property."""
     def value(trial: Trial) -> float:
         return float(sum(bool(counted(r)) for r in (trial.done if over_done else trial.records)))
 
-    return Metric(name, "minimize", "requests", value, bounded=bounded)
+    return Metric(name, "minimize", "requests", value, bounded=bounded, description=description)
 
 
 def _labelled(trial: Trial) -> bool:
@@ -154,68 +158,108 @@ def _good(trial: Trial) -> float:
 
 
 _LABELLED_RATE = _rate("label_accuracy", lambda r: r.score.label_correct, header="label", reported=True,
-                       group="label")
+                       group="label", description="share of answers with the expected value at the label path "
+                                                  "(experiments with a label)")
+_LATENCY = "end-to-end wall clock of a request, over timed requests only"
+_SERVER = ("the server's own time for a request (Ollama's `total_duration`; llama-server's `prompt_ms` + "
+           "`predicted_ms`)")
+_OVERHEAD = "our wall clock minus the server's own time: network, HTTP and queueing in the server"
+_SPAN = "per second of the trial's span (first request sent to last answer), at its `concurrency`"
 
 # In the order a trial's metrics are recorded.
 _DECLARED: tuple[Metric, ...] = (
-    _rate("schema_valid_rate", lambda r: r.score.schema_valid, header="valid", reported=True),
-    _rate("parse_rate", lambda r: r.score.parsed),
-    _rate("exact_match_rate", lambda r: r.score.exact_match, header="exact", reported=True),
+    _rate("schema_valid_rate", lambda r: r.score.schema_valid, header="valid", reported=True,
+          description="share of answers that parse as JSON (code fences tolerated) and validate against the "
+                      "request's JSON schema, formats included"),
+    _rate("parse_rate", lambda r: r.score.parsed, description="share of answers that parse as JSON at all"),
+    _rate("exact_match_rate", lambda r: r.score.exact_match, header="exact", reported=True,
+          description="share of answers right in every field"),
     Metric("field_accuracy", "maximize", "share",
            lambda t: sum(r.score.field_accuracy for r in t.records) / len(t.records) if t.records else 0.0,
            request=lambda r: r.score.field_accuracy, statistic=lambda x, axis: np.mean(x, axis=axis), bounded=True,
-           interval="share", reported_interval=True, header="fields"),
-    _latency("latency_p50_ms", "latency_ms", 50, header="p50 ms", reported=True),
-    _latency("latency_p95_ms", "latency_ms", 95, header="p95 ms", reported=True),
-    _latency("latency_p99_ms", "latency_ms", 99),
-    _latency("latency_mean_ms", "latency_ms", None),
-    _latency("ttft_p50_ms", "ttft_ms", 50, header="ttft ms"),
-    _latency("ttft_p95_ms", "ttft_ms", 95),
+           interval="share", reported_interval=True, header="fields",
+           description="mean over requests of the (weighted) share of fields right: every leaf value of the "
+                       "expected answer and of the answer (ignored paths left out) compared under the scoring "
+                       "rules; a field only one of them has is wrong"),
+    _latency("latency_p50_ms", "latency_ms", 50, header="p50 ms", reported=True,
+             description=f"median {_LATENCY} (numpy's linear percentile)"),
+    _latency("latency_p95_ms", "latency_ms", 95, header="p95 ms", reported=True,
+             description=f"95th percentile of the {_LATENCY}"),
+    _latency("latency_p99_ms", "latency_ms", 99,
+             description=f"99th percentile of the {_LATENCY} (with 20 requests, close to the maximum)"),
+    _latency("latency_mean_ms", "latency_ms", None, description=f"mean {_LATENCY}"),
+    _latency("ttft_p50_ms", "ttft_ms", 50, header="ttft ms",
+             description="median time to the first streamed token of the answer"),
+    _latency("ttft_p95_ms", "ttft_ms", 95, description="95th percentile of the time to the first streamed token"),
     Metric("prefill_ms_mean", "minimize", "ms",
-           lambda t: _mean([r.prefill_ms for r in t.done if r.prefill_ms is not None])),
-    Metric("decode_ms_mean", "minimize", "ms", lambda t: _mean([r.decode_ms for r in _decoded(t)])),
-    Metric("decode_tokens_per_s", "maximize", "tokens/s", _decode_rate, header="tok/s"),
+           lambda t: _mean([r.prefill_ms for r in t.done if r.prefill_ms is not None]),
+           description="the engine's own time to evaluate the prompt, mean over requests"),
+    Metric("decode_ms_mean", "minimize", "ms", lambda t: _mean([r.decode_ms for r in _decoded(t)]),
+           description="the engine's own time to generate the tokens after the first, mean over requests"),
+    Metric("decode_tokens_per_s", "maximize", "tokens/s", _decode_rate, header="tok/s",
+           description="decoded tokens over decode time"),
     Metric("output_tokens_mean", "minimize", "tokens", lambda t: _mean([r.output_tokens for r in t.done]),
-           bounded=True),
+           bounded=True, description="answer length, mean over completed requests"),
     Metric("prompt_tokens_estimated", "minimize", "tokens",
-           lambda t: _mean([r.prompt_tokens_estimated for r in t.records])),
+           lambda t: _mean([r.prompt_tokens_estimated for r in t.records]),
+           description="mean prompt size as tiktoken estimates it before the call"),
     Metric("prompt_tokens_engine", "minimize", "tokens",
-           lambda t: _mean([r.prompt_tokens_engine for r in t.done if r.prompt_tokens_engine is not None])),
-    _count("truncated_answers", lambda r: r.truncated, bounded=True),
+           lambda t: _mean([r.prompt_tokens_engine for r in t.done if r.prompt_tokens_engine is not None]),
+           description="mean prompt size as the engine counts it"),
+    _count("truncated_answers", lambda r: r.truncated, bounded=True,
+           description="answers that hit `num_predict`"),
     # requests whose prompt the server cut to fit num_ctx (Ollama drops the oldest messages silently)
-    _count("truncated_inputs", lambda r: r.input_truncated, bounded=True),
-    _count("failed_requests", lambda r: r.failed, bounded=True, over_done=False),
-    Metric("model_loads", "minimize", "loads", lambda t: float(t.model_loads)),
-    Metric("model_load_ms", "minimize", "ms", lambda t: float(t.model_load_ms)),
-    Metric("requests_measured", "minimize", "requests", lambda t: float(len(t.records)), header="requests"),
+    _count("truncated_inputs", lambda r: r.input_truncated, bounded=True,
+           description="requests whose prompt the server cut to fit `num_ctx` (Ollama, silently): a trial with any "
+                       "breaks `context_fit`"),
+    _count("failed_requests", lambda r: r.failed, bounded=True, over_done=False,
+           description="requests that failed (they count as wrong in every rate and are left out of latencies)"),
+    Metric("model_loads", "minimize", "loads", lambda t: float(t.model_loads),
+           description="model (re)loads this trial caused"),
+    Metric("model_load_ms", "minimize", "ms", lambda t: float(t.model_load_ms),
+           description="the time of those loads, never inside a latency"),
+    Metric("requests_measured", "minimize", "requests", lambda t: float(len(t.records)), header="requests",
+           description="timed requests the trial's metrics are over (fewer than planned when it stopped early or "
+                       "was raced; more when it tops up an earlier trial)"),
     # only for experiments with a label
     replace(_LABELLED_RATE, value=_when(_labelled, _LABELLED_RATE.value)),
     # only for backends with a server's own timings (Ollama, llama-server)
     Metric("server_ms_p50", "minimize", "ms", _when(_served, lambda t: _percentile([r.server_ms for r in _served(t)],
-                                                                                   50)), group="server"),
+                                                                                   50)), group="server",
+           description=f"median of {_SERVER}"),
     Metric("server_ms_p95", "minimize", "ms", _when(_served, lambda t: _percentile([r.server_ms for r in _served(t)],
-                                                                                   95)), group="server"),
+                                                                                   95)), group="server",
+           description=f"95th percentile of {_SERVER}"),
     Metric("overhead_ms_mean", "minimize", "ms", _when(_served, lambda t: _mean([r.overhead_ms for r in _served(t)])),
-           group="server"),
+           group="server", description=f"{_OVERHEAD}, mean"),
     Metric("overhead_ms_p95", "minimize", "ms",
-           _when(_served, lambda t: _percentile([r.overhead_ms for r in _served(t)], 95)), group="server"),
+           _when(_served, lambda t: _percentile([r.overhead_ms for r in _served(t)], 95)), group="server",
+           description=f"{_OVERHEAD}, 95th percentile"),
     # only for a model that thinks before it answers (Ollama's `think`)
     Metric("thinking_ttft_p50_ms", "minimize", "ms",
-           _when(_thought, lambda t: _percentile([r.thinking_ttft_ms for r in _thought(t)], 50)), group="thinking"),
+           _when(_thought, lambda t: _percentile([r.thinking_ttft_ms for r in _thought(t)], 50)), group="thinking",
+           description="a model that thinks (Ollama's `think`): median time to its first thinking token"),
     Metric("thinking_ms_p50", "minimize", "ms",
-           _when(_thought, lambda t: _percentile([r.thinking_ms for r in _thought(t)], 50)), group="thinking"),
+           _when(_thought, lambda t: _percentile([r.thinking_ms for r in _thought(t)], 50)), group="thinking",
+           description="median thinking span, from the first thinking token to the last"),
     Metric("thinking_ms_p95", "minimize", "ms",
-           _when(_thought, lambda t: _percentile([r.thinking_ms for r in _thought(t)], 95)), group="thinking"),
+           _when(_thought, lambda t: _percentile([r.thinking_ms for r in _thought(t)], 95)), group="thinking",
+           description="95th percentile of the thinking span"),
     Metric("thinking_tokens_mean", "minimize", "tokens",
-           _when(_thought, lambda t: sum(r.thinking_tokens for r in _thought(t)) / len(t.done)), group="thinking"),
+           _when(_thought, lambda t: sum(r.thinking_tokens for r in _thought(t)) / len(t.done)), group="thinking",
+           description="tokens thought (one streamed piece each), mean over completed requests"),
     # requests whose thinking used up num_predict: no answer
     Metric("thinking_exhausted", "minimize", "requests",
-           _when(_thought, lambda t: float(sum(r.thinking_exhausted for r in t.done))), group="thinking"),
+           _when(_thought, lambda t: float(sum(r.thinking_exhausted for r in t.done))), group="thinking",
+           description="requests whose thinking used up `num_predict`: no answer"),
     # over the trial's measured span (first request sent to last answer), at its concurrency
-    Metric("throughput_rps", "maximize", "requests/s", _per_span(lambda t: len(t.done)), group="load"),
+    Metric("throughput_rps", "maximize", "requests/s", _per_span(lambda t: len(t.done)), group="load",
+           description=f"completed requests {_SPAN}"),
     Metric("output_tokens_per_s", "maximize", "tokens/s", _per_span(lambda t: sum(r.output_tokens for r in t.done)),
-           group="load"),
-    Metric("goodput_rps", "maximize", "requests/s", _per_span(_good), group="load"),
+           group="load", description=f"output tokens {_SPAN}"),
+    Metric("goodput_rps", "maximize", "requests/s", _per_span(_good), group="load",
+           description=f"requests within every per-request latency limit of the config, {_SPAN} (`vllm bench "
+                       "serve --goodput`)"),
 )
 
 REGISTRY: dict[str, Metric] = {m.name: m for m in _DECLARED}

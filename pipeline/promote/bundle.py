@@ -1,5 +1,5 @@
 """The bundle of a promoted setting: an Ollama Modelfile, a sidecar for what a Modelfile cannot say, what other
-serving stacks need, the smoke request that must pass, and the files written.
+serving stacks need, and the files written (:mod:`pipeline.promote.check` proves them).
 
 A Modelfile (FROM, PARAMETER, SYSTEM, MESSAGE: :mod:`pipeline.promote.modelfile`) cannot set ``format``, the
 schema, ``think``, or examples picked per request: the sidecar (``promotion.json``) holds them. On an
@@ -15,19 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.engines.base import ManagedServer, ModelPublisher, RequestFailed, RequestShaper
+from pipeline.engines.base import ManagedServer, RequestShaper
 from pipeline.engines.settings import InferenceSettings
-from pipeline.errors import PipelineError
-from pipeline.measure.runner import prepare_requests
 from pipeline.promote.modelfile import Modelfile, write_modelfile
 from pipeline.search.prepare import PreparedStudy
 
-__all__ = ["BundleFiles", "SmokeFailed", "bundle_of", "serving_extras", "smoke", "write_bundle"]
-
-
-class SmokeFailed(PipelineError):
-    """The smoke request through the promoted model failed or gave an answer the schema rejects; the message
-    says which (promotion turns it into its refusal)."""
+__all__ = ["BundleFiles", "bundle_of", "serving_extras", "write_bundle"]
 
 
 @dataclass(frozen=True)
@@ -80,49 +73,13 @@ def bundle_of(prepared: PreparedStudy, settings: InferenceSettings) -> tuple[Mod
     return modelfile, sidecar
 
 
-def smoke(prepared: PreparedStudy, settings: InferenceSettings, model_name: str | None, modelfile: Modelfile) -> str:
-    """Send one held-out request through the promoted model.
-
-    Through a server that can create models (``model_name`` given), the model is created from the Modelfile
-    and asked directly; otherwise the promoted settings are sent as a study would send them.
-
-    Returns:
-        The answer.
-    Raises:
-        SmokeFailed: the request failed, or its answer does not validate against the schema.
-    """
-    example = prepared.experiment.split("holdout")[0]
-    backend = prepared.backend
-    request = prepare_requests([example], prepared.prompts, settings)[0]
-    try:
-        if model_name is not None and isinstance(backend, ModelPublisher):
-            backend.create_model(model_name, base=modelfile.base, system=modelfile.system,
-                                 parameters=dict(modelfile.parameters),
-                                 messages=[{"role": r, "content": c} for r, c in modelfile.messages])
-            # The Modelfile carries the system prompt and static examples; routed examples come from the client.
-            extra = [] if settings.example_selection == "static" else [
-                m for m in request.messages if m["role"] != "system"][:-1]
-            answer = backend.chat_with(model_name, [*extra, {"role": "user", "content": example.request}],
-                                       schema=example.schema.document, fmt=settings.format, think=settings.think)
-        else:
-            if isinstance(backend, ManagedServer):  # a server the tool starts: afresh, with the promoted settings
-                backend.stop()
-            backend.start_trial(settings.num_ctx, server=settings.server)
-            answer = backend.generate(request.messages, settings, schema=example.schema.document).text
-    except RequestFailed as exc:
-        raise SmokeFailed(f"the smoke request failed: {exc}") from exc
-    if not prepared.experiment.scorer.score(answer, example.expected, example.schema).schema_valid:
-        raise SmokeFailed(f"the smoke request's answer does not validate against the schema: {answer[:120]!r}")
-    return answer
-
-
 def serving_extras(prepared: PreparedStudy, settings: InferenceSettings) -> dict[str, Any]:
     """What a serving stack other than Ollama needs.
 
     Returns:
         The sidecar's extra entries: ``request_defaults``, the request fields a study sent besides the messages
-        (OpenAI-compatible servers), and ``launch_command``, the command of the server the smoke request went
-        through, on port 8080 (llama-server); neither for a backend that has none.
+        (OpenAI-compatible servers), and ``launch_command``, the command of the server running the promoted
+        settings, on port 8080 (llama-server); neither for a backend that has none.
     """
     backend, found = prepared.backend, {}
     if isinstance(backend, RequestShaper):

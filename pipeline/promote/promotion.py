@@ -5,20 +5,25 @@ The chosen trial (:mod:`pipeline.promote.choose`) is replayed through the study'
 no study uses, with repetitions. Promotion is refused when held-out accuracy falls below the baseline's (measured
 side by side) or the dev accuracy (beyond the held-out interval) by more than the tolerance, or when a latency
 limit fails on held-out data (:func:`decide`). An accepted point becomes a bundle (:mod:`pipeline.promote.bundle`:
-Modelfile, sidecar, launch command) whose smoke request must pass, and a new version of a registered model gets
-the ``champion`` alias. Everything is recorded in one MLflow run (:class:`pipeline.tracking.promotion.PromotionRun`),
+Modelfile, sidecar, launch command), written first to a staging folder and read back: held-out requests replayed
+through an engine configured only from those files must answer as the trial's settings did
+(:mod:`pipeline.promote.check`). Then the bundle is copied to the output folder and a new version of a registered
+model gets the ``champion`` alias. Everything is recorded in one MLflow run (:class:`pipeline.tracking.promotion.PromotionRun`),
 a refused promotion too.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from pipeline.engines.base import Backend, ModelPublisher
+from pipeline.engines.base import Backend, ManagedServer, ModelPublisher
 from pipeline.engines.settings import InferenceSettings, settings_of
 from pipeline.errors import PipelineError
 from pipeline.measure.gain import Gain, accuracy_metrics, gain_frame, gain_metrics, paired_gain, slower
@@ -28,7 +33,8 @@ from pipeline.measure.registry import Constraint
 from pipeline.measure.runner import run_trial
 from pipeline.measure.sidebyside import SideBySide, measure_on_own_backends
 from pipeline.measure.tables import field_errors, requests_frame, side_by_side_frame
-from pipeline.promote.bundle import SmokeFailed, bundle_of, serving_extras, smoke, write_bundle
+from pipeline.promote.bundle import BundleFiles, bundle_of, serving_extras, write_bundle
+from pipeline.promote.check import BundleCheck, BundleCheckFailed, check_bundle
 from pipeline.promote.choose import Choice, Policy, choose_trial, machine_states_note
 from pipeline.promote.modelfile import sanitize
 from pipeline.search.objectives import truncation_reason
@@ -63,6 +69,7 @@ class PromotionPolicy:
     trial: int | None = None
     tolerance: float = 0.05
     repetitions: int = 2
+    check_requests: int = 8            # held-out requests replayed through the written bundle
     metric: str | None = None          # the accuracy metric checked on held-out data; default: first maximised
                                        # objective
     registered_model: str | None = None
@@ -86,6 +93,7 @@ class PromotionReport:
     model_version: str | None = None
     notes: list[str] = field(default_factory=list)
     choice: str = ""                   # how the choice was narrowed (:func:`pipeline.promote.choose.choose_trial`)
+    check: BundleCheck | None = None   # the written bundle replayed (:mod:`pipeline.promote.check`)
 
 
 @dataclass(frozen=True)
@@ -137,7 +145,7 @@ def promote(prepared: PreparedStudy, study_name: str, policy: PromotionPolicy, *
 
     Raises:
         InputError: the study or trial cannot be found, or the config does not match the study.
-        PromotionRefused: held-out accuracy or latency failed, or the smoke request failed.
+        PromotionRefused: held-out accuracy or latency failed, or the written bundle did not reproduce the setting.
         PipelineError: the tracking store or the Model Registry failed.
     """
     config = prepared.config
@@ -158,10 +166,8 @@ def promote(prepared: PreparedStudy, study_name: str, policy: PromotionPolicy, *
         run.tag("slower_than_baseline", slower(held.gains))
     reason = decide(policy, config.constraints, metric, dev, held.metrics, baseline=held.baseline)
     if reason is None:
-        try:
-            _write_and_register(prepared, study_name, chosen, settings, policy, report, run)
-        except SmokeFailed as exc:
-            reason = str(exc)
+        reason = _write_and_register(prepared, study_name, chosen, settings, policy, report, run, held.records,
+                                     metric)
     # The verdict is tagged before the run is closed; a refused promotion's run is FINISHED too (it did its job).
     run.tag("promotion", "refused" if reason else "accepted")
     if reason:
@@ -241,12 +247,15 @@ def _record(prepared: PreparedStudy, study: StudySnapshot, choice: Choice, setti
 
 
 def _write_and_register(prepared: PreparedStudy, study_name: str, chosen: TrialView, settings: InferenceSettings,
-                        policy: PromotionPolicy, report: PromotionReport, run: PromotionRun) -> None:
-    """Make the bundle, pass its smoke request, write it, record it in ``run`` and register it as the new
-    ``champion`` version; fills in the report's notes, files and version.
+                        policy: PromotionPolicy, report: PromotionReport, run: PromotionRun,
+                        held_out: list[RequestRecord], metric: str) -> str | None:
+    """Make the bundle, write it to a staging folder, check it (:func:`pipeline.promote.check.check_bundle`),
+    then copy it to the output folder, record it in ``run`` and register it as the new ``champion`` version;
+    fills in the report's notes, check, files and version.
 
+    Returns:
+        Why the bundle must not be promoted (it did not reproduce the setting; nothing was written), or None.
     Raises:
-        SmokeFailed: the smoke request failed (nothing was written).
         ModelfileError: the Modelfile cannot be written even with rewrites.
         PipelineError: the Model Registry refused the new version.
     """
@@ -258,12 +267,40 @@ def _write_and_register(prepared: PreparedStudy, study_name: str, chosen: TrialV
                     "source": {"study": study_name, "trial": chosen.number, "storage": prepared.storage_url},
                     "holdout": report.holdout, "dev": report.dev})
     server_name = (policy.ollama_name or name) if isinstance(prepared.backend, ModelPublisher) else None
-    smoke(prepared, settings, server_name, modelfile)
+    if isinstance(prepared.backend, ManagedServer):  # the launch command is the one of the promoted settings
+        prepared.backend.start_trial(settings.num_ctx, server=settings.server)
     sidecar.update(serving_extras(prepared, settings))
-    files = write_bundle(policy.output, modelfile, sidecar,
-                         header=f"{name}: study {study_name}, trial {chosen.number} (promoted)")
+    header = f"{name}: study {study_name}, trial {chosen.number} (promoted)"
+    with tempfile.TemporaryDirectory(prefix="bundle-") as staging:
+        staged = write_bundle(Path(staging), modelfile, sidecar, header=header)
+        try:
+            check = check_bundle(prepared, staged, held_out, requests=policy.check_requests, accuracy=metric,
+                                 temperature=settings.temperature, model_name=server_name)
+        except BundleCheckFailed as exc:
+            run.tag("bundle_check", f"failed: {exc}")
+            return str(exc)
+        report.check = check
+        _record_check(run, check)
+        if check.failure:
+            return f"the written bundle does not reproduce the trial: {check.failure}"
+        policy.output.mkdir(parents=True, exist_ok=True)
+        files = BundleFiles(*(None if p is None else Path(shutil.copy2(p, policy.output / p.name))
+                              for p in (staged.modelfile, staged.sidecar, staged.launch)))
     report.modelfile, report.sidecar, report.launch = files.modelfile, files.sidecar, files.launch
     run.log_bundle(files.paths)
     report.model_version = run.register(name, alias=CHAMPION,
                                         description="Ollama Modelfiles promoted from tuning studies",
                                         tags={"source_study": study_name, "source_trial": str(chosen.number)})
+    return None
+
+
+def _record_check(run: PromotionRun, check: BundleCheck) -> None:
+    """The bundle check on the promotion's run: its verdict and summary as tags, the requests and paired gaps
+    as metrics, each request's two answers as a table."""
+    run.tag("bundle_check", "failed" if check.failure else "passed")
+    run.tag("bundle_check_summary", check.summary())
+    run.log(metrics={"bundle_check_requests": check.requests, "bundle_check_identical": check.identical,
+                     "bundle_check_deterministic": float(check.deterministic),
+                     **{f"bundle_check_gap_{m}{suffix}": v for m, gap in check.gaps.items()
+                        for suffix, v in zip(("", "_ci95_low", "_ci95_high"), gap, strict=True)}})
+    run.log_table(pd.DataFrame(check.rows), "bundle_check.json")

@@ -11,12 +11,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
 
-from pipeline.measure.registry import Objective  # noqa: E402
+from pipeline.measure.registry import Objective
 
-__all__ = ["baseline_rows", "plot_fronts", "plot_fronts_html"]
+__all__ = ["baseline_rows", "front_labels", "plot_fronts", "plot_fronts_html"]
 
 
 def baseline_rows(trials: pd.DataFrame) -> pd.DataFrame:
@@ -59,8 +59,8 @@ def plot_fronts(studies: dict[str, pd.DataFrame], objectives: tuple[Objective, .
             ax.scatter(broken[x.metric], broken[y.metric], marker="x", color=color, alpha=0.3, s=18)
         ax.step(front[x.metric], front[y.metric], where="post", color=color, alpha=0.8)
         ax.scatter(front[x.metric], front[y.metric], color=color, zorder=3, label=f"{name} front")
-        for _, row in front.iterrows():
-            ax.annotate(_label(row), (row[x.metric], row[y.metric]), textcoords="offset points",
+        for at, label in front_labels(front):
+            ax.annotate(label, (front[x.metric].iloc[at], front[y.metric].iloc[at]), textcoords="offset points",
                         xytext=(4, 4), fontsize=7, color=color)
         served = baseline_rows(trials)
         if not served.empty:
@@ -110,6 +110,33 @@ def plot_fronts_html(studies: dict[str, pd.DataFrame], objectives: tuple[Objecti
                          yaxis_title=f"{y.metric} ({y.direction})", template="plotly_white")
     figure.write_html(path, include_plotlyjs=True, full_html=True)
     return path
+
+
+def front_labels(front: pd.DataFrame) -> list[tuple[int, str]]:
+    """The labels the picture draws on a front (sorted along x), with the position of the row each is drawn at:
+    ``#7`` for a point tied with no other, and one label for each group of points tied together (the points
+    that ``tied_with`` links, directly or through others), ``#11=#13=#15``, at the group's first point. Tied
+    points sit close together: a label each, ``#15=#11,#13`` and the rest, would be drawn over one another."""
+    numbers = [str(n) for n in front["number"]]
+    tied = front["tied_with"] if "tied_with" in front.columns else [""] * len(front)
+    groups: list[set[str]] = []
+    for number, others in zip(numbers, tied):
+        linked = {number, *(n.strip() for n in str(others or "").split(",") if n.strip())}
+        for group in [g for g in groups if g & linked]:
+            groups.remove(group)
+            linked |= group
+        groups.append(linked)
+    labels, drawn = [], []
+    for at, number in enumerate(numbers):
+        group = next(g for g in groups if number in g)
+        if not any(group is g for g in drawn):
+            drawn.append(group)
+            labels.append((at, "=".join(f"#{n}" for n in sorted(group, key=_numeric))))
+    return labels
+
+
+def _numeric(number: str) -> tuple[int, str]:
+    return (int(number), "") if number.isdigit() else (0, number)
 
 
 def _label(row: pd.Series) -> str:

@@ -7,8 +7,14 @@ from collections.abc import Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Column
 
 __all__ = ["StudyProgress", "study_progress"]
+
+# The description column is as wide as the longest description ("trial 99999 requests") so that the bars of both
+# lines start in one place, and the bar is at most BAR wide: with the counts and the times, a line fits 80 columns.
+DESCRIPTION = 20
+BAR = 24
 
 
 class StudyProgress:
@@ -34,6 +40,7 @@ class StudyProgress:
 @contextlib.contextmanager
 def study_progress(console: Console, *, trials: int, requests: int) -> Iterator[StudyProgress]:
     """Show the bars on ``console`` (stderr: the front table goes to stdout) while the study runs."""
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False) as progress:
+    description = TextColumn("{task.description}", table_column=Column(width=DESCRIPTION, no_wrap=True))
+    with Progress(description, BarColumn(bar_width=BAR), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
+                  TimeRemainingColumn(), console=console, transient=False) as progress:
         yield StudyProgress(progress, trials=trials, requests=requests)

@@ -1,13 +1,16 @@
-"""Tables a person reads in the terminal: a study's front and the gain of one setting over another."""
+"""Tables a person reads in the terminal: a study's front, a comparison of studies and the gain of one setting
+over another, each legible in 80 to 100 columns with no value cut short and no row wrapped."""
 
 from __future__ import annotations
 
 import math
+import string
 from collections.abc import Sequence
 
 import pandas as pd
 from rich import box
-from rich.console import Group
+from rich.console import Console, ConsoleOptions, Group, RenderResult
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -15,7 +18,7 @@ from pipeline.measure.gain import Gain
 from pipeline.measure.registry import REGISTRY
 from pipeline.render.plots import baseline_rows
 
-__all__ = ["front_summary", "front_table", "gain_table", "setting_text"]
+__all__ = ["coverage_table", "front_summary", "front_table", "gain_table", "hypervolume_table", "setting_text"]
 
 # After the settings, a front table shows the study's objectives, then these where they were measured.
 METRIC_COLUMNS = ("field_accuracy", "exact_match_rate", "label_accuracy", "schema_valid_rate", "latency_p50_ms",
@@ -28,17 +31,130 @@ HEADERS = {"num_ctx": "ctx", "num_predict": "predict", "temperature": "temp", "f
            **{name: m.header for name, m in REGISTRY.items() if m.header}}
 
 
-def gain_table(gains: list[Gain], title: str, *, names: tuple[str, str] = ("baseline", "candidate")) -> Table:
+def gain_table(gains: list[Gain], title: str, *, names: tuple[str, str] = ("baseline", "candidate")) -> Group:
     """Both settings' values and the change, with its 95% paired-bootstrap interval: a ratio for latencies
-    (below 1: faster), a difference for accuracies (above 0: more accurate)."""
-    table = Table(title=title, caption=r"change \[low, high]: 95% paired bootstrap over the requests")
-    for column in ("metric", names[0], names[1], "change"):
-        table.add_column(column, justify="left" if column == "metric" else "right")
-    for g in gains:
-        change = (f"×{g.change:.3g} [{g.low:.3g}, {g.high:.3g}]" if g.kind == "ratio"
-                  else f"{g.change:+.3g} [{g.low:+.3g}, {g.high:+.3g}]")
-        table.add_row(g.metric, _cell(g.baseline), _cell(g.candidate), change)
-    return table
+    (below 1: faster), a difference for accuracies (above 0: more accurate). The settings' ``names`` head their
+    columns, or ``A`` and ``B`` (named in the legend) when the names are too long for the terminal's width; the
+    title and the legend are lines of prose above and below the table.
+
+    Returns:
+        The title, the table and its legend, to print together.
+    """
+    legend = ("change: × a ratio of latencies (below 1: faster), + a difference of accuracies (above 0: more "
+              "accurate); [low, high]: its 95% paired bootstrap interval over the requests")
+    rows = [(g.metric, _cell(g.baseline), _cell(g.candidate),
+             f"×{g.change:.3g} [{g.low:.3g}, {g.high:.3g}]" if g.kind == "ratio"
+             else f"{g.change:+.3g} [{g.low:+.3g}, {g.high:+.3g}]") for g in gains]
+
+    def table(headers: tuple[str, str]) -> Table:
+        shown = _compact()
+        for column in ("metric", *headers, "change"):
+            shown.add_column(column, justify="left" if column == "metric" else "right", no_wrap=True)
+        for row in rows:
+            shown.add_row(*row)
+        return shown
+
+    return Group(_title(title),
+                 _FirstThatFits((table(names), _legend(legend)),
+                                (table(("A", "B")), _legend(f"A: {names[0]}\nB: {names[1]}\n{legend}"))))
+
+
+def hypervolume_table(summary: pd.DataFrame, reference: dict[str, float] | None = None) -> Group:
+    """Each study of a comparison: its trials, feasible trials, front size and hypervolume, from ``summary``
+    (columns ``study``, ``trials``, ``feasible``, ``front_size``, ``hypervolume``), and what the hypervolume is
+    measured against (the shared ``reference`` point, by objective) as a line under the table.
+
+    Returns:
+        The title, the table and its legend, to print together.
+    """
+    table = _compact()
+    table.add_column("study", overflow="fold")  # a name too long for the terminal folds: never cut
+    for column in ("trials", "feasible", "front", "hypervolume"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for row in summary.itertuples():
+        table.add_row(str(row.study), str(row.trials), str(row.feasible), str(row.front_size),
+                      f"{row.hypervolume:.4f}")
+    point = ", ".join(f"{m}={v:.4g}" for m, v in (reference or {}).items())
+    return Group(_title("hypervolume (0..1, larger is better)"), table,
+                 _legend("hypervolume: the share of one box that the study's front dominates, from the best value of "
+                         "each objective over these studies' feasible trials to one shared reference point"
+                         + (f": {point}" if point else "")))
+
+
+def coverage_table(coverage: pd.DataFrame) -> Group:
+    """The pairwise coverage of a comparison's fronts: ``coverage.loc[a, b]``, the share of study ``b``'s front
+    that study ``a``'s front weakly dominates, in row ``a`` and column ``b``; ``-`` on the diagonal and where a
+    front is empty (NaN). The columns are headed by the studies' names when they fit the terminal's width, else
+    by a letter, the one each row's study is given (and when even that is too wide, the rows too, with the
+    names in the legend: 15 studies fit 80 columns).
+
+    Returns:
+        The title, the table and its legend, to print together.
+    """
+    names = [str(n) for n in coverage.index]
+    letters = [_letter(i) for i in range(len(names))]
+    cells = [["-" if a == b or pd.isna(coverage.loc[a, b]) else f"{coverage.loc[a, b]:.2f}"
+              for b in coverage.columns] for a in coverage.index]
+    legend = ("coverage: the share of the column study's front that the row study's front weakly dominates "
+              "(1: everywhere at least as good); -: the study itself, or an empty front")
+
+    def table(rows: list[str], columns: list[str], padding: int = 1) -> Table:
+        shown = _compact(padding)
+        shown.add_column("", overflow="fold")
+        for column in columns:
+            shown.add_column(column, justify="right", no_wrap=True)
+        for row, values in zip(rows, cells):
+            shown.add_row(row, *values)
+        return shown
+
+    return Group(_title("coverage (row over column)"), _FirstThatFits(
+        (table(names, names), _legend(legend)),
+        (table([f"{letter} {name}" for letter, name in zip(letters, names)], letters),
+         _legend(f"{legend}; the columns are the studies by their rows' letters")),
+        (table(letters, letters, padding=0),  # the box's column separator alone between columns
+         _legend("".join(f"{letter}: {name}\n" for letter, name in zip(letters, names)) + legend))))
+
+
+def _letter(index: int) -> str:
+    """A, B, … Z, then A2, B2, …: a study's short name in a table too narrow for its name."""
+    return string.ascii_uppercase[index % 26] + (str(index // 26 + 1) if index >= 26 else "")
+
+
+def _compact(padding: int = 1) -> Table:
+    """A table as the reports show them: a rule under the header, no frame. Its title is a line of its own above
+    it (:func:`_title`: a table's own title wraps at the table's width, often narrower than the title)."""
+    return Table(box=box.SIMPLE_HEAD, pad_edge=False, header_style="bold", padding=(0, padding))
+
+
+def _title(text: str) -> Text:
+    """A table's title, on a line of its own above it: as wide as the terminal, not the table."""
+    return Text(text, style="table.title")
+
+
+def _legend(text: str) -> Text:
+    """A table's explanation, printed under it: lines of prose, each wrapped at the terminal's width."""
+    return Text(text, style="dim")
+
+
+class _FirstThatFits:
+    """The first of some ``(table, legend)`` renderings whose table fits the console's width with no cell cut or
+    wrapped, else the last one; its legend is printed under it."""
+
+    def __init__(self, *choices: tuple[Table, Text]) -> None:
+        self.choices = choices
+
+    def chosen(self, console: Console, options: ConsoleOptions) -> tuple[Table, Text]:
+        unbounded = options.update_width(10_000)
+        for table, legend in self.choices[:-1]:
+            if Measurement.get(console, unbounded, table).maximum <= options.max_width:
+                return table, legend
+        return self.choices[-1]
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield from self.chosen(console, options)
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement.get(console, options, self.chosen(console, options)[0])
 
 
 def front_table(front: pd.DataFrame, title: str, *, settings: Sequence[str], objectives: Sequence[str] = (),
@@ -147,7 +263,7 @@ def front_summary(front: pd.DataFrame, title: str, *, settings: Sequence[str], o
                   + ("; =n: tied with trial n (their intervals overlap on every objective)" if tied else "")
                   + ("; base: the baseline, the settings served today" if not served.empty else "")
                   + "; --wide: every setting and metric as a column", style="dim")
-    values = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, header_style="bold")
+    values = _compact()
     lines = Table(box=None, pad_edge=False, show_header=False)
     values.add_column("trial", justify="right", no_wrap=True)
     for metric in metrics:
@@ -165,4 +281,4 @@ def front_summary(front: pd.DataFrame, title: str, *, settings: Sequence[str], o
                 values.add_section()
         values.add_row(label, *(_with_range(row, m) for m in metrics))
         lines.add_row(f"{label}:", setting_text(row, varying))
-    return Group(values, lines, legend)
+    return Group(_title(title), values, lines, legend)

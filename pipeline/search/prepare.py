@@ -207,7 +207,8 @@ def _serving_problem(config: StudyConfig, backend: Backend) -> str | None:
     server = [name for name in SERVER_SETTINGS if name in config.search_space]
     if server and not backend.server_settings:
         return (f"search_space.{server[0]} is a setting of llama-server, which the {backend.name} backend does not "
-                "start; use --backend llama-server, or remove it (README: each one's Ollama and vLLM counterpart)")
+                "start; use --backend llama-server, or remove it (docs/backends.md: each one's Ollama and vLLM "
+                "counterpart)")
     think = config.search_space.get("think")
     thinking = [t for t in think.choices if t != "default"] if think is not None else []
     if thinking and not backend.thinks:
