@@ -55,6 +55,7 @@ from pipeline.promote.choose import choose_trial, knee_index
 from pipeline.promote.promotion import PromotionPolicy
 from pipeline.search.compare import to_minimization
 from pipeline.search.config import StudyConfig, load_config
+from pipeline.search.finals import Finals, finals_of
 from pipeline.search.fronts import SETTINGS, front_trials
 from pipeline.search.objectives import trial_values
 from pipeline.search.prepare import racing_stages
@@ -166,6 +167,24 @@ class Replayed:
                                                        for t in front_trials(self.study))))
         return ran
 
+    def finals(self, choose, budget: int) -> Finals:
+        """The finals as a study holds them (``finals.finals_of``): top-ups of the choice and its tied rivals until
+        decided, the split used up or ``budget`` more requests spent."""
+        config, start, kept = self.config, self.spent, frozenset()
+        while True:
+            now = finals_of(self.study, config.objectives, choose, lambda t: self.records[t.number],
+                            config.evaluation.error_rate, most=len(self.order), budget=budget - (self.spent - start),
+                            seed=config.study.seed, kept=kept)
+            kept = now.finalists
+            if now.top_up is None:
+                return now
+            self.study.enqueue_trial(now.top_up.trial.params, user_attrs={TOPS_UP: now.top_up.trial.number,
+                                                                          TOP_UP_REQUESTS: now.top_up.requests})
+            trial = self.study.ask()
+            settings = suggest(trial, config.search_space, seed=config.study.seed)
+            if not self._measure(trial, settings.as_params()):
+                return now
+
     def front_at(self, budget: int) -> frozenset:
         """The settings on the replay's front after at most ``budget`` requests."""
         found: frozenset = frozenset()
@@ -193,7 +212,7 @@ class Truth:
                                  self.objectives)
         kept = on_front(points)
         self.front_keys = [k for k, on in zip(feasible, kept) if on]
-        self.knee = self.front_keys[knee_index(points[kept])]
+        self.knee = self.front_keys[knee_index(points[kept], points)]  # scaled over every feasible setting
         p95 = {k: self.rows[k]["latency_p95_ms"] for k in self.front_keys}
         self.sla = float(np.median(list(p95.values())))
         quality = next(o.metric for o in self.objectives if o.direction == "maximize")

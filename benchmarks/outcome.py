@@ -74,8 +74,9 @@ def one_job(name: str, *, folder: Path, smoke: bool) -> dict[str, Any]:
     try:
         study = run_study(prepared, trials=2 if smoke else config.study.trials)
         study_s = time.perf_counter() - started
+        # the finals as promote holds them by default; a few requests in the smoke size
         policy = PromotionPolicy("knee", repetitions=1 if smoke else PASSES.get(name, 2),
-                                 output=folder / "promoted")
+                                 output=folder / "promoted", finals_requests=6 if smoke else None)
         try:
             report, refused = promote(prepared, name, policy), ""
         except PromotionRefused as exc:
@@ -113,7 +114,9 @@ def one_job(name: str, *, folder: Path, smoke: bool) -> dict[str, Any]:
         "latency_p95_ms": float(best["latency_p95_ms"]),
         "settings": {k: best[k] for k in report.settings.as_params() if k in best and k != "seed"}}
     return {"job": name, "study_s": study_s, "trials": len(study.trials), "front": len(study.front),
-            "promoted_trial": report.trial, "choice": report.choice, "settings": report.settings.as_params(),
+            "promoted_trial": report.trial, "choice": report.choice,
+            "finals": report.finals.summary() if report.finals is not None else "",
+            "settings": report.settings.as_params(),
             "refused": refused,
             "most_accurate_front_point": most_accurate,
             "baseline_dev": baseline_trial.iloc[0][["field_accuracy", "exact_match_rate", "schema_valid_rate",

@@ -126,6 +126,14 @@ def test_adaptive_smoke(tmp_path):
         real["adaptive"]["evaluation"]["refine_requests"]
 
 
+def test_finals_smoke(tmp_path):
+    result = bench(tmp_path, "finals")
+    assert result["seeds"] == 2 and {row["policy"] for row in result["summary"]} == {"knee", "sla"}
+    for row in result["replays"]:
+        assert row["explored"] >= 320 and row["finals"] == 0  # the 20-request grid: nothing to top up with
+        assert row["exact"] <= row["hit"]
+
+
 def test_outcome_smoke(tmp_path):
     result = bench(tmp_path, "outcome")
     (job,) = result["jobs"]

@@ -283,7 +283,7 @@ def test_a_raced_trial_is_resumed_only_once_nothing_dominates_it():
     assert again.user_attrs[REUSED] == 1
 
 
-def test_the_front_table_marks_ties_and_promote_takes_the_cheaper_of_them():
+def test_the_front_table_marks_ties_and_promote_takes_the_preferred_of_them():
     study = _study({0: (bounds((0.5, 0.7), (900, 1100)), 20), 1: (bounds((0.55, 0.75), (950, 1150)), 20),
                     2: (bounds((0.1, 0.2), (100, 200)), 20)})
     frame = trials_frame(study, OBJECTIVES)
@@ -294,11 +294,17 @@ def test_the_front_table_marks_ties_and_promote_takes_the_cheaper_of_them():
                               trials=frame))
     text = " ".join(console.file.getvalue().split())
     assert "tied with" in text and "tied: the front points whose intervals overlap" in text
-    # the sla policy's best accuracy within 2000 ms is trial 1 (0.65); trial 0 is tied with it and faster
+    # the sla policy's best accuracy within 2000 ms is trial 1 (0.65); trial 0 is tied with it and faster: the
+    # stated preference decides; by default the policy's own pick stands, and the choice says it is tied
     choice = choose_trial(StudySnapshot.of(study), OBJECTIVES, PromotionPolicy(policy="sla", sla_p95_ms=2000))
-    assert choice.trial.number == 0
-    assert "trial 1 is tied with trial 0" in choice.why and "chose trial 0, the lowest latency_p95_ms (1000)" in \
-        choice.why
+    assert choice.trial.number == 1
+    assert "trial 1 is tied with trial 0" in choice.why and "kept the policy's own pick" in choice.why
+    accurate = choose_trial(StudySnapshot.of(study), OBJECTIVES,
+                            PromotionPolicy(policy="sla", sla_p95_ms=2000, prefer="accuracy"))
+    assert accurate.trial.number == 1 and "chose trial 1, the highest field_accuracy (0.65" in accurate.why
+    fastest = choose_trial(StudySnapshot.of(study), OBJECTIVES,
+                           PromotionPolicy(policy="sla", sla_p95_ms=2000, prefer="latency"))
+    assert fastest.trial.number == 0 and "chose trial 0, the lowest latency_p95_ms (1000" in fastest.why
 
 
 # --- config ----------------------------------------------------------------------------------------------------

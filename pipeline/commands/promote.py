@@ -11,7 +11,14 @@ from rich.console import Console
 from pipeline.commands import options
 from pipeline.errors import ConfigError, InputError, redact_url
 from pipeline.measure.gain import slower
-from pipeline.promote.promotion import CHAMPION, PromotionPolicy, PromotionRefused, PromotionReport, promote
+from pipeline.promote.promotion import (
+    CHAMPION,
+    FINALS_REQUESTS,
+    PromotionPolicy,
+    PromotionRefused,
+    PromotionReport,
+    promote,
+)
 from pipeline.render.tables import gain_table
 from pipeline.search.config import StudyConfig
 from pipeline.search.storage import study_names
@@ -33,6 +40,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     promote.add_argument("--tolerance", type=options.share, default=0.05,
                          help="largest drop of held-out accuracy below dev accuracy that is accepted")
     promote.add_argument("--repetitions", type=options.positive_int, default=2, help="passes over the held-out split")
+    promote.add_argument("--finals-requests", type=options.optional(options.whole_number),
+                         help="dev requests to spend first measuring the policy's finalists (the front and the "
+                              "baseline) until its choice is decided against each (0: choose on the study's own; "
+                              f"default: {FINALS_REQUESTS['knee']} for knee, {FINALS_REQUESTS['sla']} for sla)")
+    promote.add_argument("--prefer", choices=("policy", "accuracy", "latency"), default="policy",
+                         help="what breaks a tie the measurements could not: the policy's own pick stands "
+                              "(default), or the most accurate, or the fastest of the tied points")
     promote.add_argument("--check-requests", type=options.positive_int, default=8,
                          help="held-out requests replayed through the written bundle before it is promoted")
     promote.add_argument("--registered-model", help="MLflow registered model name (default: the study name)")
@@ -44,7 +58,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace, console: Console) -> int:
     policy = PromotionPolicy(policy=args.policy, sla_p95_ms=args.sla_p95_ms, trial=args.trial,
                              tolerance=args.tolerance, repetitions=args.repetitions,
-                             check_requests=args.check_requests,
+                             check_requests=args.check_requests, finals_requests=args.finals_requests,
+                             prefer=args.prefer,
                              registered_model=args.registered_model or None, ollama_name=args.ollama_name or None,
                              output=args.output)
     if policy.policy == "trial" and policy.trial is None:
@@ -60,7 +75,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     prepared = options.prepare(args, config, console)
     out = options.stdout()
     try:
-        report = promote(prepared, args.study, policy)
+        report = promote(prepared, args.study, policy, console=console)
     except PromotionRefused as refused:
         if refused.report is not None:  # measured before it was refused: what was measured, then why (stderr)
             _measured(out, refused.report, config)
@@ -82,6 +97,10 @@ def run(args: argparse.Namespace, console: Console) -> int:
 
 def _measured(out: Console, report: PromotionReport, config: StudyConfig) -> None:
     """How the point was chosen, the gain over the baseline, dev against held-out figures and the bundle check."""
+    if report.finals is not None:
+        out.print(f"finals: {report.finals.summary()}", markup=False)
+        for line in report.finals.lines():
+            out.print(line, markup=False)
     if report.choice:
         out.print(report.choice, markup=False)
     if report.gains:

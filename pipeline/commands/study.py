@@ -8,9 +8,12 @@ from rich.console import Console
 
 from pipeline.commands import options
 from pipeline.errors import redact_url
+from pipeline.promote.choose import choose_trial
+from pipeline.promote.promotion import PromotionPolicy
 from pipeline.render.tables import front_summary, front_table
 from pipeline.search.config import SAMPLERS
 from pipeline.search.fronts import SETTINGS
+from pipeline.search.snapshot import StudySnapshot
 from pipeline.search.study import run_study
 
 __all__ = ["add_parser", "run"]
@@ -32,6 +35,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     study.add_argument("--refine", type=options.optional(options.whole_number),
                        help="requests to spend topping up the front and the points tied with it, until their order "
                             "is decided (alone: no new trials; default: the config's evaluation.refine_requests)")
+    study.add_argument("--finals", type=options.optional(options.whole_number), default=0,
+                       help="requests to spend measuring the knee's finalists (the front and the baseline) on more "
+                            "of the dev split until the knee is decided against each, as promote does first "
+                            "(alone: no new trials)")
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
@@ -39,8 +46,15 @@ def run(args: argparse.Namespace, console: Console) -> int:
                                evaluation={"limit": args.limit})
     prepared = options.prepare(args, config, console)
     try:
-        trials = args.trials or (0 if args.refine is not None else config.study.trials)
-        report = run_study(prepared, trials=trials, console=console, refine=args.refine)
+        alone = args.refine is not None or bool(args.finals)
+        trials = args.trials or (0 if alone else config.study.trials)
+        objectives = config.objectives
+
+        def knee(snapshot: StudySnapshot) -> int:
+            return choose_trial(snapshot, objectives, PromotionPolicy()).trial.number
+
+        report = run_study(prepared, trials=trials, console=console, refine=args.refine,
+                           choose=knee if args.finals else None, finals=args.finals or 0)
     finally:
         prepared.backend.close()
     out = options.stdout()
@@ -51,6 +65,10 @@ def run(args: argparse.Namespace, console: Console) -> int:
                     trials=report.trials))
     for line in report.explanation:
         out.print(f"- {line}", markup=False, highlight=False)
+    if report.finals is not None:
+        out.print(f"finals: {report.finals.summary()}", markup=False, highlight=False)
+        for line in report.finals.lines():
+            out.print(line, markup=False, highlight=False)
     out.print(f"Added {report.new_trials} trials. Optuna storage: {redact_url(report.storage_url)}",
               markup=False)
     out.print(f"MLflow parent run {report.parent_run_id} in {redact_url(report.tracking_uri)}", markup=False)

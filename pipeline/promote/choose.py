@@ -2,8 +2,9 @@
 
 The ``knee`` policy takes the front point nearest the ideal (:func:`knee_index`), ``sla`` the most accurate one
 within a latency limit, ``trial`` a trial named by number. When the study measured the config's baseline, the
-first two choose among the front points that beat it (:func:`beating_baseline`), and a point tied with the
-chosen one (their intervals cannot tell them apart) wins when it is faster (:func:`choose_trial`).
+first two choose among the front points that beat it (:func:`beating_baseline`). Among the points tied with the
+chosen one (their intervals cannot tell them apart, after the finals: :mod:`pipeline.search.finals`) the
+policy's stated preference decides (``prefer``: the most accurate, by default, or the fastest), and says so.
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ from pipeline.search.drift import machine_note
 from pipeline.search.snapshot import StudySnapshot
 from pipeline.search.trials import TrialView
 
-__all__ = ["Choice", "ChoosingPolicy", "Policy", "beating_baseline", "choose_trial", "knee_index",
+__all__ = ["Choice", "ChoosingPolicy", "Policy", "Preference", "beating_baseline", "choose_trial", "knee_index",
            "machine_states_note"]
 
 Policy = Literal["sla", "knee", "trial"]
+# What breaks a tie the measurements could not: the policy's own pick stands (``policy``), the most accurate of
+# the tied points, or the fastest.
+Preference = Literal["policy", "accuracy", "latency"]
 
 
 class ChoosingPolicy(Protocol):
@@ -34,6 +38,7 @@ class ChoosingPolicy(Protocol):
     policy: Policy
     sla_p95_ms: float | None
     trial: int | None
+    prefer: Preference
 
 
 @dataclass(frozen=True)
@@ -42,14 +47,20 @@ class Choice:
     why: str = ""                      # how the baseline narrowed the choice, when the study measured one
 
 
-def knee_index(points: np.ndarray) -> int:
+def knee_index(points: np.ndarray, span: np.ndarray | None = None) -> int:
     """The knee of a front of minimisation points: the point nearest the ideal once each objective is scaled
-    to [0, 1] over the front (ties: the first).
+    to [0, 1] over ``span`` (the points every measured feasible setting reached; default: the front itself),
+    ties: the first.
+
+    Scaled over the front alone, a front of two points puts both at the same distance whatever they are, and a
+    p95 30 ms apart counts as much as field accuracy 0.3 apart; over every feasible setting a difference counts
+    by how much of what the study saw it spans.
 
     Returns:
         The index of the knee in ``points``.
     """
-    low, high = points.min(axis=0), points.max(axis=0)
+    reach = points if span is None else np.vstack([points, span])
+    low, high = reach.min(axis=0), reach.max(axis=0)
     scaled = (points - low) / np.where(high > low, high - low, 1.0)
     return int(np.argmin(np.linalg.norm(scaled, axis=1)))
 
@@ -105,13 +116,16 @@ def choose_trial(study: StudySnapshot, objectives: tuple[Objective, ...], policy
         raise InputError(f"study {study.name!r} has no feasible trials on its front; run more trials")
     pool, why = beating_baseline(study, front, objectives)
     if policy.policy == "sla":
-        return _within_sla(front, pool, why, objectives, policy.sla_p95_ms)
+        return _within_sla(front, pool, why, objectives, policy.sla_p95_ms, policy.prefer)
     points = to_minimization(np.array([t.values for t in pool], dtype=float), objectives)
-    return _cheapest_tie(pool[knee_index(points)], pool, objectives, why)
+    seen = to_minimization(np.array([t.values for t in study.measured if t.complete and t.feasible
+                                     and t.values is not None], dtype=float).reshape(-1, len(objectives)),
+                           objectives)
+    return _preferred_tie(pool[knee_index(points, seen)], pool, objectives, why, policy.prefer)
 
 
 def _within_sla(front: list[TrialView], pool: list[TrialView], why: str, objectives: tuple[Objective, ...],
-                limit: float | None) -> Choice:
+                limit: float | None, prefer: Preference) -> Choice:
     """The ``sla`` policy: the best point of ``pool`` on the first maximised objective with ``latency_p95_ms``
     within ``limit``; of the whole front (the baseline aside) when no point of ``pool`` is within it.
 
@@ -135,23 +149,36 @@ def _within_sla(front: list[TrialView], pool: list[TrialView], why: str, objecti
     sign = 1 if quality.direction == "maximize" else -1
     pool = within(pool)
     best = max(pool, key=lambda t: (sign * t.metrics[quality.metric], -t.metrics["latency_p95_ms"]))
-    return _cheapest_tie(best, pool, objectives, why)
+    return _preferred_tie(best, pool, objectives, why, prefer)
 
 
-def _cheapest_tie(chosen: TrialView, pool: list[TrialView], objectives: tuple[Objective, ...], why: str) -> Choice:
+def _preferred_tie(chosen: TrialView, pool: list[TrialView], objectives: tuple[Objective, ...], why: str,
+                   prefer: Preference) -> Choice:
     """``chosen``, or among the points of ``pool`` tied with it (``racing.ties``: their measurements cannot tell
-    them apart on any objective) the one with the lowest latency, saying so."""
+    them apart on any objective) the one the policy prefers — the best on the first maximised objective
+    (``accuracy``) or the lowest latency (``latency``) — saying so."""
     tied = ties({t.number: bounds_of(t.metrics, objectives) for t in pool})[chosen.number]
     if not tied:
         return Choice(chosen, why)
+    if prefer == "policy":
+        note = (f"trial {chosen.number} is tied with trial{'s' if len(tied) > 1 else ''} "
+                f"{', '.join(str(n) for n in tied)} (their intervals overlap on every objective): kept the "
+                "policy's own pick (--prefer accuracy or latency would break the tie)")
+        return Choice(chosen, f"{why}; {note}" if why else note)
+    group = [chosen, *(t for t in pool if t.number in tied)]
+    quality = next((o for o in objectives if o.direction == "maximize"), None)
     latency = next((o.metric for o in objectives if o.direction == "minimize"
                     and o.metric.startswith(("latency_", "ttft_"))), "latency_p95_ms")
-    group = [chosen, *(t for t in pool if t.number in tied)]
-    cheapest = min(group, key=lambda t: (t.metrics[latency], t.number))
+    if prefer == "accuracy" and quality is not None:
+        pick = max(group, key=lambda t: (t.metrics[quality.metric], -t.metrics[latency], -t.number))
+        reason = f"the highest {quality.metric} ({pick.metrics[quality.metric]:.3g}; --prefer latency: the fastest)"
+    else:
+        pick = min(group, key=lambda t: (t.metrics[latency], t.number))
+        reason = f"the lowest {latency} ({pick.metrics[latency]:.0f}; --prefer accuracy: the most accurate)"
     note = (f"trial {chosen.number} is tied with trial{'s' if len(tied) > 1 else ''} "
             f"{', '.join(str(n) for n in tied)} (their intervals overlap on every objective): chose trial "
-            f"{cheapest.number}, the lowest {latency} ({cheapest.metrics[latency]:.0f})")
-    return Choice(cheapest, f"{why}; {note}" if why else note)
+            f"{pick.number}, {reason}")
+    return Choice(pick, f"{why}; {note}" if why else note)
 
 
 def machine_states_note(study: StudySnapshot, chosen: TrialView, *, threshold: float) -> str | None:

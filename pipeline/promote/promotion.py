@@ -22,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from rich.console import Console
 
 from pipeline.engines.base import Backend, ManagedServer, ModelPublisher
 from pipeline.engines.settings import InferenceSettings, settings_of
-from pipeline.errors import PipelineError
+from pipeline.errors import ConfigError, PipelineError
 from pipeline.measure.gain import Gain, accuracy_metrics, gain_frame, gain_metrics, paired_gain, slower
 from pipeline.measure.metrics import measured_metrics
 from pipeline.measure.records import RequestRecord
@@ -35,19 +36,24 @@ from pipeline.measure.sidebyside import SideBySide, measure_on_own_backends
 from pipeline.measure.tables import field_errors, requests_frame, side_by_side_frame
 from pipeline.promote.bundle import BundleFiles, bundle_of, serving_extras, write_bundle
 from pipeline.promote.check import BundleCheck, BundleCheckFailed, check_bundle
-from pipeline.promote.choose import Choice, Policy, choose_trial, machine_states_note
+from pipeline.promote.choose import Choice, Policy, Preference, choose_trial, machine_states_note
 from pipeline.promote.modelfile import sanitize
+from pipeline.search.finals import Finals
 from pipeline.search.objectives import truncation_reason
 from pipeline.search.prepare import PreparedStudy
 from pipeline.search.snapshot import StudySnapshot, open_for_promotion
 from pipeline.search.space import replay
-from pipeline.search.study import trial_plan
+from pipeline.search.study import run_study, trial_plan
 from pipeline.search.trials import TrialView
 from pipeline.tracking.promotion import PromotionRun
 
 __all__ = ["CHAMPION", "PromotionPolicy", "PromotionRefused", "PromotionReport", "decide", "promote"]
 
 CHAMPION = "champion"                                # the alias of the registered version promoted last
+# The dev requests the finals may add before a policy chooses, by default: for the knee half the default study's
+# 16 trials × 20 requests; none for the sla policy, whose choice the finals moved across its latency limit more
+# often than they decided it (BENCHMARKS.md, 9).
+FINALS_REQUESTS = {"knee": 160, "sla": 0, "trial": 0}
 BASELINE, CANDIDATE = "baseline", "candidate"      # the two arms of the side-by-side measurement
 
 
@@ -70,6 +76,13 @@ class PromotionPolicy:
     tolerance: float = 0.05
     repetitions: int = 2
     check_requests: int = 8            # held-out requests replayed through the written bundle
+    prefer: Preference = "policy"      # what breaks a tie the finals could not (pipeline.promote.choose)
+    finals_requests: int | None = None  # dev requests the finals may add before the choice (0: none; None: the
+                                        # policy's default, FINALS_REQUESTS)
+
+    @property
+    def finals_budget(self) -> int:
+        return FINALS_REQUESTS[self.policy] if self.finals_requests is None else self.finals_requests
     metric: str | None = None          # the accuracy metric checked on held-out data; default: first maximised
                                        # objective
     registered_model: str | None = None
@@ -94,6 +107,7 @@ class PromotionReport:
     notes: list[str] = field(default_factory=list)
     choice: str = ""                   # how the choice was narrowed (:func:`pipeline.promote.choose.choose_trial`)
     check: BundleCheck | None = None   # the written bundle replayed (:mod:`pipeline.promote.check`)
+    finals: Finals | None = None       # the finalists measured until the choice was decided, when they were
 
 
 @dataclass(frozen=True)
@@ -133,7 +147,8 @@ def decide(policy: PromotionPolicy, constraints: tuple[Constraint, ...], metric:
 
 
 def promote(prepared: PreparedStudy, study_name: str, policy: PromotionPolicy, *,
-            baseline_backend: Backend | None = None, on_request: Callable[[], None] = lambda: None) -> PromotionReport:
+            baseline_backend: Backend | None = None, on_request: Callable[[], None] = lambda: None,
+            console: Console | None = None) -> PromotionReport:
     """Choose, re-check and promote a point of ``study_name``'s front.
 
     With a baseline in the config, the candidate and the baseline are measured side by side on the held-out
@@ -150,6 +165,9 @@ def promote(prepared: PreparedStudy, study_name: str, policy: PromotionPolicy, *
     """
     config = prepared.config
     study = open_for_promotion(prepared, study_name)
+    finals, skipped = _hold_finals(prepared, study, policy, console or Console(stderr=True, quiet=True))
+    if finals is not None:
+        study = open_for_promotion(prepared, study_name)  # the front, its ties and the choice, from the top-ups
     choice = choose_trial(study, config.objectives, policy)
     chosen = choice.trial
     metric = policy.metric or next((o.metric for o in config.objectives if o.direction == "maximize"),
@@ -159,9 +177,13 @@ def promote(prepared: PreparedStudy, study_name: str, policy: PromotionPolicy, *
                              on_request=on_request)
     dev = chosen.metrics
     run = _record(prepared, study, choice, settings, policy, held)
-    notes = [choice.why, machine_states_note(study, chosen, threshold=config.evaluation.drift_threshold)]
+    notes = [choice.why, machine_states_note(study, chosen, threshold=config.evaluation.drift_threshold), skipped]
     report = PromotionReport(study_name, chosen.number, settings, dev, held.metrics, run.run_id,
-                             baseline=held.baseline, gains=held.gains or [], choice="; ".join(n for n in notes if n))
+                             baseline=held.baseline, gains=held.gains or [], choice="; ".join(n for n in notes if n),
+                             finals=finals)
+    if finals is not None:
+        run.tag("finals", finals.summary())
+        run.log_table(pd.DataFrame(finals.rows()), "finals.json")
     if held.gains and slower(held.gains):
         run.tag("slower_than_baseline", slower(held.gains))
     reason = decide(policy, config.constraints, metric, dev, held.metrics, baseline=held.baseline)
@@ -176,6 +198,34 @@ def promote(prepared: PreparedStudy, study_name: str, policy: PromotionPolicy, *
         raise PromotionRefused(f"refused: trial {chosen.number} of {study_name!r}: {reason}", report=report)
     run.finish()
     return report
+
+
+def _hold_finals(prepared: PreparedStudy, study: StudySnapshot, policy: PromotionPolicy,
+                 console: Console) -> tuple[Finals | None, str]:
+    """Measure the policy's finalists on more of the dev split until its choice is decided
+    (:mod:`pipeline.search.finals`), as a run of the study: the top-ups are trials of their own, the front is
+    attached again.
+
+    Returns:
+        Where the finals ended (None: not held), and why they were not held ("" when they were or were not asked).
+    """
+    if policy.policy == "trial" or policy.finals_budget <= 0 or not study.front:
+        return None, ""
+    if prepared.config.study.name != study.name:
+        return None, (f"no finals: the config's study is {prepared.config.study.name!r}, not {study.name!r}; "
+                      "the choice rests on the study's own requests")
+    objectives = prepared.config.objectives
+
+    def choose(snapshot: StudySnapshot) -> int:
+        return choose_trial(snapshot, objectives, policy).trial.number
+
+    # the study's own seed (promote's config may give another: the replay takes the study's too)
+    own = replace(prepared, config=prepared.config.with_overrides(study={"seed": study.seed}))
+    try:
+        report = run_study(own, trials=0, refine=0, choose=choose, finals=policy.finals_budget, console=console)
+    except ConfigError as exc:  # the study was run with another config: its definition does not match
+        return None, f"no finals: {exc}"
+    return report.finals, ""
 
 
 def _measure_held_out(prepared: PreparedStudy, settings: InferenceSettings, policy: PromotionPolicy, *, seed: int,

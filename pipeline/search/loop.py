@@ -16,11 +16,12 @@ from rich.console import Console
 from pipeline.engines.settings import InferenceSettings
 from pipeline.errors import BackendError, PipelineError
 from pipeline.search.config import StudyConfig
+from pipeline.search.finals import Finals
 from pipeline.search.fronts import measured_trials
 from pipeline.search.reuse import REUSE_LIMIT, reuse_measurement
 from pipeline.search.space import suggest
 from pipeline.search.storage import WORKER, heartbeat, heartbeat_helpers, recover_dead_trials, study_lock
-from pipeline.search.topup import TOP_UP_REQUESTS, next_top_up
+from pipeline.search.topup import TOP_UP_REQUESTS, TopUp, next_top_up
 from pipeline.search.trials import TOPS_UP
 
 __all__ = ["Evaluate", "TrialLoop"]
@@ -118,23 +119,47 @@ class TrialLoop:
         spent = 0
         while (choice := next_top_up(self.study, self.config.objectives, budget=budget - spent,
                                      most=most)) is not None:
-            earlier = choice.trial
-            with study_lock(self.storage_url, self.study.study_name):
-                self.study.enqueue_trial(earlier.params, user_attrs={TOPS_UP: earlier.number,
-                                                                     TOP_UP_REQUESTS: choice.requests})
-                trial = self._ask()
-            settings = self._settings(trial)
-            console.print(f"refining: trial {trial.number} tops up trial {earlier.number} "
-                          f"({earlier.user_attrs['metrics']['requests_measured']:.0f} requests) with "
-                          f"{choice.requests} more ({spent} of {budget} spent)", highlight=False)
-            try:
-                self._run(trial, settings)
-            except BackendError as exc:
-                console.print(f"refinement stopped: {exc}", highlight=False)
+            ran = self._top_up(choice, "refining", f"{spent} of {budget} spent", console)
+            if not ran:
                 return
-            spent += int(trial.user_attrs["metrics"]["requests_run"])
-            if not trial.user_attrs["metrics"]["requests_run"]:
-                return  # nothing left to measure (another worker measured it first)
+            spent += ran
+
+    def finals(self, state: Callable[[int], Finals], *, budget: int, console: Console) -> Finals:
+        """Top up the policy's choice and its tied rivals (``finals.finals_of``; ``state`` gives where the finals
+        stand with the budget left) until the choice is decided against each, the split is used up or ``budget``
+        requests are spent; an engine failure ends the finals, not the study.
+
+        Returns:
+            Where the finals ended.
+        """
+        spent = 0
+        while (now := state(budget - spent)).top_up is not None:
+            ran = self._top_up(now.top_up, "finals", f"trial {now.chosen} tied with "
+                                                     f"{', '.join(map(str, now.tied))}; {spent} of {budget} spent",
+                               console)
+            if not ran:
+                break
+            spent += ran
+        return state(budget - spent)
+
+    def _top_up(self, choice: TopUp, doing: str, detail: str, console: Console) -> int:
+        """One top-up as a trial of its own; returns the requests it ran (0: an engine failure, or nothing left
+        to measure)."""
+        earlier = choice.trial
+        with study_lock(self.storage_url, self.study.study_name):
+            self.study.enqueue_trial(earlier.params, user_attrs={TOPS_UP: earlier.number,
+                                                                 TOP_UP_REQUESTS: choice.requests})
+            trial = self._ask()
+        settings = self._settings(trial)
+        console.print(f"{doing}: trial {trial.number} tops up trial {earlier.number} "
+                      f"({earlier.user_attrs['metrics']['requests_measured']:.0f} requests) with "
+                      f"{choice.requests} more ({detail})", highlight=False)
+        try:
+            self._run(trial, settings)
+        except BackendError as exc:
+            console.print(f"{doing} stopped: {exc}", highlight=False)
+            return 0
+        return int(trial.user_attrs["metrics"]["requests_run"])
 
     def _ask_batch(self, target: int, batch: int) -> tuple[list[optuna.Trial], int]:
         """Under the study lock: fail dead workers' trials, then ask as many as are left (at most ``batch``).

@@ -26,6 +26,7 @@ from pipeline.render.plots import plot_fronts
 from pipeline.render.progress import study_progress
 from pipeline.search.drift import REFERENCE, reference_setting, study_monitor
 from pipeline.search.explain import front_explanation, study_note
+from pipeline.search.finals import Choose, Finals, finals_of
 from pipeline.search.fronts import front_frame, front_trials, measured_trials, superseded, trials_frame
 from pipeline.search.loop import TrialLoop
 from pipeline.search.objectives import trial_values
@@ -62,6 +63,7 @@ class StudyReport:
     front: pd.DataFrame
     new_trials: int
     explanation: list[str] = field(default_factory=list)  # why the front is empty or thin (explain.py)
+    finals: Finals | None = None       # where the finals ended, when the run held them (finals.py)
 
 
 def _open_study(prepared: PreparedStudy, storage: optuna.storages.BaseStorage,
@@ -110,10 +112,11 @@ def _target(study: optuna.Study, trials: int) -> tuple[int, bool]:
 
 
 def run_study(prepared: PreparedStudy, *, trials: int, console: Console | None = None,
-              refine: int | None = None) -> StudyReport:
+              refine: int | None = None, choose: Choose | None = None, finals: int = 0) -> StudyReport:
     """Bring the study to ``trials`` more completed trials, or finish the target an interrupted or shared run
     left open, then refine its front with up to ``refine`` more requests (default: the config's
-    ``evaluation.refine_requests``; see ``pipeline.search.topup``), and attach its front to the parent run.
+    ``evaluation.refine_requests``; see ``pipeline.search.topup``), hold the finals of the policy ``choose``
+    with up to ``finals`` more requests (:mod:`pipeline.search.finals`), and attach its front to the parent run.
 
     Returns:
         Where everything was recorded, every completed trial, and the front.
@@ -122,7 +125,8 @@ def run_study(prepared: PreparedStudy, *, trials: int, console: Console | None =
         InputError: the study exists with another definition (nothing recorded).
         PipelineError: MLflow failed, or too many trials in a row failed.
     """
-    return StudyRun(prepared, trials=trials, console=console or Console(stderr=True), refine=refine).run()
+    return StudyRun(prepared, trials=trials, console=console or Console(stderr=True), refine=refine,
+                    choose=choose, finals=finals).run()
 
 
 class StudyRun:
@@ -131,9 +135,12 @@ class StudyRun:
     :meth:`evaluate`), refine the front (``TrialLoop.refine``), and finish with the front attached
     (:func:`_finish`)."""
 
-    def __init__(self, prepared: PreparedStudy, *, trials: int, console: Console, refine: int | None) -> None:
+    def __init__(self, prepared: PreparedStudy, *, trials: int, console: Console, refine: int | None,
+                 choose: Choose | None = None, finals: int = 0) -> None:
         self.prepared, self.config, self.console = prepared, prepared.config, console
         self.trials = trials
+        self.choose, self.finals_budget = choose, finals
+        self.finals: Finals | None = None
         self.refine_budget = self.config.evaluation.refine_requests if refine is None else refine
         self.plan = trial_plan(prepared)
         reps = self.config.evaluation.repetitions
@@ -157,6 +164,8 @@ class StudyRun:
                     self.loop.refine(budget=self.refine_budget,
                                      most=len(self.ordered) * self.config.evaluation.repetitions,
                                      console=self.console)
+                if self.choose is not None and not self.stop_reason:
+                    self.hold_finals()
                 status = "FINISHED"
             except KeyboardInterrupt:
                 status, reason = "KILLED", "interrupted"
@@ -167,7 +176,7 @@ class StudyRun:
             finally:
                 try:
                     report = _finish(self.study, self.tracker, self.prepared, status, reason=reason,
-                                     new_trials=self.new_trials)
+                                     new_trials=self.new_trials, finals=self.finals)
                 except PipelineError:
                     if status == "FINISHED":
                         raise
@@ -198,6 +207,32 @@ class StudyRun:
                                     prepared.experiment.examples, prepared.experiment.scorer)
         self.drift = study_monitor(self.study, prepared, self.plan, self.tracker, lambda: self.reference,
                                    self.console)
+
+    def hold_finals(self) -> None:
+        """The finals of the policy's choice (:mod:`pipeline.search.finals`), recorded on the parent run: the
+        verdict as tags (``finals``, ``finals.chosen``, ``finals.tied``) and each rival as a row of
+        ``finals.json``."""
+        config = self.config
+        most = len(self.ordered) * config.evaluation.repetitions
+
+        kept: frozenset[tuple] = frozenset()
+
+        def state(budget: int) -> Finals:
+            nonlocal kept
+            now = finals_of(self.study, config.objectives, self.choose, self.records.get,
+                            config.evaluation.error_rate, most=most, budget=budget, seed=config.study.seed,
+                            kept=kept)
+            kept = now.finalists
+            return now
+
+        if not front_trials(self.study):
+            return
+        self.finals = self.loop.finals(state, budget=self.finals_budget, console=self.console)
+        self.tracker.tag_run(self.tracker.parent_run_id, {
+            "finals": self.finals.summary(), "finals.chosen": str(self.finals.chosen),
+            "finals.tied": ",".join(map(str, self.finals.tied)) or "none",
+            "finals.budget": str(self.finals_budget)})
+        self.tracker.log_parent_table(pd.DataFrame(self.finals.rows()), "finals.json")
 
     def describe(self) -> None:
         """Record what the study is on its parent run: its definition, the environment, the dataset."""
@@ -338,7 +373,7 @@ def trial_plan(prepared: PreparedStudy) -> TrialPlan:
 
 
 def _finish(study: optuna.Study, tracker: StudyTracker, prepared: PreparedStudy, status: str, *, reason: str,
-            new_trials: int) -> StudyReport:
+            new_trials: int, finals: Finals | None = None) -> StudyReport:
     config = prepared.config
     trials = trials_frame(study, config.objectives)
     front = front_frame(trials, config.objectives)
@@ -372,5 +407,5 @@ def _finish(study: optuna.Study, tracker: StudyTracker, prepared: PreparedStudy,
         raise front_error
     return StudyReport(config.study.name, prepared.storage_url, prepared.tracking_uri, tracker.parent_run_id,
                        tracker.run_url(), trials, front, new_trials,
-                       explanation=explanation)
+                       explanation=explanation, finals=finals)
 

@@ -200,6 +200,11 @@ class StudyTracker:
                   tags={"pareto_trials": ",".join(str(n) for n in front["number"]),
                         **({MLFLOW_RUN_NOTE: note} if note else {})})
 
+    @_store_errors
+    def log_parent_table(self, table: pd.DataFrame, artifact_file: str) -> None:
+        """Attach a table to the parent run, replacing one of that name (a later run of the study)."""
+        self._replace_table(table, artifact_file)
+
     def _replace_table(self, table: pd.DataFrame, artifact_file: str) -> None:
         # log_table appends to an existing table; a resumed study's front replaces the old one instead.
         existing = {a.path for a in self.client.list_artifacts(self.parent_run_id)}
