@@ -79,15 +79,16 @@ class PromotionPolicy:
     prefer: Preference = "policy"      # what breaks a tie the finals could not (pipeline.promote.choose)
     finals_requests: int | None = None  # dev requests the finals may add before the choice (0: none; None: the
                                         # policy's default, FINALS_REQUESTS)
-
-    @property
-    def finals_budget(self) -> int:
-        return FINALS_REQUESTS[self.policy] if self.finals_requests is None else self.finals_requests
     metric: str | None = None          # the accuracy metric checked on held-out data; default: first maximised
                                        # objective
     registered_model: str | None = None
     ollama_name: str | None = None
     output: Path = Path("promoted")
+
+    @property
+    def finals_budget(self) -> int:
+        """The dev requests the finals may add: the policy's default unless given."""
+        return FINALS_REQUESTS[self.policy] if self.finals_requests is None else self.finals_requests
 
 
 @dataclass

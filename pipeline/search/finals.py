@@ -88,7 +88,7 @@ class Finals:
             if rival.differences is None:
                 out.append(f"  vs {name}: fewer than two shared requests")
                 continue
-            shown = ", ".join(f"{o.metric} {d:+.3g} [{lo:+.3g}, {hi:+.3g}]"
+            shown = ", ".join(f"{o.metric} {_signed(d)} [{_signed(lo)}, {_signed(hi)}]"
                               for o, (d, lo, hi) in zip(self.objectives, rival.differences))
             out.append(f"  vs {name}: {shown} on {rival.shared} shared requests: "
                        f"{'decided' if rival.decided else 'tied'}")
@@ -138,6 +138,11 @@ def finals_of(study: optuna.Study, objectives: tuple[Objective, ...], choose: Ch
 def _key(trial: optuna.trial.FrozenTrial) -> tuple:
     """A setting, whichever trial measured it last."""
     return tuple(sorted(trial.params.items()))
+
+
+def _signed(value: float) -> str:
+    """A difference as the reports show it: three significant digits, whole units from 100 up (no exponent)."""
+    return f"{value:+.0f}" if abs(value) >= 100 else f"{value:+.3g}"
 
 
 def _chosen_minus_rival(objective: Objective, gap: tuple[float, float, float]) -> tuple[float, float, float]:
