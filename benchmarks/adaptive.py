@@ -55,7 +55,7 @@ from pipeline.promote.choose import choose_trial, knee_index
 from pipeline.promote.promotion import PromotionPolicy
 from pipeline.search.compare import to_minimization
 from pipeline.search.config import StudyConfig, load_config
-from pipeline.search.finals import Finals, finals_of
+from pipeline.search.finals import Finalists, Finals
 from pipeline.search.fronts import SETTINGS, front_trials
 from pipeline.search.objectives import trial_values
 from pipeline.search.prepare import racing_stages
@@ -170,12 +170,11 @@ class Replayed:
     def finals(self, choose, budget: int) -> Finals:
         """The finals as a study holds them (``finals.finals_of``): top-ups of the choice and its tied rivals until
         decided, the split used up or ``budget`` more requests spent."""
-        config, start, kept = self.config, self.spent, frozenset()
+        config, start = self.config, self.spent
+        state = Finalists(self.study, config.objectives, choose, lambda t: self.records[t.number],
+                          config.evaluation.error_rate, most=len(self.order), seed=config.study.seed)
         while True:
-            now = finals_of(self.study, config.objectives, choose, lambda t: self.records[t.number],
-                            config.evaluation.error_rate, most=len(self.order), budget=budget - (self.spent - start),
-                            seed=config.study.seed, kept=kept)
-            kept = now.finalists
+            now = state(budget - (self.spent - start))
             if now.top_up is None:
                 return now
             self.study.enqueue_trial(now.top_up.trial.params, user_attrs={TOPS_UP: now.top_up.trial.number,

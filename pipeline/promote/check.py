@@ -158,7 +158,8 @@ def check_bundle(prepared: PreparedStudy, files: BundleFiles, held_out: list[Req
         replayed = _through_created_model(prepared, bundle, chosen, model_name)
     else:
         replayed = _through_backend(prepared, bundle, chosen)
-    trial = [r for r in held_out if r.request_id in set(ids)]
+    replayed_ids = set(ids)
+    trial = [r for r in held_out if r.request_id in replayed_ids]
     return compare(trial, replayed, accuracy=accuracy, temperature=temperature)
 
 

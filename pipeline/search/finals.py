@@ -31,7 +31,7 @@ from pipeline.search.snapshot import StudySnapshot
 from pipeline.search.topup import TopUp
 from pipeline.search.trials import BASELINE
 
-__all__ = ["Choose", "Finals", "Rival", "finals_of"]
+__all__ = ["Choose", "Finalists", "Finals", "Rival", "finals_of"]
 
 # The policy's choice among a study's points: the number of the trial it picks.
 Choose = Callable[[StudySnapshot], int]
@@ -143,6 +143,24 @@ def _key(trial: optuna.trial.FrozenTrial) -> tuple:
 def _signed(value: float) -> str:
     """A difference as the reports show it: three significant digits, whole units from 100 up (no exponent)."""
     return f"{value:+.0f}" if abs(value) >= 100 else f"{value:+.3g}"
+
+
+class Finalists:
+    """Where the finals of a study stand, asked again after each top-up (``state(budget)``): :func:`finals_of`
+    with every finalist seen so far kept."""
+
+    def __init__(self, study: optuna.Study, objectives: tuple[Objective, ...], choose: Choose,
+                 records: Callable[[optuna.trial.FrozenTrial], list[RequestRecord]], alpha: float, *, most: int,
+                 seed: int = 0) -> None:
+        self._study, self._objectives, self._choose, self._records = study, objectives, choose, records
+        self._alpha, self._most, self._seed = alpha, most, seed
+        self._kept: frozenset[tuple] = frozenset()
+
+    def __call__(self, budget: int) -> Finals:
+        now = finals_of(self._study, self._objectives, self._choose, self._records, self._alpha, most=self._most,
+                        budget=budget, seed=self._seed, kept=self._kept)
+        self._kept = now.finalists
+        return now
 
 
 def _chosen_minus_rival(objective: Objective, gap: tuple[float, float, float]) -> tuple[float, float, float]:

@@ -138,9 +138,9 @@ class TrialLoop:
                                                      f"{', '.join(map(str, now.tied))}; {spent} of {budget} spent",
                                console)
             if not ran:
-                break
+                break  # nothing was measured: where the finals stand has not changed
             spent += ran
-        return state(budget - spent)
+        return now
 
     def _top_up(self, choice: TopUp, doing: str, detail: str, console: Console) -> int:
         """One top-up as a trial of its own; returns the requests it ran (0: an engine failure, or nothing left

@@ -26,7 +26,7 @@ from pipeline.render.plots import plot_fronts
 from pipeline.render.progress import study_progress
 from pipeline.search.drift import REFERENCE, reference_setting, study_monitor
 from pipeline.search.explain import front_explanation, study_note
-from pipeline.search.finals import Choose, Finals, finals_of
+from pipeline.search.finals import Choose, Finalists, Finals
 from pipeline.search.fronts import front_frame, front_trials, measured_trials, superseded, trials_frame
 from pipeline.search.loop import TrialLoop
 from pipeline.search.objectives import trial_values
@@ -213,20 +213,10 @@ class StudyRun:
         verdict as tags (``finals``, ``finals.chosen``, ``finals.tied``) and each rival as a row of
         ``finals.json``."""
         config = self.config
-        most = len(self.ordered) * config.evaluation.repetitions
-
-        kept: frozenset[tuple] = frozenset()
-
-        def state(budget: int) -> Finals:
-            nonlocal kept
-            now = finals_of(self.study, config.objectives, self.choose, self.records.get,
-                            config.evaluation.error_rate, most=most, budget=budget, seed=config.study.seed,
-                            kept=kept)
-            kept = now.finalists
-            return now
-
         if not front_trials(self.study):
             return
+        state = Finalists(self.study, config.objectives, self.choose, self.records.get, config.evaluation.error_rate,
+                          most=len(self.ordered) * config.evaluation.repetitions, seed=config.study.seed)
         self.finals = self.loop.finals(state, budget=self.finals_budget, console=self.console)
         self.tracker.tag_run(self.tracker.parent_run_id, {
             "finals": self.finals.summary(), "finals.chosen": str(self.finals.chosen),
