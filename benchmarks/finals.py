@@ -24,7 +24,7 @@ import optuna
 import pandas as pd
 
 from benchmarks.adaptive import SIZE, VARIANTS, Replayed, Truth
-from benchmarks.common import GRID_DATA, GRID_FULL_CONFIG, GRID_FULL_DATA, ROOT, load, read_grid, write_result
+from benchmarks.common import GRID_FULL_CONFIG, GRID_FULL_DATA, ROOT, load, read_grid, write_result
 from benchmarks.replay import Table
 from pipeline.errors import InputError
 from pipeline.promote.choose import choose_trial
@@ -96,13 +96,13 @@ def run(*, out: Path, smoke: bool = False, seeds: int = 40, grid: Path = GRID_FU
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = time.perf_counter()
     config = replace(load(GRID_FULL_CONFIG), evaluation=replace(load(GRID_FULL_CONFIG).evaluation, limit=SIZE))
-    grid = GRID_DATA if smoke else grid.resolve()
+    grid = grid.resolve()
     table = Table(config, read_grid(grid))
     truth = Truth(table)
     _CONTEXT.update(config=config, table=table, truth=truth)
     arms = ARMS
-    if smoke:  # the 20-request grid: nothing beyond a trial's requests, so the finals end at once
-        seeds, arms = 2, (ARMS[0], ARMS[-1])
+    if smoke:  # the full-split grid still (60 requests: the finals have requests to top up with), 2 seeds
+        seeds, arms = 2, (ARMS[1], ARMS[2])
     tasks = [(seed, arm, policy) for arm in arms for policy in ("knee", "sla") for seed in range(seeds)]
     with multiprocessing.get_context("fork").Pool(1 if smoke else os.cpu_count()) as pool:
         rows = pool.map(_replay, tasks, chunksize=4)

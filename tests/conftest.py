@@ -20,6 +20,19 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
+@pytest.fixture
+def processes():
+    """Servers and workers a test starts (``processes.start(command, ...)``), each stopped with its whole process
+    group when the test ends, whatever failed."""
+    from tests.processes import Processes
+
+    started = Processes()
+    try:
+        yield started
+    finally:
+        started.stop_all()
+
+
 @pytest.fixture(scope="session")
 def experiment():
     from pipeline.job.experiment import load_experiment

@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 from pipeline.commands.cli import main
 from pipeline.testing.ollama_double import OllamaDouble
 from tests.conftest import ROOT, smoke_config
+from tests.processes import Processes, stop
 from tests.test_reliability import environment, mlflow_runs, study_command, trials, wait_for
 
 pytestmark = pytest.mark.slow
@@ -43,13 +44,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def mlflow_server(folder: Path, port: int) -> subprocess.Popen:
-    server = subprocess.Popen(
+def mlflow_server(processes: Processes, folder: Path, port: int) -> subprocess.Popen:
+    """``mlflow server`` on 127.0.0.1:``port``, healthy; ``processes`` stops it whatever fails."""
+    server = processes.start(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder}/server.db",
          "--artifacts-destination", str(folder / "server-artifacts"), "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1"],
         cwd=folder, env={**environment(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def healthy() -> bool:
         try:
@@ -61,43 +63,26 @@ def mlflow_server(folder: Path, port: int) -> subprocess.Popen:
     return server
 
 
-def stop(server: subprocess.Popen) -> None:
-    import os
-    import signal
-
-    os.killpg(server.pid, signal.SIGTERM)
-    try:
-        server.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
-
-
-def test_tracking_server_away_for_a_while(tmp_path):
+def test_tracking_server_away_for_a_while(tmp_path, processes):
     port = free_port()
-    server = mlflow_server(tmp_path, port)
+    server = mlflow_server(processes, tmp_path, port)
     uri = f"http://127.0.0.1:{port}"
     command = study_command(tmp_path, "--trials", "3", "--storage", f"sqlite:///{tmp_path}/optuna.db")
     command[command.index("--tracking-uri") + 1] = uri
-    study = subprocess.Popen(command, cwd=tmp_path, env=environment(), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-    try:
-        storage = f"sqlite:///{tmp_path}/optuna.db"
-        wait_for(lambda: any(t.state == TrialState.COMPLETE for t in trials(storage)), what="a first trial")
-        stop(server)
-        time.sleep(6)  # MLflow's client retries with backoff; the study waits instead of failing
-        server = mlflow_server(tmp_path, port)
-        _, err = study.communicate(timeout=600)
-        assert study.returncode == 0, err[-2000:]
-        client = MlflowClient(uri)
-        runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
-        children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-        assert len(children) == 3 and {r.info.status for r in runs} == {"FINISHED"}
-        assert all("schema_valid_rate" in r.data.metrics for r in children)
-    finally:
-        if study.poll() is None:
-            study.kill()
-        stop(server)
+    study = processes.start(command, cwd=tmp_path, env=environment(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    wait_for(lambda: any(t.state == TrialState.COMPLETE for t in trials(storage)), what="a first trial")
+    stop(server)
+    time.sleep(6)  # MLflow's client retries with backoff; the study waits instead of failing
+    mlflow_server(processes, tmp_path, port)
+    _, err = study.communicate(timeout=600)
+    assert study.returncode == 0, err[-2000:]
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 3 and {r.info.status for r in runs} == {"FINISHED"}
+    assert all("schema_valid_rate" in r.data.metrics for r in children)
 
 
 @pytest.fixture

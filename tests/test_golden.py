@@ -74,6 +74,16 @@ def _clean(value: Any) -> Any:
     return _number(value)
 
 
+def _param(text: str) -> str:
+    """A run's param as MLflow stores it (a string): a float written to 12 significant digits, since the last
+    digit of a sampled value differs between CPUs (numpy's vector kernels)."""
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return text if number.is_integer() or "." not in text else f"{number:.12g}"
+
+
 def _tags(tags: dict[str, str]) -> dict[str, str]:
     """The tags that do not differ between runs, with the checkout's folder written ``<repo>``."""
     return {k: v.replace(str(ROOT), "<repo>") for k, v in sorted(tags.items())
@@ -98,7 +108,7 @@ def study_record(folder: Path) -> dict[str, Any]:
         records.append({
             "name": run.info.run_name, "status": run.info.status,
             "parent": "mlflow.parentRunId" in run.data.tags,
-            "params": dict(sorted(run.data.params.items())),
+            "params": {k: _param(v) for k, v in sorted(run.data.params.items())},
             "metrics": _clean(run.data.metrics),
             "tags": _tags(run.data.tags),
             "artifacts": sorted(a.path for a in client.list_artifacts(run.info.run_id)),

@@ -284,8 +284,9 @@ def test_promote_writes_the_launch_command_and_request_defaults(tmp_path, write_
     assert "--parallel 2" in launch and "--host 127.0.0.1" in launch and "llama-server.sh" in out
     assert (tmp_path / "promoted" / "Modelfile").exists()  # beside it, for Ollama users
     # the server was started again from the written launch command's context and flags, and answered alike
-    check = next(line for line in out.splitlines() if line.startswith("bundle check:"))
-    assert check.endswith("identical answers required; passed"), check
+    lines = out.splitlines()
+    check = next(number for number, line in enumerate(lines) if line.startswith("bundle check:"))
+    assert lines[check + 1].endswith("identical answers required; passed"), lines[check:check + 2]
     assert not server_pids(os.getpid())
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from pipeline.commands.cli import main
 from tests.conftest import ROOT
+from tests.processes import stop
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,6 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SERVER_START_TIMEOUT_S = 90.0
-SERVER_STOP_TIMEOUT_S = 15.0
 # The first page load parses a multi-megabyte UI bundle; a slow CI machine needs more than the default 5 s.
 UI_TIMEOUT_MS = 60_000
 
@@ -67,24 +66,6 @@ def wait_until_healthy(url: str, server: subprocess.Popen[bytes], log: Path) -> 
         time.sleep(0.5)
     pytest.fail(f"mlflow server did not answer {url}/health within {SERVER_START_TIMEOUT_S:.0f} s:\n"
                 f"{log.read_text()[-4000:]}")
-
-
-def stop(server: subprocess.Popen[bytes]) -> None:
-    """Terminate the server's whole process group (the CLI runs uvicorn as a child), then kill whatever is left."""
-    try:
-        os.killpg(server.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        server.wait(timeout=SERVER_STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        # Leftovers of a hung shutdown; an empty group raises, which means nothing is left.
-        os.killpg(server.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    server.wait(timeout=SERVER_STOP_TIMEOUT_S)
 
 
 @contextmanager

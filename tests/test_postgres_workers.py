@@ -8,10 +8,12 @@ heartbeat.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import uuid
 
 import optuna
@@ -22,7 +24,7 @@ from optuna.trial import TrialState
 
 from pipeline.testing.ollama_double import OllamaDouble
 from tests.conftest import smoke_config
-from tests.test_faults import free_port, mlflow_server, stop
+from tests.test_faults import free_port, mlflow_server
 from tests.test_reliability import environment, wait_for
 
 pytestmark = pytest.mark.slow
@@ -55,22 +57,20 @@ def postgres_url(postgres_server):
         _psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-def test_two_machines_share_a_study_and_a_dead_workers_trial_is_retried(engine, tmp_path, postgres_url,
+def test_two_machines_share_a_study_and_a_dead_workers_trial_is_retried(engine, tmp_path, postgres_url, processes,
                                                                           write_config):
     port = free_port()
-    tracking = mlflow_server(tmp_path, port)
+    mlflow_server(processes, tmp_path, port)
     config = write_config(smoke_config(study={"name": "fleet", "batch": 1, "heartbeat_interval_s": 1,
                                               "grace_period_s": 4}, evaluation={"limit": 3}))
-    doubles = [OllamaDouble(engine=engine).start(), OllamaDouble(threads=1).start()]
-    workers: list[subprocess.Popen] = []
-    try:
-        for name, double in zip(("machine-a", "machine-b"), doubles):
-            workers.append(subprocess.Popen(
-                ["python", "-m", "pipeline", "study", "--config", str(config), "--trials", "4", "--backend", "ollama",
-                 "--model", "tuned", "--host", double.url, "--storage", postgres_url,
-                 "--tracking-uri", f"http://127.0.0.1:{port}"],
-                cwd=tmp_path, env={**environment(), "PIPELINE_WORKER": name}, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, text=True))
+    with contextlib.ExitStack() as doubles:
+        workers = [processes.start(
+            [sys.executable, "-m", "pipeline", "study", "--config", str(config), "--trials", "4", "--backend",
+             "ollama", "--model", "tuned", "--host", doubles.enter_context(double).url, "--storage", postgres_url,
+             "--tracking-uri", f"http://127.0.0.1:{port}"],
+            cwd=tmp_path, env={**environment(), "PIPELINE_WORKER": name}, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
+            for name, double in (("machine-a", OllamaDouble(engine=engine)), ("machine-b", OllamaDouble(threads=1)))]
 
         def b_is_mid_trial() -> bool:
             try:
@@ -85,34 +85,25 @@ def test_two_machines_share_a_study_and_a_dead_workers_trial_is_retried(engine, 
         workers[1].wait(timeout=30)
         _, err = workers[0].communicate(timeout=600)
         assert workers[0].returncode == 0, err[-3000:]
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-        for double in doubles:
-            double.stop()
 
-    try:
-        study = optuna.load_study(study_name="fleet", storage=postgres_url)
-        complete = [t for t in study.trials if t.state == TrialState.COMPLETE and "same_as" not in t.user_attrs]
-        failed = [t for t in study.trials if t.state == TrialState.FAIL]
-        assert len(complete) == 4 and len({t.number for t in complete}) == 4
-        assert len(failed) == 1 and failed[0].user_attrs["worker"] == "machine-b"
-        # the retry may be answered from a trial of the same settings that the other machine measured meanwhile
-        retried = [t for t in study.trials if t.state == TrialState.COMPLETE
-                   and RetryHeartbeatStaleTrialCallback.retried_trial_number(t) is not None]
-        assert [RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in retried] == [failed[0].number]
-        assert retried[0].params == failed[0].params and retried[0].user_attrs["worker"] == "machine-a"
-        assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    study = optuna.load_study(study_name="fleet", storage=postgres_url)
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE and "same_as" not in t.user_attrs]
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert len(complete) == 4 and len({t.number for t in complete}) == 4
+    assert len(failed) == 1 and failed[0].user_attrs["worker"] == "machine-b"
+    # the retry may be answered from a trial of the same settings that the other machine measured meanwhile
+    retried = [t for t in study.trials if t.state == TrialState.COMPLETE
+               and RetryHeartbeatStaleTrialCallback.retried_trial_number(t) is not None]
+    assert [RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in retried] == [failed[0].number]
+    assert retried[0].params == failed[0].params and retried[0].user_attrs["worker"] == "machine-a"
+    assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
 
-        client = MlflowClient(f"http://127.0.0.1:{port}")
-        runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
-        parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-        children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-        assert len(parents) == 1 and {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
-        status = {c.data.tags["optuna.trial_number"]: c.info.status for c in children}
-        assert status[str(failed[0].number)] == "FAILED"
-        assert sorted(v for k, v in status.items() if k != str(failed[0].number)) == ["FINISHED"] * 4
-        assert parents[0].info.status == "FINISHED"
-    finally:
-        stop(tracking)
+    client = MlflowClient(f"http://127.0.0.1:{port}")
+    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    status = {c.data.tags["optuna.trial_number"]: c.info.status for c in children}
+    assert status[str(failed[0].number)] == "FAILED"
+    assert sorted(v for k, v in status.items() if k != str(failed[0].number)) == ["FINISHED"] * 4
+    assert parents[0].info.status == "FINISHED"

@@ -90,7 +90,30 @@ def test_llama_cpp_private_names(engine):
         with _llama_cpp.without_extra_buffers(llama_cpp.llama_cpp):
             assert llama_cpp.llama_cpp.llama_model_default_params().use_extra_bufts is False
         assert llama_cpp.llama_cpp.llama_model_default_params().use_extra_bufts is True
+    with fenced("llama_cpp_python", "Llama._model.token_get_text"):
+        eos = engine._vocab.token_eos()
+        # the chat template's end of turn in SmolLM2's vocabulary, as Llama.__init__ gives its own formatter
+        assert _llama_cpp.token_text(engine._vocab, eos) == "<|im_end|>"
     engine.start_trial(512)
     with fenced("llama_cpp_python", "Llama._ctx.ctx"):
         handle = _llama_cpp.context_handle(engine._contexts[512])
         assert llama_cpp.llama_perf_context(handle).n_eval >= 0
+
+
+# names of llama-cpp-python's private members that only the fence may read
+_LLAMA_CPP_PRIVATE = re.compile(r"(?<!\bself)\._(?:model|ctx|batch|sampler)\b")
+
+
+def test_llama_cpp_python_is_read_past_its_public_surface_only_in_its_fence():
+    """``Llama``'s private members (``_model``, ``_ctx`` ...) are read in ``engines/_llama_cpp.py`` and nowhere
+    else; the Ollama double reads the embedded backend through its public properties."""
+    offenders = []
+    for path in sorted((ROOT / "pipeline").rglob("*.py")):
+        if path.name == "_llama_cpp.py":
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if _LLAMA_CPP_PRIVATE.search(line) and not line.lstrip().startswith("#"):
+                offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert offenders == [], "\n".join(offenders)
+    double = (ROOT / "pipeline" / "testing" / "ollama_double.py").read_text()
+    assert not re.search(r"engine\._", double), "the Ollama double reads the embedded backend's internals"

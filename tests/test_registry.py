@@ -5,18 +5,34 @@ from __future__ import annotations
 
 import io
 
-import pandas as pd
+import numpy as np
+import optuna
 import pytest
+from optuna.trial import TrialState
 from rich.console import Console
 
+from pipeline.job.experiment import load_experiment
 from pipeline.job.scoring import AnswerScore, FieldResult
 from pipeline.measure.intervals import interval, per_request, reported_intervals
 from pipeline.measure.metrics import optimistic_bound, summarize
 from pipeline.measure.records import RequestRecord
-from pipeline.measure.registry import BOUNDED_METRICS, CI_METRICS, FIELD_METRIC, REGISTRY, Metric, lookup
+from pipeline.measure.registry import (
+    FIELD_METRIC,
+    REGISTRY,
+    Constraint,
+    Metric,
+    bounded_metrics,
+    ci_metrics,
+    lookup,
+    server_metrics,
+)
+from pipeline.measure.runner import can_abort
 from pipeline.render.tables import front_table
 from pipeline.search.config import load_config
-from tests.conftest import smoke_config
+from pipeline.search.prepare import prepare_study
+from pipeline.search.study import run_study
+from pipeline.testing import FakeBackend, answers_by_request
+from tests.conftest import EXPERIMENT, smoke_config
 
 
 def record(i: int, *, valid: bool = True, right: float = 1.0, ms: float = 100.0, failed: bool = False,
@@ -55,10 +71,10 @@ def test_declared_values_are_the_arithmetic_of_their_definitions():
 
 def test_reported_intervals_are_the_declared_ones():
     names = {k.removesuffix("_ci95_low") for k in reported_intervals(RECORDS) if k.endswith("_ci95_low")}
-    assert names == set(CI_METRICS) == {n for n, m in REGISTRY.items() if m.reported_interval}
+    assert names == set(ci_metrics()) == {n for n, m in REGISTRY.items() if m.reported_interval}
 
 
-@pytest.mark.parametrize("metric", BOUNDED_METRICS)
+@pytest.mark.parametrize("metric", bounded_metrics())
 def test_the_bound_of_every_bounded_metric_is_the_value_with_perfect_requests_added(metric):
     perfect = RequestRecord("", "", None, "", AnswerScore(True, True, True, 1.0, True), 0.0, ttft_ms=0.0)
     expected = summarize(RECORDS + [perfect] * 3)[metric]
@@ -74,16 +90,41 @@ def test_interval_kinds_follow_the_declarations():
     assert lookup("field_accuracy./params/title").direction == "maximize" and lookup("nonsense") is None
 
 
-def test_a_new_metric_is_one_declaration(monkeypatch, write_config):
-    chars = Metric("answer_chars_mean", "minimize", "characters",
-                   lambda t: sum(len(r.answer) for r in t.done) / len(t.done), header="chars")
-    monkeypatch.setitem(REGISTRY, chars.name, chars)
-    assert summarize(RECORDS)["answer_chars_mean"] == 2.0
-    config = load_config(write_config(smoke_config(objectives=[{"metric": "answer_chars_mean"},
-                                                               {"metric": "latency_p95_ms"}])))
-    assert config.objectives[0].direction == "minimize"  # the declared direction is the default
-    front = pd.DataFrame([{"number": 0, "num_ctx": 1024, "answer_chars_mean": 2.0, "latency_p95_ms": 300.0,
-                           "pareto": True, "baseline": False}])
+def test_a_new_metric_is_one_declaration(monkeypatch, tmp_path, write_config):
+    """One ``Metric`` added to the registry is summarised, has its interval, bounds early abort, is accepted by
+    the config as an objective and a constraint, is recorded by every trial of a study and shown in its tables."""
+    bare = Metric("bare_json_rate", "maximize", "share",  # answers that are the JSON alone, no prose around it
+                   lambda t: sum(r.answer.startswith("{") for r in t.records) / len(t.records),
+                   request=lambda r: float(r.answer.startswith("{")), statistic=lambda x, axis: np.mean(x, axis=axis),
+                   bounded=True, interval="wilson", reported_interval=True, header="bare")
+    monkeypatch.setitem(REGISTRY, bare.name, bare)
+    assert summarize(RECORDS)["bare_json_rate"] == 1.0
+    assert bare.name in bounded_metrics() and bare.name in ci_metrics() and bare.name not in server_metrics()
+    assert {f"{bare.name}_ci95_low", f"{bare.name}_ci95_high"} <= set(reported_intervals(RECORDS))
+    assert optimistic_bound(RECORDS[:1], 3, bare.name) == 1.0
+    assert can_abort(Constraint(bare.name, min=0.9)) and not can_abort(Constraint(bare.name, max=0.9))
+
+    right = answers_by_request({e.request: e.expected for e in load_experiment(EXPERIMENT).examples})
+
+    def answer(messages, settings):  # prose around the answer without constrained decoding
+        text = right(messages, settings)
+        return text if settings.format == "schema" else f"Sure! Here is the JSON you asked for: {text}"
+
+    config = write_config(smoke_config(objectives=[{"metric": "bare_json_rate"}, {"metric": "latency_p95_ms"}],
+                                       constraints={"bare_json_rate": {"min": 0.9}}))
+    loaded = load_config(config)
+    assert loaded.objectives[0].direction == "maximize"  # the declared direction is the default
+    prepared = prepare_study(loaded, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", backend=FakeBackend(answer))
+    report = run_study(prepared, trials=6, console=Console(file=io.StringIO()))
+    study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{tmp_path}/optuna.db")
+    trials = [t for t in study.trials if t.state == TrialState.COMPLETE and "same_as" not in t.user_attrs]
+    assert {t.params["format"] for t in trials} == {"off", "schema"}
+    for trial in trials:
+        assert f"{bare.name}_ci95_low" in trial.user_attrs["metrics"]
+        if trial.params["format"] == "off":  # the first long answer already breaks the limit: stopped at once
+            assert trial.user_attrs["metrics"][bare.name] == 0.0 and bare.name in trial.user_attrs["aborted"]
+        else:
+            assert trial.user_attrs["metrics"][bare.name] == 1.0 and "aborted" not in trial.user_attrs
     console = Console(file=io.StringIO(), width=120)
-    console.print(front_table(front, "front", settings=("num_ctx",), objectives=["answer_chars_mean"]))
-    assert "chars" in console.file.getvalue()
+    console.print(front_table(report.front, "front", settings=("format",), objectives=[bare.name]))
+    assert "bare" in console.file.getvalue()

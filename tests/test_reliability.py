@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from tests.conftest import ROOT
+from tests.processes import Processes
 
 pytestmark = pytest.mark.slow
 
@@ -40,9 +41,10 @@ def _interruptible() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def start(folder: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(study_command(folder, *extra), cwd=folder, env=environment(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=_interruptible)
+def start(processes: Processes, folder: Path, *extra: str) -> subprocess.Popen:
+    """A study worker, stopped by ``processes`` at the end whatever fails."""
+    return processes.start(study_command(folder, *extra), cwd=folder, env=environment(), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, preexec_fn=_interruptible)
 
 
 def finish(workers: list[subprocess.Popen], *, timeout: float = 600) -> list[tuple[str, str]]:
@@ -93,9 +95,9 @@ def mlflow_runs(folder: Path):
             [r for r in runs if "mlflow.parentRunId" in r.data.tags])
 
 
-def test_killed_mid_trial_then_the_same_command_resumes(tmp_path):
+def test_killed_mid_trial_then_the_same_command_resumes(tmp_path, processes):
     storage = f"sqlite:///{tmp_path}/optuna.db"
-    first = start(tmp_path, "--trials", "4")
+    first = start(processes, tmp_path, "--trials", "4")
     wait_for(lambda: running_with_run(storage), what="a completed trial and one in progress")
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
@@ -125,9 +127,9 @@ def test_killed_mid_trial_then_the_same_command_resumes(tmp_path):
     assert lost.info.status == "FAILED" and "is gone" in lost.data.tags["failure"]
 
 
-def test_ctrl_c_marks_the_running_trial_and_stops(tmp_path):
+def test_ctrl_c_marks_the_running_trial_and_stops(tmp_path, processes):
     storage = f"sqlite:///{tmp_path}/optuna.db"
-    worker = start(tmp_path, "--trials", "5", "--limit", "10")  # trials long enough to be caught running
+    worker = start(processes, tmp_path, "--trials", "5", "--limit", "10")  # trials long enough to be caught running
     wait_for(lambda: running_with_run(storage), what="a trial in progress")
     worker.send_signal(signal.SIGINT)
     _, err = worker.communicate(timeout=120)
@@ -141,11 +143,11 @@ def test_ctrl_c_marks_the_running_trial_and_stops(tmp_path):
     assert any(r.info.status == "FAILED" and "KeyboardInterrupt" in r.data.tags.get("failure", "") for r in children)
 
 
-def test_two_workers_share_one_study_on_a_journal_file(tmp_path):
+def test_two_workers_share_one_study_on_a_journal_file(tmp_path, processes):
     storage = f"journal://{tmp_path}/study.log"
     # each its share of the cores: two engines spinning on every core can take minutes for a trial of seconds
     threads = str(max(1, (os.cpu_count() or 2) // 2))
-    workers = [start(tmp_path, "--trials", "4", "--storage", storage, "--threads", threads) for _ in range(2)]
+    workers = [start(processes, tmp_path, "--trials", "4", "--storage", storage, "--threads", threads) for _ in range(2)]
     results = finish(workers)
     for worker, (_, err) in zip(workers, results):
         assert worker.returncode == 0, err[-2000:]

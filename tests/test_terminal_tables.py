@@ -20,6 +20,8 @@ from pipeline.measure.registry import Objective
 from pipeline.render.plots import front_labels, plot_fronts
 from pipeline.render.progress import study_progress
 from pipeline.render.tables import (
+    HEADERS,
+    METRIC_COLUMNS,
     coverage_table,
     front_summary,
     front_table,
@@ -86,8 +88,15 @@ def test_wide_keeps_every_setting_and_metric_as_a_column(report):
     text = rendered(front_table(report.front, "front", settings=SETTINGS, objectives=["field_accuracy"],
                                 trials=report.trials), 400)
     header = next(line for line in text.splitlines() if "trial" in line)
-    for column in ("ctx", "predict", "temp", "shots", "prompt", "fields", "p95 ms", "valid"):
-        assert column in header
+    varying = [s for s in SETTINGS if s in report.trials and report.trials[s].nunique() > 1]
+    assert len(varying) >= 7  # the default space: nearly every setting differs between trials
+    metrics = [m for m in dict.fromkeys(["field_accuracy", *METRIC_COLUMNS])
+               if m in report.front and not report.front[m].isna().all()]
+    wanted = [HEADERS.get(column, column) for column in varying + metrics]
+    at = 0
+    for column in wanted:  # every varying setting, then every measured metric, as a column in that order
+        assert column in header[at:], (column, header)
+        at = header.index(column, at) + len(column)
     assert build_parser().parse_args(["study", "--wide"]).wide is True
     assert build_parser().parse_args(["compare", "a", "--wide"]).wide is True
     assert build_parser().parse_args(["study"]).wide is False
@@ -230,6 +239,44 @@ def test_the_progress_lines_fit(width, trials, requests, number):
     (running,) = [line for line in lines if line.startswith(f"trial {number} requests ")]
     assert re.search(rf" 3/{trials} \d+:\d\d:\d\d eta (\d+:\d\d:\d\d|-:--:--)$", done.rstrip()), done
     assert re.search(rf" 17/{requests} \d+:\d\d:\d\d eta (\d+:\d\d:\d\d|-:--:--)$", running.rstrip()), running
+
+
+def test_no_empty_or_stale_bar_is_left_on_screen():
+    """A run that adds no trials (finals, top-ups) draws no "trials 0/0" bar; a trial's requests bar is there
+    while it runs and gone when it ends, all its requests run or not (racing, early abort)."""
+    console = Console(file=io.StringIO(), width=100, record=True, force_terminal=False)
+    with study_progress(console, trials=0, requests=20) as progress:
+        progress.trial_started(16)
+        for _ in range(4):
+            progress.request_done()
+        progress.trial_measured()  # raced after 4 of its 20 requests
+    assert console.export_text().strip() == ""
+    console = Console(file=io.StringIO(), width=100, record=True, force_terminal=False)
+    with study_progress(console, trials=2, requests=20) as progress:
+        for number in range(2):
+            progress.trial_started(number)
+            progress.request_done()
+            progress.trial_measured()
+            progress.trial_done()
+    (line,) = console.export_text().strip().splitlines()
+    assert line.startswith("trials ") and " 2/2 " in line
+
+
+def test_the_study_and_promote_print_no_library_progress_bars(tmp_path, capfd):
+    """MLflow's artifact downloads draw no bars around the tool's own lines, and no bar is left half-filled."""
+    assert main(["study", "--config", str(ROOT / "configs" / "smoke.yaml"), "--trials", "2",
+                 "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]) == 0
+    study = capfd.readouterr()
+    # the knee with finals (top-ups, no new trials), the held-out check and the bundle check, each kept short
+    assert main(["promote", "smoke", "--config", str(ROOT / "configs" / "smoke.yaml"), "--finals-requests", "3",
+                 "--repetitions", "1", "--check-requests", "2", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+                 "--output", str(tmp_path / "out")]) in (0, 1)  # 1: refused, which prints all the same
+    promote = capfd.readouterr()
+    for text in (study.out + study.err, promote.out + promote.err):
+        assert "Downloading artifacts" not in text and "0/0" not in text and "requests 0/" not in text, text
+    check = [line for line in promote.out.splitlines() if line.lstrip().startswith("bundle check")
+             or "identical answers required" in line or "decoding varies" in line]
+    assert check and all(len(line) <= 100 for line in check), check  # the bundle check's lines fit
 
 
 def test_a_group_of_tied_points_is_labelled_once(tmp_path, monkeypatch):

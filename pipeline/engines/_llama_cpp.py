@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-__all__ = ["READ_AGAINST", "context_handle", "without_extra_buffers"]
+__all__ = ["READ_AGAINST", "context_handle", "token_text", "without_extra_buffers"]
 
 READ_AGAINST = "0.3.36"
 
@@ -18,6 +18,13 @@ def context_handle(llm: Any) -> Any:
     """The llama.cpp context pointer of a loaded ``Llama`` (``Llama._ctx.ctx``): its performance counters
     (``llama_perf_context``) take it, and ``Llama`` has no public accessor."""
     return llm._ctx.ctx
+
+
+def token_text(llm: Any, token: int) -> str:
+    """A token's text as the vocabulary holds it (``Llama._model.token_get_text``): what ``Llama.__init__``
+    itself gives its chat formatter as the BOS and EOS tokens; ``Llama`` has no public accessor (its
+    ``detokenize`` renders a token as a piece of output, not as the vocabulary's text)."""
+    return llm._model.token_get_text(token)
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pipeline.engines._llama_cpp import context_handle, without_extra_buffers
+from pipeline.engines._llama_cpp import context_handle, token_text, without_extra_buffers
 from pipeline.engines.base import Backend, Generation, Message, RequestFailed
 from pipeline.engines.settings import InferenceSettings
 from pipeline.errors import BackendError, ModelError
@@ -112,18 +112,33 @@ class EmbeddedBackend(Backend):
         template = self._vocab.metadata.get("tokenizer.chat_template")
         if not template:
             raise ModelError(f"model file {self.model_path} has no chat template; use an instruct model")
-        vocab_model = self._vocab._model
         eos, bos = self._vocab.token_eos(), self._vocab.token_bos()
         self._formatter = Jinja2ChatFormatter(
             template=template,
-            eos_token=vocab_model.token_get_text(eos) if eos != -1 else "",
-            bos_token=vocab_model.token_get_text(bos) if bos != -1 else "",
+            eos_token=token_text(self._vocab, eos) if eos != -1 else "",
+            bos_token=token_text(self._vocab, bos) if bos != -1 else "",
             stop_token_ids=[eos],
         )
 
     @property
     def base_model(self) -> str:
         return str(self.model_path)
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The model file's GGUF metadata, as llama.cpp reads it (``general.file_type``, ``general.size_label``,
+        ``tokenizer.chat_template`` ...)."""
+        return dict(self._vocab.metadata)
+
+    def file_type_name(self) -> str:
+        """The file's quantization type (``general.file_type``) as the last part of llama.cpp's
+        ``LLAMA_FTYPE_*`` name (``Q4_1`` for ``LLAMA_FTYPE_MOSTLY_Q4_1``), or "" when the file does not say."""
+        names = {getattr(self._llama_cpp, name): name.split("_", 3)[-1]
+                 for name in dir(self._llama_cpp) if name.startswith("LLAMA_FTYPE_")}
+        try:
+            return names.get(int(self.metadata.get("general.file_type", "")), "")
+        except ValueError:
+            return ""
 
     @cached_property
     def sha256(self) -> str:

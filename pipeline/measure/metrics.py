@@ -23,7 +23,7 @@ from pipeline.job.pointers import MISSING
 from pipeline.job.scoring import AnswerScore
 from pipeline.measure.intervals import reported_intervals
 from pipeline.measure.records import RequestRecord
-from pipeline.measure.registry import BOUNDED_METRICS, REGISTRY, Trial, field_metric
+from pipeline.measure.registry import REGISTRY, Trial, bounded_metrics, field_metric
 
 __all__ = ["confidence_intervals", "measured_metrics", "optimistic_bound", "summarize"]
 
@@ -76,13 +76,14 @@ def optimistic_bound(records: list[RequestRecord], total: int, metric: str) -> f
     """The best value of ``metric`` a trial of ``total`` requests can still reach after ``records``.
 
     The requests not yet run are taken as perfect: correct, not truncated, answered in 0 ms. Every metric of
-    :data:`BOUNDED_METRICS` is monotone in each request, so no real outcome of those requests can do better
-    (a latency percentile only falls when 0 ms values are added; a rate only rises with correct answers).
+    :func:`~pipeline.measure.registry.bounded_metrics` is monotone in each request, so no real outcome of those
+    requests can do better (a latency percentile only falls when 0 ms values are added; a rate only rises with
+    correct answers).
 
     Raises:
         ValueError: ``metric`` is not bounded this way.
     """
-    if metric not in BOUNDED_METRICS:
+    if metric not in bounded_metrics():
         raise ValueError(f"{metric} has no optimistic bound")
     missing = max(total - len(records), 0)
     declared = REGISTRY[metric]

@@ -26,8 +26,9 @@ import numpy as np
 from pipeline.job.pointers import ANY, format_pointer, parse_pointer
 from pipeline.measure.records import RequestRecord
 
-__all__ = ["BOUNDED_METRICS", "CI_METRICS", "FIELD_METRIC", "METRICS", "REGISTRY", "SERVER_METRICS", "Constraint",
-           "Direction", "Metric", "Objective", "Trial", "field_metric", "lookup", "metric_direction", "metric_name"]
+__all__ = ["FIELD_METRIC", "METRICS", "REGISTRY", "Constraint", "Direction", "Metric", "Objective", "Trial",
+           "bounded_metrics", "ci_metrics", "field_metric", "lookup", "metric_direction", "metric_name",
+           "server_metrics"]
 
 Direction = Literal["maximize", "minimize"]
 # How racing and ties bound a metric: "wilson" (a rate of 0/1 outcomes), "share" (a mean of per-request shares:
@@ -265,12 +266,26 @@ _DECLARED: tuple[Metric, ...] = (
 REGISTRY: dict[str, Metric] = {m.name: m for m in _DECLARED}
 # Every declared metric with the direction in which it is better.
 METRICS: dict[str, str] = {name: m.direction for name, m in REGISTRY.items()}
-SERVER_METRICS = tuple(name for name, m in REGISTRY.items() if m.group == "server")
-# Metrics with a 95% bootstrap interval, logged as ``<metric>_ci95_low`` and ``<metric>_ci95_high``.
-CI_METRICS = tuple(name for name, m in REGISTRY.items() if m.reported_interval and m.unit == "share") + tuple(
-    name for name, m in REGISTRY.items() if m.reported_interval and m.unit != "share")
-# Metrics whose value over the requests so far plus perfect ones bounds every value the finished trial can have.
-BOUNDED_METRICS = tuple(name for name, m in REGISTRY.items() if m.bounded)
+
+
+# What is derived from the declarations is read from REGISTRY when asked, so that a metric added to it (as a test
+# adds one) is in each of these at once.
+def server_metrics() -> tuple[str, ...]:
+    """The metrics only a server's own timings give."""
+    return tuple(name for name, m in REGISTRY.items() if m.group == "server")
+
+
+def ci_metrics() -> tuple[str, ...]:
+    """Metrics with a 95% bootstrap interval, logged as ``<metric>_ci95_low`` and ``<metric>_ci95_high``:
+    the shares first."""
+    reported = [name for name, m in REGISTRY.items() if m.reported_interval]
+    return tuple(sorted(reported, key=lambda name: REGISTRY[name].unit != "share"))
+
+
+def bounded_metrics() -> tuple[str, ...]:
+    """Metrics whose value over the requests so far plus perfect ones bounds every value the finished trial can
+    have (early abort's optimistic bound)."""
+    return tuple(name for name, m in REGISTRY.items() if m.bounded)
 
 
 def field_metric(path: str) -> str:

@@ -24,7 +24,7 @@ from pipeline.job.scoring import Scorer
 from pipeline.measure.metrics import optimistic_bound
 from pipeline.measure.racing import Race
 from pipeline.measure.records import RequestRecord
-from pipeline.measure.registry import BOUNDED_METRICS, Constraint, metric_direction
+from pipeline.measure.registry import Constraint, bounded_metrics, metric_direction
 
 __all__ = ["Abort", "PreparedRequest", "SettingRun", "TrialOutcome", "TrialPlan", "abort_reason", "can_abort",
            "check_fit", "prepare_requests", "run_trial"]
@@ -81,7 +81,7 @@ class TrialOutcome:
 def can_abort(constraint: Constraint) -> bool:
     """Whether requests can show early that ``constraint`` will be broken: a limit on the side a perfect
     request cannot help (a maximum on a latency, a minimum on a rate)."""
-    if constraint.metric not in BOUNDED_METRICS:
+    if constraint.metric not in bounded_metrics():
         return False
     wanted = "minimize" if constraint.max is not None else "maximize"
     return metric_direction(constraint.metric) == wanted

@@ -18,23 +18,29 @@ BAR = 24
 
 
 class StudyProgress:
-    """Two bars: trials of this run, and requests of the trial that is running."""
+    """Two bars: trials of this run (none when the run adds no trials: finals and top-ups only), and requests of
+    the trial that is running, shown only while it runs (a trial stopped early leaves no half-filled bar)."""
 
     def __init__(self, progress: Progress, *, trials: int, requests: int) -> None:
         self._progress = progress
         self._requests_per_trial = requests
-        self._trials = progress.add_task("trials", total=max(trials, 0))
-        self._requests = progress.add_task("requests", total=requests)
+        self._trials = progress.add_task("trials", total=trials) if trials > 0 else None
+        self._requests = progress.add_task("requests", total=requests, visible=False)
 
     def trial_started(self, number: int) -> None:
         self._progress.reset(self._requests, total=self._requests_per_trial,
-                             description=f"trial {number} requests")
+                             description=f"trial {number} requests", visible=True)
 
     def request_done(self) -> None:
         self._progress.advance(self._requests)
 
+    def trial_measured(self) -> None:
+        """The trial's requests are over, all of them or not: its bar goes."""
+        self._progress.update(self._requests, visible=False)
+
     def trial_done(self) -> None:
-        self._progress.advance(self._trials)
+        if self._trials is not None:
+            self._progress.advance(self._trials)
 
 
 @contextlib.contextmanager

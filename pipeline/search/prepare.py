@@ -21,7 +21,7 @@ from pipeline.engines.settings import CORE_PARAMETERS, settings_of
 from pipeline.errors import ConfigError, DataError, did_you_mean
 from pipeline.job.experiment import Example, Experiment, load_experiment
 from pipeline.job.prompts import PromptLibrary, load_prompts
-from pipeline.measure.registry import FIELD_METRIC, SERVER_METRICS, field_metric
+from pipeline.measure.registry import FIELD_METRIC, field_metric, server_metrics
 from pipeline.measure.runner import check_fit, prepare_requests
 from pipeline.search.config import MIN_RACED, OPTIONAL_PARAMETERS, RACING_STAGES, ParamSpec, StudyConfig
 from pipeline.tracking.locations import resolve_stores
@@ -85,10 +85,10 @@ def prepare_study(config: StudyConfig, *, tracking_uri: str | None = None,
         raise ConfigError(f"{config.path}: {problem}")
     if config.baseline is not None:
         _check_fits(config, experiment, prompts, backend, config.baseline, f"{config.path} (baseline)")
-    server_metrics = [m for m in _metrics_used(config) if m in SERVER_METRICS]
-    if server_metrics and not backend.server_timings:
+    on_server = [m for m in _metrics_used(config) if m in server_metrics()]
+    if on_server and not backend.server_timings:
         backend.close()
-        raise ConfigError(f"{config.path}: {server_metrics[0]} is measured only against a server; "
+        raise ConfigError(f"{config.path}: {on_server[0]} is measured only against a server; "
                           f"the {backend.name} backend was chosen ({choice})")
     return PreparedStudy(config, experiment, prompts, examples, warmup, backend, choice, uri, storage)
 

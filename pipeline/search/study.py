@@ -271,6 +271,8 @@ class StudyRun:
         except BaseException as exc:
             self.tracker.fail_trial(run_id, f"{type(exc).__name__}: {exc}")
             raise
+        finally:
+            self.progress.trial_measured()
         self.records.keep(trial.number, outcome.records)
         if self.drift is not None and not outcome.infeasible:
             self.drift.trial_done(trial.number)

@@ -698,10 +698,8 @@ class OllamaDouble:
 
     def _read_file_info(self, path: Path) -> _FileInfo:
         engine = self._engine_for(path)
-        metadata: dict[str, str] = dict(engine._vocab.metadata)
-        file_types = {getattr(engine._llama_cpp, name): name.split("_", 3)[-1]
-                      for name in dir(engine._llama_cpp) if name.startswith("LLAMA_FTYPE_")}
-        quantization = file_types.get(_gguf_value(metadata.get("general.file_type", "")), "")
+        metadata = engine.metadata
+        quantization = engine.file_type_name()
         if not quantization or quantization == "GUESSED":
             match = _QUANT_IN_NAME.search(path.name)
             quantization = match.group(1).upper() if match else "unknown"

@@ -37,6 +37,10 @@ from pipeline.tracking.locations import sqlite_folder
 
 __all__ = ["ArtifactWriteError", "StudyTracker", "log_batch", "log_comparison", "metric_key", "start_run"]
 
+# MLflow draws a "Downloading artifacts" bar for every table the tool reads back (three a trial at promotion),
+# around the tool's own lines; it reads this variable at each download, so a user who sets it keeps the bars.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
 _MAX_BATCH = 100  # MLflow's limit of params per log_batch call
 
 
