@@ -167,11 +167,12 @@ class Replayed:
                                                        for t in front_trials(self.study))))
         return ran
 
-    def finals(self, choose, budget: int) -> Finals:
+    def finals(self, choose, budget: int, decide_on=None) -> Finals:
         """The finals as a study holds them (``finals.finals_of``): top-ups of the choice and its tied rivals until
-        decided, the split used up or ``budget`` more requests spent."""
+        decided (on ``decide_on``, default: every objective), the split used up or ``budget`` more requests
+        spent."""
         config, start = self.config, self.spent
-        state = Finalists(self.study, config.objectives, choose, lambda t: self.records[t.number],
+        state = Finalists(self.study, decide_on or config.objectives, choose, lambda t: self.records[t.number],
                           config.evaluation.error_rate, most=len(self.order), seed=config.study.seed)
         while True:
             now = state(budget - (self.spent - start))

@@ -210,7 +210,9 @@ def test_promotion_is_refused_below_the_baselines_accuracy_and_says_when_slower(
     with pytest.raises(PromotionRefused) as caught:
         promote_with(tmp_path, baseline_study, wrong, FakeBackend(RIGHT))
     assert caught.value.exit_code == 3
-    assert "below the baseline's 1.000 (the settings served today, measured side by side)" in str(caught.value)
+    # every answer wrong against every answer right: the whole paired interval far past the margin
+    assert "below the baseline's (the settings served today, measured side by side) by more than the margin 0.02: " \
+           "-1.000 [-1.000, -1.000], paired" in str(caught.value)
     report = caught.value.report
     assert slower(report.gains).startswith("the candidate is slower than the baseline: p50 ×")
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")

@@ -164,3 +164,15 @@ def test_serving_smoke(tmp_path):
     assert [r["batch"] for r in result["batched_bench"]] == [1, 2]
     assert result["output_tokens_per_s_bound"] > 0 and result["batch_gain"] > 0
     assert result["http_overhead"]["requests"] == 3
+
+
+def test_policies_smoke(tmp_path):
+    result = bench(tmp_path, "policies")
+    assert result["seeds"] == 2
+    rows = {(row["arm"], row["band"]): row for row in result["summary"]}
+    default = rows[("accuracy, margin 0.02, finals on accuracy (the default)", 0.02)]
+    assert default["promoted"] == 1.0 and 0 <= default["within"] <= 1 and default["regret"] >= 0
+    for replay in result["replays"]:  # judged against what that replay measured: never above its best
+        assert replay["accuracy"] <= replay["best_measured_accuracy"] + 1e-12
+        assert replay["within"] == (replay["accuracy"] >= replay["best_measured_accuracy"] - replay["band"])
+        assert 0 <= replay["finals"] <= 160

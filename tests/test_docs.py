@@ -22,6 +22,8 @@ from pipeline.engines.settings import CORE_PARAMETERS
 from pipeline.measure.intervals import reported_intervals
 from pipeline.measure.racing import BOUND_SUFFIXES
 from pipeline.measure.registry import REGISTRY, ci_metrics, field_metric
+from pipeline.promote.policies import DEFAULT
+from pipeline.promote.policies import REGISTRY as REGISTRY_OF_POLICIES
 from pipeline.search.config import PARAMETERS
 from tests.conftest import ROOT
 
@@ -83,6 +85,16 @@ def _allowed(kind: type, allowed: Any) -> str:
     return f"≥ {allowed:g}"
 
 
+def policies_table() -> str:
+    """Every promotion policy with the sentence it says what it promotes in (markup: its option names as code)."""
+    def sentence(text: str) -> str:
+        return re.sub(r"(--[a-z0-9-]+(?: N)?|latency_p95_ms)", r"`\1`", text)
+
+    return table(("policy", "what it promotes"),
+                 [(code(name) + (" (default)" if name == DEFAULT else ""), sentence(p.sentence))
+                  for name, p in REGISTRY_OF_POLICIES.items()])
+
+
 def server_settings_table() -> str:
     rows = [(code(name), code(s.flag), _allowed(s.kind, s.allowed), _counterpart(s.ollama), _counterpart(s.vllm))
             for name, s in SERVER_SETTINGS.items()]
@@ -134,6 +146,7 @@ def bad_input_table() -> str:
 GENERATED: list[tuple[str, str, Callable[[], str]]] = [
     ("metrics.md", "metrics", metrics_table),
     ("backends.md", "server-settings", server_settings_table),
+    ("browse-compare-promote.md", "policies", policies_table),
     ("study.md", "search-space", search_space_table),
     ("errors.md", "bad-input", bad_input_table),
 ]

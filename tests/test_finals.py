@@ -70,8 +70,8 @@ def test_two_settings_that_serve_alike_end_not_decided_with_the_split_used_up(tm
     assert parent.data.tags["finals"].startswith("not decided") and parent.data.tags["finals.tied"] == \
         str(finals.tied[0])
     lines = finals.lines()
-    assert any("(baseline)" in line and line.endswith("on 3 shared requests: decided") for line in lines)
-    assert any(line.endswith("on 60 shared requests: tied") for line in lines)
+    assert any("(baseline), decided on 3 shared requests:" in line for line in lines)
+    assert any(line.endswith("tied on 60 shared requests:") for line in lines)
 
 
 def test_finalists_already_decided_spend_nothing_more(tmp_path, write_config):

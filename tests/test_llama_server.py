@@ -269,7 +269,7 @@ def test_promote_writes_the_launch_command_and_request_defaults(tmp_path, write_
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     assert main(["study", "--config", str(config), "--trials", "1", "--tracking-uri", uri]) == 0
     code = main(["promote", "smoke", "--config", str(config), "--policy", "trial", "--trial", "0",
-                 "--repetitions", "1", "--tolerance", "1", "--output", str(tmp_path / "promoted"),
+                 "--repetitions", "1", "--margin", "1", "--output", str(tmp_path / "promoted"),
                  "--tracking-uri", uri])
     out = capsys.readouterr().out
     assert code == 0, out
@@ -286,7 +286,7 @@ def test_promote_writes_the_launch_command_and_request_defaults(tmp_path, write_
     # the server was started again from the written launch command's context and flags, and answered alike
     lines = out.splitlines()
     check = next(number for number, line in enumerate(lines) if line.startswith("bundle check:"))
-    assert lines[check + 1].endswith("identical answers required; passed"), lines[check:check + 2]
+    assert lines[check + 2].endswith("identical answers required; passed"), lines[check:check + 3]
     assert not server_pids(os.getpid())
 
 

@@ -274,6 +274,12 @@ def test_the_study_and_promote_print_no_library_progress_bars(tmp_path, capfd):
     promote = capfd.readouterr()
     for text in (study.out + study.err, promote.out + promote.err):
         assert "Downloading artifacts" not in text and "0/0" not in text and "requests 0/" not in text, text
+    # the menu: what each policy would promote, the default's row marked, every line within 100 columns
+    lines = promote.out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("what each policy would promote"))
+    rows = [line for line in lines[start:start + 10] if line.split()[:1] in (["accuracy"], ["latency"], ["knee"])]
+    assert [row.split()[0] for row in rows] == ["accuracy", "latency", "knee"] and "(chosen)" in rows[0], lines
+    assert all(len(line) <= 100 for line in lines[start:start + 10]), lines[start:start + 10]
     check = [line for line in promote.out.splitlines() if line.lstrip().startswith("bundle check")
              or "identical answers required" in line or "decoding varies" in line]
     assert check and all(len(line) <= 100 for line in check), check  # the bundle check's lines fit

@@ -6,14 +6,19 @@ import argparse
 import math
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
+from rich.table import Table
 
 from pipeline.commands import options
 from pipeline.errors import ConfigError, InputError, redact_url
 from pipeline.measure.gain import slower
+from pipeline.promote.choose import MenuRow
+from pipeline.promote.policies import DEFAULT, REGISTRY, policy_named
 from pipeline.promote.promotion import (
     CHAMPION,
     FINALS_REQUESTS,
+    MARGIN,
     PromotionPolicy,
     PromotionRefused,
     PromotionReport,
@@ -32,18 +37,21 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     promote.add_argument("study", help="the study to promote from")
     options.engine_options(promote)
     options.store_options(promote)
-    promote.add_argument("--policy", choices=("knee", "sla", "trial"), default="knee",
-                         help="knee of the front, best accuracy within --sla-p95-ms, or --trial N")
+    promote.add_argument("--policy", type=_policy, default=DEFAULT,
+                         help="what to promote: " + "; ".join(f"{name}: {p.sentence}" for name, p in REGISTRY.items())
+                              + f" (default: {DEFAULT})")
     promote.add_argument("--sla-p95-ms", type=options.optional(options.positive_float),
                          help="latency limit of the sla policy (also checked on held-out data)")
     promote.add_argument("--trial", type=options.optional(options.whole_number), help="trial number for --policy trial")
-    promote.add_argument("--tolerance", type=options.share, default=0.05,
-                         help="largest drop of held-out accuracy below dev accuracy that is accepted")
+    promote.add_argument("--margin", type=options.share, default=MARGIN,
+                         help="in the accuracy metric's units: how far below the most accurate point (accuracy "
+                              "policy) or the baseline (latency policy, and the held-out check) a setting may be "
+                              f"(default: {MARGIN:g}, chosen from replays: BENCHMARKS.md)")
     promote.add_argument("--repetitions", type=options.positive_int, default=2, help="passes over the held-out split")
     promote.add_argument("--finals-requests", type=options.optional(options.whole_number),
                          help="dev requests to spend first measuring the policy's finalists (the front and the "
                               "baseline) until its choice is decided against each (0: choose on the study's own; "
-                              f"default: {FINALS_REQUESTS['knee']} for knee, {FINALS_REQUESTS['sla']} for sla)")
+                              "default: " + ", ".join(f"{n} for {p}" for p, n in FINALS_REQUESTS.items()) + ")")
     promote.add_argument("--prefer", choices=("policy", "accuracy", "latency"), default="policy",
                          help="what breaks a tie the measurements could not: the policy's own pick stands "
                               "(default), or the most accurate, or the fastest of the tied points")
@@ -55,9 +63,17 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     promote.add_argument("--output", type=Path, default=Path("promoted"), help="folder for Modelfile and sidecar")
 
 
+def _policy(name: str) -> str:
+    """A registered policy's name; an unknown one is refused with the closest name."""
+    try:
+        return policy_named(name).name
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def run(args: argparse.Namespace, console: Console) -> int:
     policy = PromotionPolicy(policy=args.policy, sla_p95_ms=args.sla_p95_ms, trial=args.trial,
-                             tolerance=args.tolerance, repetitions=args.repetitions,
+                             margin=args.margin, repetitions=args.repetitions,
                              check_requests=args.check_requests, finals_requests=args.finals_requests,
                              prefer=args.prefer,
                              registered_model=args.registered_model or None, ollama_name=args.ollama_name or None,
@@ -103,6 +119,8 @@ def _measured(out: Console, report: PromotionReport, config: StudyConfig) -> Non
             out.print(line, markup=False)
     if report.choice:
         out.print(report.choice, markup=False)
+    if report.menu:
+        out.print(_menu(report.menu, report), width=min(out.width, 100))
     if report.gains:
         out.print(gain_table(report.gains, "the candidate against the baseline (held-out, side by side)"))
         out.print(slower(report.gains) or "the candidate is not slower than the baseline", markup=False)
@@ -116,3 +134,25 @@ def _measured(out: Console, report: PromotionReport, config: StudyConfig) -> Non
                   markup=False)
     if report.check is not None:
         out.print(report.check.summary(), markup=False)
+
+
+def _menu(rows: list[MenuRow], report: PromotionReport) -> Table:
+    """What each policy would promote from this study, with its dev figures and its paired differences to the
+    promoted point: one row a policy, in 100 columns."""
+    metric = report.accuracy or "field_accuracy"
+    table = Table(title="what each policy would promote (dev; against the promoted point, paired where measured "
+                        "together)", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in ("policy", "trial", metric.replace("field_accuracy", "fields"), "p95 ms", "accuracy vs promoted",
+                   "latency vs promoted"):
+        table.add_column(column, justify="left" if column == "policy" else "right")
+    for row in rows:
+        if row.trial is None:  # why, without the details in parentheses
+            table.add_row(row.policy, "", "", "", row.unavailable.split(" (")[0], "")
+            continue
+        same = row.trial.number == report.trial
+        table.add_row(row.policy + (" (chosen)" if same else ""), str(row.trial.number),
+                      f"{row.trial.metrics.get(metric, float('nan')):.3g}",
+                      f"{row.trial.metrics.get('latency_p95_ms', float('nan')):.0f}",
+                      "the promoted point" if same or row.accuracy is None else row.accuracy.text(),
+                      "" if same or row.latency is None else row.latency.text())
+    return table

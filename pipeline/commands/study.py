@@ -9,6 +9,7 @@ from rich.console import Console
 from pipeline.commands import options
 from pipeline.errors import redact_url
 from pipeline.promote.choose import choose_trial
+from pipeline.promote.policies import policy_named
 from pipeline.promote.promotion import PromotionPolicy
 from pipeline.render.tables import front_summary, front_table
 from pipeline.search.config import SAMPLERS
@@ -36,9 +37,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                        help="requests to spend topping up the front and the points tied with it, until their order "
                             "is decided (alone: no new trials; default: the config's evaluation.refine_requests)")
     study.add_argument("--finals", type=options.optional(options.whole_number), default=0,
-                       help="requests to spend measuring the knee's finalists (the front and the baseline) on more "
-                            "of the dev split until the knee is decided against each, as promote does first "
-                            "(alone: no new trials)")
+                       help="requests to spend measuring the default policy's finalists (the front and the "
+                            "baseline) on more of the dev split until its choice is decided against each, as promote "
+                            "does first (alone: no new trials)")
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
@@ -50,11 +51,14 @@ def run(args: argparse.Namespace, console: Console) -> int:
         trials = args.trials or (0 if alone else config.study.trials)
         objectives = config.objectives
 
-        def knee(snapshot: StudySnapshot) -> int:
-            return choose_trial(snapshot, objectives, PromotionPolicy()).trial.number
+        default = PromotionPolicy()  # promote's default policy and options
+
+        def chosen(snapshot: StudySnapshot) -> int:
+            return choose_trial(snapshot, objectives, default, alpha=config.evaluation.error_rate).trial.number
 
         report = run_study(prepared, trials=trials, console=console, refine=args.refine,
-                           choose=knee if args.finals else None, finals=args.finals or 0)
+                           choose=chosen if args.finals else None, finals=args.finals or 0,
+                           decide_on=policy_named(default.policy).decides_on(objectives) if args.finals else None)
     finally:
         prepared.backend.close()
     out = options.stdout()

@@ -27,14 +27,17 @@ from pipeline.job.pointers import ANY, format_pointer, parse_pointer
 from pipeline.measure.records import RequestRecord
 
 __all__ = ["FIELD_METRIC", "METRICS", "REGISTRY", "Constraint", "Direction", "Metric", "Objective", "Trial",
-           "bounded_metrics", "ci_metrics", "field_metric", "lookup", "metric_direction", "metric_name",
-           "server_metrics"]
+           "Role", "bounded_metrics", "ci_metrics", "field_metric", "lookup", "metric_direction", "metric_name",
+           "server_metrics", "with_role"]
 
 Direction = Literal["maximize", "minimize"]
 # How racing and ties bound a metric: "wilson" (a rate of 0/1 outcomes), "share" (a mean of per-request shares:
 # bootstrap, Wilson when every request scored the same), "statistic" (the bootstrap of a latency statistic), or
 # None (unbounded: the metric never decides anything).
 IntervalKind = Literal["wilson", "share", "statistic"] | None
+# What a metric is to a promotion policy (pipeline.promote.policies): "accuracy" (a share of right answers or
+# fields: the most accurate setting), "latency" (a time a request waits: the fastest), or "" (neither).
+Role = Literal["accuracy", "latency", ""]
 FIELD_METRIC = "field_accuracy."
 
 
@@ -72,6 +75,7 @@ class Metric:
     header: str = ""
     group: str = "trial"  # which metrics are there together: trial, label, server, thinking, load
     description: str = ""  # what it means, one sentence in Markdown (docs/metrics.md is generated from it)
+    role: Role = ""       # what a promotion policy reads it as
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -83,7 +87,7 @@ def _mean(values: Sequence[float]) -> float:
 
 
 def _rate(name: str, flag: Callable[[RequestRecord], bool | None], *, header: str = "", reported: bool = False,
-          group: str = "trial", description: str = "") -> Metric:
+          group: str = "trial", description: str = "", role: Role = "accuracy") -> Metric:
     """A share of requests with a property, a failed request counting as without it."""
     def value(trial: Trial) -> float | None:
         n = len(trial.records)
@@ -91,7 +95,7 @@ def _rate(name: str, flag: Callable[[RequestRecord], bool | None], *, header: st
 
     return Metric(name, "maximize", "share", value, request=lambda r: float(bool(flag(r))),
                   statistic=lambda x, axis: np.mean(x, axis=axis), bounded=True, interval="wilson",
-                  reported_interval=reported, header=header, group=group, description=description)
+                  reported_interval=reported, header=header, group=group, description=description, role=role)
 
 
 def _latency(name: str, attribute: str, q: float | None, *, header: str = "", reported: bool = False,
@@ -107,7 +111,7 @@ def _latency(name: str, attribute: str, q: float | None, *, header: str = "", re
         statistic = lambda x, axis, q=q: np.percentile(x, q, axis=axis)  # noqa: E731
     return Metric(name, "minimize", "ms", lambda t: aggregate(values(t)), request=lambda r: getattr(r, attribute),
                   statistic=statistic, completed_only=True, bounded=True, interval="statistic",
-                  reported_interval=reported, header=header, description=description)
+                  reported_interval=reported, header=header, description=description, role="latency")
 
 
 def _decoded(trial: Trial) -> list[RequestRecord]:
@@ -178,7 +182,7 @@ _DECLARED: tuple[Metric, ...] = (
     Metric("field_accuracy", "maximize", "share",
            lambda t: sum(r.score.field_accuracy for r in t.records) / len(t.records) if t.records else 0.0,
            request=lambda r: r.score.field_accuracy, statistic=lambda x, axis: np.mean(x, axis=axis), bounded=True,
-           interval="share", reported_interval=True, header="fields",
+           interval="share", reported_interval=True, header="fields", role="accuracy",
            description="mean over requests of the (weighted) share of fields right: every leaf value of the "
                        "expected answer and of the answer (ignored paths left out) compared under the scoring "
                        "rules; a field only one of them has is wrong"),
@@ -227,10 +231,10 @@ _DECLARED: tuple[Metric, ...] = (
     # only for backends with a server's own timings (Ollama, llama-server)
     Metric("server_ms_p50", "minimize", "ms", _when(_served, lambda t: _percentile([r.server_ms for r in _served(t)],
                                                                                    50)), group="server",
-           description=f"median of {_SERVER}"),
+           description=f"median of {_SERVER}", role="latency"),
     Metric("server_ms_p95", "minimize", "ms", _when(_served, lambda t: _percentile([r.server_ms for r in _served(t)],
                                                                                    95)), group="server",
-           description=f"95th percentile of {_SERVER}"),
+           description=f"95th percentile of {_SERVER}", role="latency"),
     Metric("overhead_ms_mean", "minimize", "ms", _when(_served, lambda t: _mean([r.overhead_ms for r in _served(t)])),
            group="server", description=f"{_OVERHEAD}, mean"),
     Metric("overhead_ms_p95", "minimize", "ms",
@@ -314,8 +318,14 @@ def lookup(name: str) -> Metric | None:
             parse_pointer(name[len(FIELD_METRIC):])
         except ValueError:
             return None
-        return Metric(name, "maximize", "share", lambda t: None, interval="share")
+        return Metric(name, "maximize", "share", lambda t: None, interval="share", role="accuracy")
     return None
+
+
+def with_role(objectives: Sequence[Objective], role: Role) -> Objective | None:
+    """The first of ``objectives`` whose metric is declared with ``role`` (in its better direction), or None."""
+    return next((o for o in objectives if (m := lookup(o.metric)) is not None and m.role == role
+                 and o.direction == m.direction), None)
 
 
 def metric_direction(name: str) -> str | None:

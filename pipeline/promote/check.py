@@ -126,12 +126,13 @@ class BundleCheck:
     rows: list[dict[str, Any]] = field(default_factory=list)  # request, trial's answer, bundle's answer
 
     def summary(self) -> str:
-        """Two lines of at most 100 columns or so: what was compared, then how it came out."""
+        """Three lines that fit 100 columns: what was compared, whether decoding is deterministic and why, then
+        what was required and how it came out."""
         head = (f"bundle check: {self.requests} held-out requests replayed through the written bundle, "
                 f"{self.identical} answered identically")
         gaps = ", ".join(f"{m} {d:+.2f} [{lo:+.2f}, {hi:+.2f}]" for m, (d, lo, hi) in self.gaps.items())
-        mode = (f"decoding deterministic ({self.why_deterministic}): identical answers required" if self.deterministic
-                else f"decoding varies ({self.why_deterministic}): bundle − trial {gaps}, 95% paired")
+        mode = (f"decoding deterministic ({self.why_deterministic})\n  identical answers required" if self.deterministic
+                else f"decoding varies ({self.why_deterministic})\n  bundle − trial {gaps}, 95% paired")
         return f"{head}\n  {mode}; {'FAILED: ' + self.failure if self.failure else 'passed'}"
 
 

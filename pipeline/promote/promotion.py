@@ -2,9 +2,10 @@
 
 The chosen trial (:mod:`pipeline.promote.choose`) is replayed through the study's own code path
 (:func:`pipeline.search.space.replay` → :func:`pipeline.measure.runner.run_trial`), on the ``holdout`` split that
-no study uses, with repetitions. Promotion is refused when held-out accuracy falls below the baseline's (measured
-side by side) or the dev accuracy (beyond the held-out interval) by more than the tolerance, or when a latency
-limit fails on held-out data (:func:`decide`). An accepted point becomes a bundle (:mod:`pipeline.promote.bundle`:
+no study uses, with repetitions. Promotion is refused on evidence only (:func:`decide`): when the candidate is less
+accurate than the baseline (measured side by side, paired) by more than the margin with its whole interval, or a
+limit (a constraint, the SLA) is broken with the held-out interval past it. The fall from dev to held-out is
+reported, not refused: dev accuracy is the best of a study's noisy estimates. An accepted point becomes a bundle (:mod:`pipeline.promote.bundle`:
 Modelfile, sidecar, launch command), written first to a staging folder and read back: held-out requests replayed
 through an engine configured only from those files must answer as the trial's settings did
 (:mod:`pipeline.promote.check`). Then the bundle is copied to the output folder and a new version of a registered
@@ -30,16 +31,17 @@ from pipeline.errors import ConfigError, PipelineError
 from pipeline.measure.gain import Gain, accuracy_metrics, gain_frame, gain_metrics, paired_gain, slower
 from pipeline.measure.metrics import measured_metrics
 from pipeline.measure.records import RequestRecord
-from pipeline.measure.registry import Constraint
+from pipeline.measure.registry import Constraint, with_role
 from pipeline.measure.runner import run_trial
 from pipeline.measure.sidebyside import SideBySide, measure_on_own_backends
 from pipeline.measure.tables import field_errors, requests_frame, side_by_side_frame
 from pipeline.promote.bundle import BundleFiles, bundle_of, serving_extras, write_bundle
 from pipeline.promote.check import BundleCheck, BundleCheckFailed, check_bundle
-from pipeline.promote.choose import Choice, Policy, Preference, choose_trial, machine_states_note
+from pipeline.promote.choose import Choice, MenuRow, Preference, choose_trial, machine_states_note, menu
 from pipeline.promote.modelfile import sanitize
+from pipeline.promote.policies import DEFAULT, policy_named
 from pipeline.search.finals import Finals
-from pipeline.search.objectives import truncation_reason
+from pipeline.search.objectives import request_slos, truncation_reason
 from pipeline.search.prepare import PreparedStudy
 from pipeline.search.snapshot import StudySnapshot, open_for_promotion
 from pipeline.search.space import replay
@@ -47,13 +49,17 @@ from pipeline.search.study import run_study, trial_plan
 from pipeline.search.trials import TrialView
 from pipeline.tracking.promotion import PromotionRun
 
-__all__ = ["CHAMPION", "PromotionPolicy", "PromotionRefused", "PromotionReport", "decide", "promote"]
+__all__ = ["CHAMPION", "MARGIN", "PromotionPolicy", "PromotionRefused", "PromotionReport", "decide", "fall_note",
+           "promote"]
 
 CHAMPION = "champion"                                # the alias of the registered version promoted last
 # The dev requests the finals may add before a policy chooses, by default: for the knee half the default study's
 # 16 trials × 20 requests; none for the sla policy, whose choice the finals moved across its latency limit more
 # often than they decided it (BENCHMARKS.md, 9).
-FINALS_REQUESTS = {"knee": 160, "sla": 0, "trial": 0}
+FINALS_REQUESTS = {"accuracy": 160, "latency": 160, "knee": 160, "sla": 0, "trial": 0}
+# How far below the most accurate point (accuracy policy) or the baseline (latency policy, refusal) a setting's
+# accuracy may be, in the accuracy metric's units (BENCHMARKS.md, 10).
+MARGIN = 0.02
 BASELINE, CANDIDATE = "baseline", "candidate"      # the two arms of the side-by-side measurement
 
 
@@ -70,10 +76,10 @@ class PromotionRefused(PipelineError):
 
 @dataclass(frozen=True)
 class PromotionPolicy:
-    policy: Policy = "knee"
+    policy: str = DEFAULT              # a name of pipeline.promote.policies.REGISTRY
     sla_p95_ms: float | None = None
     trial: int | None = None
-    tolerance: float = 0.05
+    margin: float = MARGIN
     repetitions: int = 2
     check_requests: int = 8            # held-out requests replayed through the written bundle
     prefer: Preference = "policy"      # what breaks a tie the finals could not (pipeline.promote.choose)
@@ -88,7 +94,7 @@ class PromotionPolicy:
     @property
     def finals_budget(self) -> int:
         """The dev requests the finals may add: the policy's default unless given."""
-        return FINALS_REQUESTS[self.policy] if self.finals_requests is None else self.finals_requests
+        return FINALS_REQUESTS.get(self.policy, 0) if self.finals_requests is None else self.finals_requests
 
 
 @dataclass
@@ -107,6 +113,8 @@ class PromotionReport:
     model_version: str | None = None
     notes: list[str] = field(default_factory=list)
     choice: str = ""                   # how the choice was narrowed (:func:`pipeline.promote.choose.choose_trial`)
+    menu: list[MenuRow] = field(default_factory=list)  # what each policy would promote (choose.menu)
+    accuracy: str = ""                 # the accuracy metric judged on held-out data
     check: BundleCheck | None = None   # the written bundle replayed (:mod:`pipeline.promote.check`)
     finals: Finals | None = None       # the finalists measured until the choice was decided, when they were
 
@@ -122,29 +130,53 @@ class _HeldOut:
     gains: list[Gain] | None = None
 
 
-def decide(policy: PromotionPolicy, constraints: tuple[Constraint, ...], metric: str, dev: dict[str, float],
-           holdout: dict[str, float], *, baseline: dict[str, float] | None = None) -> str | None:
-    """Why a point must not be promoted, or None: held-out ``metric`` below the baseline's (measured side by
-    side) by more than the tolerance, or below dev by more than the tolerance with dev outside the held-out 95%
-    interval (``<metric>_ci95_high``, when ``holdout`` has it), or a latency limit (the config's constraints,
-    ``policy.sla_p95_ms``) broken on held-out data."""
-    if baseline is not None and holdout[metric] < baseline[metric] - policy.tolerance:
-        return (f"held-out {metric} {holdout[metric]:.3f} is below the baseline's {baseline[metric]:.3f} (the "
-                f"settings served today, measured side by side) by more than the tolerance {policy.tolerance:g}")
-    # Dev is an estimate too, and the best of a study's trials on it (chosen for it): held-out accuracy a little
-    # below it is expected. Refused: below by more than the tolerance, with dev outside the held-out interval.
-    high = holdout.get(f"{metric}_ci95_high", float("-inf"))
-    if holdout[metric] < dev[metric] - policy.tolerance and not high >= dev[metric]:
-        shown = "" if np.isinf(high) else f" (95% interval up to {high:.3f})"
-        return (f"held-out {metric} {holdout[metric]:.3f}{shown} is below dev {dev[metric]:.3f} by more than the "
-                f"tolerance {policy.tolerance:g}")
-    limits = [(c.describe(), c.violation(holdout[c.metric])) for c in constraints]
+def decide(policy: PromotionPolicy, constraints: tuple[Constraint, ...], metric: str, holdout: dict[str, float], *,
+           gains: list[Gain] | None = None, baseline: dict[str, float] | None = None) -> str | None:
+    """Why a point must not be promoted, on held-out evidence only, or None.
+
+    Refused: the candidate is less accurate than the baseline by more than the margin with the whole paired
+    interval of the difference (``gains``, measured side by side; without them, the two values), or a limit (the
+    config's constraints, ``policy.sla_p95_ms``) is broken with the held-out 95% interval wholly past it (the
+    value alone where the metric has no interval). A limit on a metric not measured on held-out data is not
+    judged (the report says which, :func:`unjudged`).
+    """
+    gain = next((g for g in gains or () if g.metric == metric and g.kind == "difference"), None)
+    if gain is not None and gain.high < -policy.margin:
+        return (f"held-out {metric} is below the baseline's (the settings served today, measured side by side) by "
+                f"more than the margin {policy.margin:g}: {gain.change:+.3f} [{gain.low:+.3f}, {gain.high:+.3f}], "
+                "paired")
+    if gain is None and baseline is not None and holdout[metric] < baseline[metric] - policy.margin:
+        return (f"held-out {metric} {holdout[metric]:.3f} is below the baseline's {baseline[metric]:.3f} by more "
+                f"than the margin {policy.margin:g}")
+    limits = list(constraints)
     if policy.sla_p95_ms is not None:
-        limits.append((f"latency_p95_ms <= {policy.sla_p95_ms:g}", holdout["latency_p95_ms"] - policy.sla_p95_ms))
-    broken = [(text, v) for text, v in limits if v > 0]
-    if broken:
-        return f"held-out data breaks the SLA {broken[0][0]} (off by {broken[0][1]:.3g})"
+        limits.append(Constraint("latency_p95_ms", max=policy.sla_p95_ms))
+    for limit in limits:
+        if limit.metric not in holdout:
+            continue
+        low = holdout.get(f"{limit.metric}_ci95_low", holdout[limit.metric])
+        high = holdout.get(f"{limit.metric}_ci95_high", holdout[limit.metric])
+        nearest = low if limit.max is not None else high  # the end of the interval closest to meeting the limit
+        if np.isfinite(nearest) and limit.violation(nearest) > 0:
+            return (f"held-out data breaks the SLA {limit.describe()}: {holdout[limit.metric]:.4g} "
+                    f"(95% interval [{low:.4g}, {high:.4g}])")
     return None
+
+
+def unjudged(policy: PromotionPolicy, constraints: tuple[Constraint, ...], holdout: dict[str, float]) -> list[str]:
+    """The limits :func:`decide` could not judge: their metric was not measured on held-out data."""
+    metrics = [c.metric for c in constraints] + (["latency_p95_ms"] if policy.sla_p95_ms is not None else [])
+    return [m for m in dict.fromkeys(metrics) if m not in holdout]
+
+
+def fall_note(metric: str, dev: dict[str, float], holdout: dict[str, float]) -> str | None:
+    """The fall of ``metric`` from dev to held-out, as information: the chosen point's dev value is the best of
+    the study's noisy estimates, so held-out is expected to be lower (the winner's curse); None: no fall."""
+    if metric not in dev or metric not in holdout or not holdout[metric] < dev[metric]:
+        return None
+    return (f"held-out {metric} {holdout[metric]:.3f} is below its dev value {dev[metric]:.3f}: expected, since "
+            "the point was chosen for being best on dev (the winner's curse); the side-by-side with the baseline "
+            "is what decides")
 
 
 def promote(prepared: PreparedStudy, study_name: str, policy: PromotionPolicy, *,
@@ -169,25 +201,33 @@ def promote(prepared: PreparedStudy, study_name: str, policy: PromotionPolicy, *
     finals, skipped = _hold_finals(prepared, study, policy, console or Console(stderr=True, quiet=True))
     if finals is not None:
         study = open_for_promotion(prepared, study_name)  # the front, its ties and the choice, from the top-ups
-    choice = choose_trial(study, config.objectives, policy)
+    alpha = config.evaluation.error_rate
+    choice = choose_trial(study, config.objectives, policy, alpha=alpha)
     chosen = choice.trial
-    metric = policy.metric or next((o.metric for o in config.objectives if o.direction == "maximize"),
-                                   "field_accuracy")
+    offered = menu(study, config.objectives, policy, chosen, alpha=alpha)
+    quality = with_role(config.objectives, "accuracy")
+    metric = policy.metric or (quality.metric if quality is not None else "field_accuracy")
     settings = replay(chosen.params, config.search_space, seed=study.seed)
     held = _measure_held_out(prepared, settings, policy, seed=study.seed, baseline_backend=baseline_backend,
                              on_request=on_request)
     dev = chosen.metrics
     run = _record(prepared, study, choice, settings, policy, held)
-    notes = [choice.why, machine_states_note(study, chosen, threshold=config.evaluation.drift_threshold), skipped]
+    not_judged = unjudged(policy, config.constraints, held.metrics)
+    notes = [choice.why, machine_states_note(study, chosen, threshold=config.evaluation.drift_threshold), skipped,
+             fall_note(metric, dev, held.metrics),
+             f"not measured on held-out data, so not judged: {', '.join(not_judged)}" if not_judged else None]
     report = PromotionReport(study_name, chosen.number, settings, dev, held.metrics, run.run_id,
                              baseline=held.baseline, gains=held.gains or [], choice="; ".join(n for n in notes if n),
-                             finals=finals)
+                             finals=finals, menu=offered, accuracy=metric)
+    run.tag("policy.sentence", policy_named(policy.policy).sentence)
+    run.tag("policy.margin", f"{policy.margin:g}")
+    run.tags({f"menu.{row.policy}": menu_text(row, metric) for row in offered})
     if finals is not None:
         run.tag("finals", finals.summary())
         run.log_table(pd.DataFrame(finals.rows()), "finals.json")
     if held.gains and slower(held.gains):
         run.tag("slower_than_baseline", slower(held.gains))
-    reason = decide(policy, config.constraints, metric, dev, held.metrics, baseline=held.baseline)
+    reason = decide(policy, config.constraints, metric, held.metrics, gains=held.gains, baseline=held.baseline)
     if reason is None:
         reason = _write_and_register(prepared, study_name, chosen, settings, policy, report, run, held.records,
                                      metric)
@@ -218,12 +258,13 @@ def _hold_finals(prepared: PreparedStudy, study: StudySnapshot, policy: Promotio
     objectives = prepared.config.objectives
 
     def choose(snapshot: StudySnapshot) -> int:
-        return choose_trial(snapshot, objectives, policy).trial.number
+        return choose_trial(snapshot, objectives, policy, alpha=prepared.config.evaluation.error_rate).trial.number
 
     # the study's own seed (promote's config may give another: the replay takes the study's too)
     own = replace(prepared, config=prepared.config.with_overrides(study={"seed": study.seed}))
     try:
-        report = run_study(own, trials=0, refine=0, choose=choose, finals=policy.finals_budget, console=console)
+        report = run_study(own, trials=0, refine=0, choose=choose, finals=policy.finals_budget, console=console,
+                           decide_on=policy_named(policy.policy).decides_on(objectives))
     except ConfigError as exc:  # the study was run with another config: its definition does not match
         return None, f"no finals: {exc}"
     return report.finals, ""
@@ -253,14 +294,16 @@ def _measure_held_out(prepared: PreparedStudy, settings: InferenceSettings, poli
         raise PromotionRefused(f"refused: on held-out data the {side.infeasible}")
     if any(r.input_truncated for r in outcome.records):
         raise PromotionRefused(f"refused: on held-out data {truncation_reason(outcome.records)}")
+    slos = request_slos(config.constraints)
     metrics = measured_metrics(outcome.records, seed=seed, model_loads=outcome.model_loads,
-                               model_load_ms=outcome.model_load_ms)
+                               model_load_ms=outcome.model_load_ms, span_s=outcome.span_s, slos=slos)
     if side is None:
         return _HeldOut(outcome.records, metrics)
-    served = side.outcomes[BASELINE].records
-    gains = paired_gain(served, outcome.records,
+    served = side.outcomes[BASELINE]
+    gains = paired_gain(served.records, outcome.records,
                         accuracy_metrics(config.objectives, labelled=prepared.experiment.label is not None), seed=seed)
-    return _HeldOut(outcome.records, metrics, side, measured_metrics(served, seed=seed), gains)
+    return _HeldOut(outcome.records, metrics, side,
+                    measured_metrics(served.records, seed=seed, span_s=served.span_s, slos=slos), gains)
 
 
 def _record(prepared: PreparedStudy, study: StudySnapshot, choice: Choice, settings: InferenceSettings,
@@ -281,7 +324,7 @@ def _record(prepared: PreparedStudy, study: StudySnapshot, choice: Choice, setti
                                    "policy": policy.policy, **({"choice": choice.why} if choice.why else {}),
                                    **prepared.backend.describe()})
     run.log(params={**settings.as_params(), "holdout_requests": len(held.records),
-                    "repetitions": policy.repetitions, "tolerance": policy.tolerance,
+                    "repetitions": policy.repetitions, "margin": policy.margin,
                     **{f"baseline.{k}": v for k, v in (config.baseline or {}).items()}},
             metrics={**{f"holdout_{k}": v for k, v in held.metrics.items()},
                      **{f"dev_{k}": v for k, v in chosen.metrics.items()},
@@ -355,3 +398,13 @@ def _record_check(run: PromotionRun, check: BundleCheck) -> None:
                      **{f"bundle_check_gap_{m}{suffix}": v for m, gap in check.gaps.items()
                         for suffix, v in zip(("", "_ci95_low", "_ci95_high"), gap, strict=True)}})
     run.log_table(pd.DataFrame(check.rows), "bundle_check.json")
+
+
+def menu_text(row: MenuRow, metric: str) -> str:
+    """One policy's line of the menu, as a tag: its trial, dev figures and differences to the chosen point."""
+    if row.trial is None:
+        return f"nothing: {row.unavailable}"
+    figures = ", ".join(f"{k} {row.trial.metrics[k]:.4g}" for k in (metric, "latency_p95_ms") if k in row.trial.metrics)
+    against = "; ".join(f"{name} {d.text()} ({d.how})" for name, d in (("accuracy", row.accuracy),
+                                                                        ("latency", row.latency)) if d is not None)
+    return f"trial {row.trial.number}: {figures}" + (f"; against the promoted point: {against}" if against else "")

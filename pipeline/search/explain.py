@@ -12,7 +12,7 @@ import math
 
 import pandas as pd
 
-from pipeline.measure.registry import Constraint
+from pipeline.measure.registry import Constraint, lookup
 from pipeline.search.config import StudyConfig
 
 __all__ = ["front_explanation", "study_note"]
@@ -29,7 +29,8 @@ def _fix(constraint: Constraint, broken: pd.DataFrame, best: float) -> str:
         return (f"answers were cut at num_predict in {int(cut.gt(0).sum())} of them: raise num_predict "
                 "(search_space.num_predict)")
     limit = constraint.min if constraint.min is not None else constraint.max
-    if constraint.metric.startswith(("latency_", "ttft_")):
+    declared = lookup(constraint.metric)
+    if declared is not None and declared.role == "latency":
         return (f"loosen constraints.{constraint.metric} (max {limit:g}), or search faster settings (fewer "
                 "examples, a smaller num_predict or num_ctx)")
     side = "min" if constraint.min is not None else "max"

@@ -81,7 +81,8 @@ class Finals:
                 f"{'' if self.top_up else ' with the dev split used up or the budget spent'})")
 
     def lines(self) -> list[str]:
-        """The choice against each rival: the paired difference on each objective with its interval."""
+        """The choice against each rival (two lines each, to fit 100 columns): whether it is decided, on how many
+        shared requests, then the paired difference on each objective with its interval."""
         out = []
         for rival in self.rivals:
             name = f"trial {rival.number}" + (" (baseline)" if rival.baseline else "")
@@ -90,8 +91,8 @@ class Finals:
                 continue
             shown = ", ".join(f"{o.metric} {_signed(d)} [{_signed(lo)}, {_signed(hi)}]"
                               for o, (d, lo, hi) in zip(self.objectives, rival.differences))
-            out.append(f"  vs {name}: {shown} on {rival.shared} shared requests: "
-                       f"{'decided' if rival.decided else 'tied'}")
+            out.append(f"  vs {name}, {'decided' if rival.decided else 'tied'} on {rival.shared} shared requests:")
+            out.append(f"    {shown}")
         return out
 
     def rows(self) -> list[dict[str, object]]:
@@ -113,7 +114,7 @@ def finals_of(study: optuna.Study, objectives: tuple[Objective, ...], choose: Ch
     ``finalists``): a point a top-up moved off the front by its estimates may still be tied with the choice,
     and stays until the paired measurements decide it.
     """
-    snapshot = StudySnapshot.of(study)
+    snapshot = StudySnapshot.of(study, records)  # the policy may pair the requests of two points too
     chosen_number = choose(snapshot)
     measured = {t.number: t for t in measured_trials(study)}
     chosen = measured[chosen_number]

@@ -134,9 +134,8 @@ class TrialLoop:
         """
         spent = 0
         while (now := state(budget - spent)).top_up is not None:
-            ran = self._top_up(now.top_up, "finals", f"trial {now.chosen} tied with "
-                                                     f"{', '.join(map(str, now.tied))}; {spent} of {budget} spent",
-                               console)
+            ran = self._top_up(now.top_up, "finals", f"{now.chosen} tied with {', '.join(map(str, now.tied))}; "
+                                                     f"{spent}/{budget} spent", console)
             if not ran:
                 break  # nothing was measured: where the finals stand has not changed
             spent += ran

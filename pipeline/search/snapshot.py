@@ -8,16 +8,20 @@ that the config given is the one the study ran with, and hands back a :class:`St
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
 
 from pipeline.errors import InputError
+from pipeline.measure.records import RequestRecord
 from pipeline.search.fronts import front_trials, measured_trials
 from pipeline.search.prepare import PreparedStudy, check_definition, definition_of
 from pipeline.search.storage import open_storage
+from pipeline.search.topup import TrialRecords
 from pipeline.search.trials import TrialView
+from pipeline.tracking.runs import run_table_reader
 
 __all__ = ["PROMOTION_KEYS", "StudySnapshot", "open_for_promotion"]
 
@@ -42,19 +46,35 @@ class StudySnapshot:
     front: tuple[TrialView, ...] = ()
     definition: dict[str, Any] = field(default_factory=dict)
     parent_run_id: str | None = None
+    # a trial's request records by its number, when the reader of the snapshot can have them (paired evidence)
+    read_records: Callable[[int], list[RequestRecord]] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def of(cls, study: optuna.Study) -> StudySnapshot:
-        """The snapshot of a study as its storage holds it now.
+    def of(cls, study: optuna.Study,
+           records: Callable[[optuna.trial.FrozenTrial], list[RequestRecord]] | None = None) -> StudySnapshot:
+        """The snapshot of a study as its storage holds it now; ``records`` reads a trial's request records
+        (``pipeline.search.topup.TrialRecords.get``), for choices made on paired evidence.
 
         Returns:
             A snapshot that later trials of the study do not change.
         """
+        frozen = {t.number: t for t in study.trials}
         return cls(name=study.study_name, trials=tuple(TrialView.of(t) for t in study.trials),
                    measured=tuple(TrialView.of(t) for t in measured_trials(study)),
                    front=tuple(TrialView.of(t) for t in front_trials(study)),
                    definition=dict(study.user_attrs.get("definition", {})),
-                   parent_run_id=study.user_attrs.get("mlflow_parent_run_id"))
+                   parent_run_id=study.user_attrs.get("mlflow_parent_run_id"),
+                   read_records=None if records is None else (lambda number: records(frozen[number])))
+
+    def records(self, trial: TrialView) -> list[RequestRecord] | None:
+        """The request records a trial was measured on, or None when this snapshot cannot read them (none given,
+        or a trial with no records of its own: one answered by an earlier measurement of its settings)."""
+        if self.read_records is None:
+            return None
+        try:
+            return self.read_records(trial.number)
+        except KeyError:
+            return None
 
     @property
     def seed(self) -> int:
@@ -79,7 +99,7 @@ def open_for_promotion(prepared: PreparedStudy, study_name: str) -> StudySnapsho
     """Load ``study_name`` from the prepared storage and check it was run with this config (:data:`PROMOTION_KEYS`).
 
     Returns:
-        The study's snapshot.
+        The study's snapshot; it reads a trial's request records from its MLflow run when a policy asks.
     Raises:
         InputError: there is no such study in the storage.
         ConfigError: the config, backend or model differs from the study's.
@@ -90,4 +110,6 @@ def open_for_promotion(prepared: PreparedStudy, study_name: str) -> StudySnapsho
         raise InputError(f"no study {study_name!r} in {prepared.storage_url}; run `pipeline study` first") from exc
     check_definition(study, definition_of(prepared), PROMOTION_KEYS,
                      fix="pass the config (and backend/model) the study used")
-    return StudySnapshot.of(study)
+    records = TrialRecords(run_table_reader(prepared.tracking_uri, "requests.json"), prepared.experiment.examples,
+                           prepared.experiment.scorer)
+    return StudySnapshot.of(study, records.get)

@@ -20,6 +20,7 @@ from rich.console import Console
 from pipeline.engines.settings import InferenceSettings
 from pipeline.errors import PipelineError, redact_url
 from pipeline.measure.racing import Racer
+from pipeline.measure.registry import Objective
 from pipeline.measure.runner import TrialOutcome, TrialPlan, run_trial
 from pipeline.measure.tables import field_errors, requests_frame
 from pipeline.render.plots import plot_fronts
@@ -112,11 +113,13 @@ def _target(study: optuna.Study, trials: int) -> tuple[int, bool]:
 
 
 def run_study(prepared: PreparedStudy, *, trials: int, console: Console | None = None,
-              refine: int | None = None, choose: Choose | None = None, finals: int = 0) -> StudyReport:
+              refine: int | None = None, choose: Choose | None = None, finals: int = 0,
+              decide_on: tuple[Objective, ...] | None = None) -> StudyReport:
     """Bring the study to ``trials`` more completed trials, or finish the target an interrupted or shared run
     left open, then refine its front with up to ``refine`` more requests (default: the config's
     ``evaluation.refine_requests``; see ``pipeline.search.topup``), hold the finals of the policy ``choose``
-    with up to ``finals`` more requests (:mod:`pipeline.search.finals`), and attach its front to the parent run.
+    with up to ``finals`` more requests (:mod:`pipeline.search.finals`; a pair decided on ``decide_on``, default:
+    every objective), and attach its front to the parent run.
 
     Returns:
         Where everything was recorded, every completed trial, and the front.
@@ -126,7 +129,7 @@ def run_study(prepared: PreparedStudy, *, trials: int, console: Console | None =
         PipelineError: MLflow failed, or too many trials in a row failed.
     """
     return StudyRun(prepared, trials=trials, console=console or Console(stderr=True), refine=refine,
-                    choose=choose, finals=finals).run()
+                    choose=choose, finals=finals, decide_on=decide_on).run()
 
 
 class StudyRun:
@@ -136,8 +139,10 @@ class StudyRun:
     (:func:`_finish`)."""
 
     def __init__(self, prepared: PreparedStudy, *, trials: int, console: Console, refine: int | None,
-                 choose: Choose | None = None, finals: int = 0) -> None:
+                 choose: Choose | None = None, finals: int = 0,
+                 decide_on: tuple[Objective, ...] | None = None) -> None:
         self.prepared, self.config, self.console = prepared, prepared.config, console
+        self.decide_on = decide_on or prepared.config.objectives
         self.trials = trials
         self.choose, self.finals_budget = choose, finals
         self.finals: Finals | None = None
@@ -215,7 +220,7 @@ class StudyRun:
         config = self.config
         if not front_trials(self.study):
             return
-        state = Finalists(self.study, config.objectives, self.choose, self.records.get, config.evaluation.error_rate,
+        state = Finalists(self.study, self.decide_on, self.choose, self.records.get, config.evaluation.error_rate,
                           most=len(self.ordered) * config.evaluation.repetitions, seed=config.study.seed)
         self.finals = self.loop.finals(state, budget=self.finals_budget, console=self.console)
         self.tracker.tag_run(self.tracker.parent_run_id, {

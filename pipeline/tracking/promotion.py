@@ -64,6 +64,9 @@ class SingleRun:
     def tag(self, key: str, value: str) -> None:
         self.client.set_tag(self.run_id, key, value)
 
+    def tags(self, tags: Mapping[str, str]) -> None:
+        log_batch(self.client, self.run_id, tags=tags)
+
     def finish(self) -> None:
         """Close the run as FINISHED (a refused promotion too: the run did what it was for)."""
         self.client.set_terminated(self.run_id, "FINISHED")

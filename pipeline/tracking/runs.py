@@ -35,7 +35,8 @@ from pipeline.errors import ConfigError, PipelineError
 from pipeline.tracking._mlflow import dataset_entity
 from pipeline.tracking.locations import sqlite_folder
 
-__all__ = ["ArtifactWriteError", "StudyTracker", "log_batch", "log_comparison", "metric_key", "start_run"]
+__all__ = ["ArtifactWriteError", "StudyTracker", "log_batch", "log_comparison", "metric_key", "run_table_reader",
+           "start_run"]
 
 # MLflow draws a "Downloading artifacts" bar for every table the tool reads back (three a trial at promotion),
 # around the tool's own lines; it reads this variable at each download, so a user who sets it keeps the bars.
@@ -157,9 +158,7 @@ class StudyTracker:
     @_store_errors
     def read_table(self, run_id: str, artifact_file: str) -> pd.DataFrame:
         """A table a trial's run holds (as :meth:`finish_trial` wrote it)."""
-        with tempfile.TemporaryDirectory() as folder:
-            path = self.client.download_artifacts(run_id, artifact_file, folder)
-            return pd.read_json(path, orient="split", dtype=False)
+        return _read_table(self.client, run_id, artifact_file)
 
     @_store_errors
     def log_study_series(self, metrics: Mapping[str, float], *, step: int) -> None:
@@ -224,6 +223,28 @@ class StudyTracker:
         if reason:
             self.client.set_tag(self.parent_run_id, "stopped", reason[:5000])
         self.client.set_terminated(self.parent_run_id, status)
+
+def _read_table(client: MlflowClient, run_id: str, artifact_file: str) -> pd.DataFrame:
+    with tempfile.TemporaryDirectory() as folder:
+        path = client.download_artifacts(run_id, artifact_file, folder)
+        return pd.read_json(path, orient="split", dtype=False)
+
+
+def run_table_reader(tracking_uri: str, artifact_file: str) -> Callable[[str], pd.DataFrame]:
+    """Read ``artifact_file`` (a table :meth:`StudyTracker.finish_trial` wrote) of a run, by its id.
+
+    Raises (when called):
+        PipelineError: the tracking store is unavailable.
+    """
+    client = MlflowClient(tracking_uri)
+
+    def read(run_id: str) -> pd.DataFrame:
+        try:
+            return _read_table(client, run_id, artifact_file)
+        except MlflowException as exc:
+            raise _unavailable(tracking_uri, exc) from exc
+    return read
+
 
 def log_batch(client: MlflowClient, run_id: str, *, params: Mapping[str, Any] = {},
               metrics: Mapping[str, float] = {}, tags: Mapping[str, str] = {}) -> None:

@@ -1,0 +1,209 @@
+"""What every promotion policy shares: the choice it returns, the options it reads, the roles it needs, and the
+comparison of two points (paired on their shared requests where the snapshot has them, else their intervals).
+
+A policy is an object with a ``name``, a ``sentence`` a user can check, the metric roles it ``needs``
+(``pipeline.measure.registry.Role``: "accuracy", "latency") and ``choose(study, objectives, options)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import numpy as np
+
+from pipeline.errors import ConfigError, InputError
+from pipeline.measure.intervals import paired_gaps
+from pipeline.measure.racing import bounds_of, ties
+from pipeline.measure.registry import Objective, Role, with_role
+from pipeline.search.compare import to_minimization
+from pipeline.search.snapshot import StudySnapshot
+from pipeline.search.trials import TrialView
+
+__all__ = ["Choice", "Difference", "Options", "Policy", "Preference", "beating_baseline", "candidates", "difference",
+           "knee_index", "preferred_tie", "role_objective"]
+
+# What breaks a tie the measurements could not: the policy's own pick stands (``policy``), the most accurate of
+# the tied points, or the fastest.
+Preference = Literal["policy", "accuracy", "latency"]
+# The default error rate of a paired comparison (evaluation.error_rate's default): 95% intervals.
+ALPHA = 0.05
+
+
+class Options(Protocol):
+    """What a policy reads of promote's options (``pipeline.promote.promotion.PromotionPolicy`` has it)."""
+
+    policy: str
+    sla_p95_ms: float | None
+    trial: int | None
+    prefer: Preference
+    margin: float
+
+
+@dataclass(frozen=True)
+class Choice:
+    trial: TrialView
+    why: str = ""                      # how the choice was made among others, in words
+
+
+class Policy(Protocol):
+    name: str
+    sentence: str                      # what it promotes, in one sentence a user can check
+    needs: tuple[Role, ...]            # the objectives' roles it reads
+
+    def choose(self, study: StudySnapshot, objectives: tuple[Objective, ...], options: Options, *,
+               alpha: float = ALPHA) -> Choice: ...
+
+    def decides_on(self, objectives: tuple[Objective, ...]) -> tuple[Objective, ...]:
+        """The objectives on which the finals must tell the choice from a rival (:mod:`pipeline.search.finals`)."""
+        ...
+
+
+class OnEveryObjective:
+    """A policy whose finals decide a pair on any objective (the knee's trade-off, an SLA)."""
+
+    def decides_on(self, objectives: tuple[Objective, ...]) -> tuple[Objective, ...]:
+        return objectives
+
+
+def role_objective(objectives: Sequence[Objective], role: Role, policy: str) -> Objective:
+    """The study's objective that plays ``role`` for ``policy``.
+
+    Raises:
+        ConfigError: no objective does (one line: the policy, the role, the objectives, the fix).
+    """
+    objective = with_role(objectives, role)
+    if objective is None:
+        kinds = {"accuracy": "an accuracy (field_accuracy, exact_match_rate, label_accuracy, schema_valid_rate, ...) "
+                             "maximised", "latency": "a latency (latency_p95_ms, ttft_p50_ms, ...) minimised"}
+        raise ConfigError(f"--policy {policy} needs {kinds[role]} among the study's objectives "
+                          f"({', '.join(o.metric for o in objectives)}); use --policy knee or trial, or a study "
+                          f"with such an objective")
+    return objective
+
+
+def candidates(study: StudySnapshot) -> list[TrialView]:
+    """The front points a policy chooses among: the front without the baseline (the settings served today are
+    what a promotion replaces), or the baseline alone when it is the whole front.
+
+    Raises:
+        InputError: the study has no front.
+    """
+    front = list(study.front)
+    if not front:
+        raise InputError(f"study {study.name!r} has no feasible trials on its front; run more trials")
+    return [t for t in front if not t.baseline] or front
+
+
+@dataclass(frozen=True)
+class Difference:
+    """``a`` minus ``b`` on one metric (in its units) with its interval, and how it was measured: ``paired``
+    over ``shared`` requests both answered, or from each point's own interval (``paired`` False)."""
+
+    estimate: float
+    low: float
+    high: float
+    paired: bool
+    shared: int = 0
+
+    def text(self) -> str:
+        """``+0.12 [+0.05, +0.19]`` (whole units from 100 up)."""
+        def signed(value: float) -> str:
+            return f"{value:+.0f}" if abs(value) >= 100 else f"{value:+.2f}"
+        return f"{signed(self.estimate)} [{signed(self.low)}, {signed(self.high)}]"
+
+    @property
+    def how(self) -> str:
+        return f"paired on {self.shared} shared requests" if self.paired else "unpaired: each point's own interval"
+
+
+def difference(study: StudySnapshot, a: TrialView, b: TrialView, objective: Objective, *,
+               alpha: float = ALPHA) -> Difference:
+    """``a`` minus ``b`` on ``objective``'s metric: paired request by request on the requests both answered when
+    the snapshot reads records (:func:`pipeline.measure.intervals.paired_gaps`, at error rate ``alpha``), else the
+    widest difference their own intervals allow (low: a's low − b's high; high: a's high − b's low)."""
+    if a.number == b.number:
+        return Difference(0.0, 0.0, 0.0, True, 0)
+    mine, theirs = study.records(a), study.records(b)
+    if mine is not None and theirs is not None:
+        gaps = paired_gaps(mine, theirs, [objective], alpha)
+        if gaps is not None:
+            # paired_gaps: how much better b is than a (positive: b better), in the better direction
+            (gap, low, high), = gaps
+            sign = 1.0 if objective.direction == "maximize" else -1.0
+            ends = sorted((-sign * low, -sign * high))
+            shared = len({r.request_id for r in mine} & {r.request_id for r in theirs})
+            return Difference(-sign * gap + 0.0, ends[0] + 0.0, ends[1] + 0.0, True, shared)
+    (a_low, a_high), (b_low, b_high) = (bounds_of(t.metrics, [objective])[:, 0] for t in (a, b))
+    metric = objective.metric
+    return Difference(a.metrics[metric] - b.metrics[metric], a_low - b_high, a_high - b_low, False)
+
+
+def knee_index(points: np.ndarray, span: np.ndarray | None = None) -> int:
+    """The knee of a front of minimisation points: the point nearest the ideal once each objective is scaled
+    to [0, 1] over ``span`` (the points every measured feasible setting reached; default: the front itself),
+    ties: the first.
+
+    Scaled over the front alone, a front of two points puts both at the same distance whatever they are, and a
+    p95 30 ms apart counts as much as field accuracy 0.3 apart; over every feasible setting a difference counts
+    by how much of what the study saw it spans.
+
+    Returns:
+        The index of the knee in ``points``.
+    """
+    reach = points if span is None else np.vstack([points, span])
+    low, high = reach.min(axis=0), reach.max(axis=0)
+    scaled = (points - low) / np.where(high > low, high - low, 1.0)
+    return int(np.argmin(np.linalg.norm(scaled, axis=1)))
+
+
+def beating_baseline(study: StudySnapshot, front: Sequence[TrialView],
+                     objectives: tuple[Objective, ...]) -> tuple[list[TrialView], str]:
+    """The front points that dominate the study's baseline trial on dev (no worse on every objective, better on
+    one), and a sentence saying so.
+
+    Returns:
+        The points and the sentence; the whole front and "" when the study has no baseline; the front without
+        the baseline, and a sentence saying so, when no point beats it.
+    """
+    served = study.baseline
+    if served is None or not front:
+        return list(front), ""
+    base = to_minimization(np.array([served.values], dtype=float), objectives)[0]
+    points = to_minimization(np.array([t.values for t in front], dtype=float), objectives)
+    better = [t for t, p in zip(front, points) if (p <= base).all() and (p < base).any()]
+    if not better:  # the baseline itself is no candidate (it may be on the front): it is what is served
+        others = [t for t in front if t.number != served.number] or list(front)
+        return others, (f"no front point beats the baseline (trial {served.number}) on every objective on dev: "
+                        "chosen from the whole front")
+    return better, (f"chosen among the {len(better)} of {len(front)} front points that beat the baseline "
+                    f"(trial {served.number}) on every objective on dev")
+
+
+def preferred_tie(chosen: TrialView, pool: list[TrialView], objectives: tuple[Objective, ...], why: str,
+                  prefer: Preference) -> Choice:
+    """``chosen``, or among the points of ``pool`` tied with it (``racing.ties``: their measurements cannot tell
+    them apart on any objective) the one the policy prefers — the best on the accuracy objective (``accuracy``)
+    or on the latency objective (``latency``) — saying so."""
+    tied = ties({t.number: bounds_of(t.metrics, objectives) for t in pool})[chosen.number]
+    if not tied:
+        return Choice(chosen, why)
+    if prefer == "policy":
+        note = (f"trial {chosen.number} is tied with trial{'s' if len(tied) > 1 else ''} "
+                f"{', '.join(str(n) for n in tied)} (their intervals overlap on every objective): kept the "
+                "policy's own pick (--prefer accuracy or latency would break the tie)")
+        return Choice(chosen, f"{why}; {note}" if why else note)
+    group = [chosen, *(t for t in pool if t.number in tied)]
+    quality, speed = with_role(objectives, "accuracy"), with_role(objectives, "latency")
+    latency = speed.metric if speed is not None else "latency_p95_ms"
+    if prefer == "accuracy" and quality is not None:
+        pick = max(group, key=lambda t: (t.metrics[quality.metric], -t.metrics[latency], -t.number))
+        reason = f"the highest {quality.metric} ({pick.metrics[quality.metric]:.3g}; --prefer latency: the fastest)"
+    else:
+        pick = min(group, key=lambda t: (t.metrics[latency], t.number))
+        reason = f"the lowest {latency} ({pick.metrics[latency]:.0f}; --prefer accuracy: the most accurate)"
+    note = (f"trial {chosen.number} is tied with trial{'s' if len(tied) > 1 else ''} "
+            f"{', '.join(str(n) for n in tied)} (their intervals overlap on every objective): chose trial "
+            f"{pick.number}, {reason}")
+    return Choice(pick, f"{why}; {note}" if why else note)

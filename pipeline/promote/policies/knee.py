@@ -1,0 +1,39 @@
+"""``knee``: the front point nearest the ideal, each objective scaled over every feasible setting measured."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.measure.registry import Objective
+from pipeline.promote.policies.base import (
+    ALPHA,
+    Choice,
+    OnEveryObjective,
+    Options,
+    beating_baseline,
+    candidates,
+    knee_index,
+    preferred_tie,
+)
+from pipeline.search.compare import to_minimization
+from pipeline.search.snapshot import StudySnapshot
+
+
+class Knee(OnEveryObjective):
+    name = "knee"
+    sentence = ("the front point nearest the ideal, each objective scaled over every feasible setting the study "
+                "measured, among the points that beat the baseline on every objective")
+    needs = ()
+
+    def choose(self, study: StudySnapshot, objectives: tuple[Objective, ...], options: Options, *,
+               alpha: float = ALPHA) -> Choice:
+        candidates(study)  # a study without a front: one line
+        pool, why = beating_baseline(study, list(study.front), objectives)
+        points = to_minimization(np.array([t.values for t in pool], dtype=float), objectives)
+        seen = to_minimization(np.array([t.values for t in study.measured if t.complete and t.feasible
+                                         and t.values is not None], dtype=float).reshape(-1, len(objectives)),
+                               objectives)
+        return preferred_tie(pool[knee_index(points, seen)], pool, objectives, why, options.prefer)
+
+
+POLICY = Knee()

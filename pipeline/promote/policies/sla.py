@@ -1,0 +1,53 @@
+"""``sla``: the most accurate front point whose p95 latency is within the limit (``--sla-p95-ms``)."""
+
+from __future__ import annotations
+
+from pipeline.errors import ConfigError, InputError
+from pipeline.measure.registry import Objective
+from pipeline.promote.policies.base import (
+    ALPHA,
+    Choice,
+    OnEveryObjective,
+    Options,
+    beating_baseline,
+    candidates,
+    preferred_tie,
+    role_objective,
+)
+from pipeline.search.snapshot import StudySnapshot
+from pipeline.search.trials import TrialView
+
+
+class Sla(OnEveryObjective):
+    name = "sla"
+    sentence = ("the most accurate front point with latency_p95_ms within --sla-p95-ms, among the points that beat "
+                "the baseline on every objective when one does")
+    needs = ("accuracy",)
+
+    def choose(self, study: StudySnapshot, objectives: tuple[Objective, ...], options: Options, *,
+               alpha: float = ALPHA) -> Choice:
+        """Raises: ConfigError: no limit. InputError: no front point is within it."""
+        limit = options.sla_p95_ms
+        if limit is None:
+            raise ConfigError("--policy sla needs --sla-p95-ms X")
+        quality = role_objective(objectives, "accuracy", self.name)
+        front = list(study.front)
+        candidates(study)
+        pool, why = beating_baseline(study, front, objectives)
+
+        def within(trials: list[TrialView]) -> list[TrialView]:
+            return [t for t in trials if t.metrics["latency_p95_ms"] <= limit]
+
+        if not within(pool) and within(front):
+            pool = [t for t in front if not t.baseline] or front
+            why = "no front point within the SLA beats the baseline on every objective on dev"
+        if not within(pool):
+            best = min(t.metrics["latency_p95_ms"] for t in front)
+            raise InputError(f"no front trial has latency_p95_ms <= {limit:g} (the fastest has "
+                             f"{best:.0f}); raise --sla-p95-ms or use --policy accuracy")
+        pool = within(pool)
+        best = max(pool, key=lambda t: (t.metrics[quality.metric], -t.metrics["latency_p95_ms"]))
+        return preferred_tie(best, pool, objectives, why, options.prefer)
+
+
+POLICY = Sla()

@@ -1,0 +1,31 @@
+"""``trial``: the trial named by ``--trial N``, which must be complete and feasible."""
+
+from __future__ import annotations
+
+from pipeline.errors import ConfigError, InputError
+from pipeline.measure.registry import Objective
+from pipeline.promote.policies.base import ALPHA, Choice, OnEveryObjective, Options
+from pipeline.search.snapshot import StudySnapshot
+
+
+class Trial(OnEveryObjective):
+    name = "trial"
+    sentence = "the trial named by --trial N, when it completed and met every constraint"
+    needs = ()
+
+    def choose(self, study: StudySnapshot, objectives: tuple[Objective, ...], options: Options, *,
+               alpha: float = ALPHA) -> Choice:
+        if options.trial is None:
+            raise ConfigError("--policy trial needs --trial N")
+        chosen = study.trial(options.trial)
+        if chosen is None or not chosen.complete:
+            raise InputError(f"trial {options.trial} of study {study.name!r} is not a completed trial; "
+                             f"front trials: {', '.join(str(t.number) for t in study.front) or 'none'}")
+        # Not `chosen.feasible`: a NaN violation (a limit that could not be measured) never refused a trial here.
+        if any(v > 0 for v in chosen.constraints.values()):
+            raise InputError(f"trial {options.trial} breaks a constraint ({chosen.constraints}); "
+                             "choose a feasible one")
+        return Choice(chosen)
+
+
+POLICY = Trial()
