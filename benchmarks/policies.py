@@ -129,7 +129,8 @@ def _report(summary: pd.DataFrame, result: dict[str, Any]) -> str:
              "the most accurate measured setting's true accuracy minus the promoted one's (mean); p95 excess: the "
              "promoted setting's true p95 over the fastest in the band (median). "
              f"{result['seconds']:.0f} s.", "",
-             "| policy | band | within | regret | true accuracy | true p95 ms | p95 excess | finals requests | promoted |",
+             "| policy | band | within | regret | true accuracy | true p95 ms | p95 excess | finals requests "
+             "| promoted |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in summary.itertuples(index=False):
         lines.append(f"| {row.arm} | {row.band:g} | {row.within:.0%} | {row.regret:.3f} | {row.accuracy:.3f} | "

@@ -10,10 +10,10 @@ from mlflow import MlflowClient
 
 from pipeline.commands.cli import main
 from pipeline.errors import InputError
+from pipeline.measure.gain import Gain
 from pipeline.measure.registry import Constraint, Objective
 from pipeline.promote.choose import Choice, beating_baseline, choose_trial, knee_index
 from pipeline.promote.modelfile import parse
-from pipeline.measure.gain import Gain
 from pipeline.promote.promotion import PromotionPolicy, decide, fall_note, unjudged
 from pipeline.search.snapshot import StudySnapshot
 from pipeline.search.trials import BASELINE

@@ -147,7 +147,8 @@ def test_two_workers_share_one_study_on_a_journal_file(tmp_path, processes):
     storage = f"journal://{tmp_path}/study.log"
     # each its share of the cores: two engines spinning on every core can take minutes for a trial of seconds
     threads = str(max(1, (os.cpu_count() or 2) // 2))
-    workers = [start(processes, tmp_path, "--trials", "4", "--storage", storage, "--threads", threads) for _ in range(2)]
+    workers = [start(processes, tmp_path, "--trials", "4", "--storage", storage, "--threads", threads)
+               for _ in range(2)]
     results = finish(workers)
     for worker, (_, err) in zip(workers, results):
         assert worker.returncode == 0, err[-2000:]

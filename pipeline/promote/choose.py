@@ -44,6 +44,16 @@ class MenuRow:
     latency: Difference | None = None
     unavailable: str = ""
 
+    def describe(self, metric: str) -> str:
+        """One line (a tag on the promotion run): the trial, its dev ``metric`` and p95, its differences."""
+        if self.trial is None:
+            return f"nothing: {self.unavailable}"
+        figures = ", ".join(f"{k} {self.trial.metrics[k]:.4g}" for k in (metric, "latency_p95_ms")
+                            if k in self.trial.metrics)
+        against = "; ".join(f"{name} {d.text()} ({d.how})" for name, d in (("accuracy", self.accuracy),
+                                                                            ("latency", self.latency)) if d)
+        return f"trial {self.trial.number}: {figures}" + (f"; against the promoted point: {against}" if against else "")
+
 
 def menu(study: StudySnapshot, objectives: tuple[Objective, ...], options: Options, chosen: TrialView, *,
          alpha: float = ALPHA) -> list[MenuRow]:

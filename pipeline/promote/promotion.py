@@ -5,12 +5,12 @@ The chosen trial (:mod:`pipeline.promote.choose`) is replayed through the study'
 no study uses, with repetitions. Promotion is refused on evidence only (:func:`decide`): when the candidate is less
 accurate than the baseline (measured side by side, paired) by more than the margin with its whole interval, or a
 limit (a constraint, the SLA) is broken with the held-out interval past it. The fall from dev to held-out is
-reported, not refused: dev accuracy is the best of a study's noisy estimates. An accepted point becomes a bundle (:mod:`pipeline.promote.bundle`:
-Modelfile, sidecar, launch command), written first to a staging folder and read back: held-out requests replayed
-through an engine configured only from those files must answer as the trial's settings did
-(:mod:`pipeline.promote.check`). Then the bundle is copied to the output folder and a new version of a registered
-model gets the ``champion`` alias. Everything is recorded in one MLflow run (:class:`pipeline.tracking.promotion.PromotionRun`),
-a refused promotion too.
+reported, not refused: dev accuracy is the best of a study's noisy estimates. An accepted point becomes a bundle
+(:mod:`pipeline.promote.bundle`: Modelfile, sidecar, launch command), written first to a staging folder and read
+back: held-out requests replayed through an engine configured only from those files must answer as the trial's
+settings did (:mod:`pipeline.promote.check`). Then the bundle is copied to the output folder and a new version of
+a registered model gets the ``champion`` alias. Everything is recorded in one MLflow run
+(:class:`pipeline.tracking.promotion.PromotionRun`), a refused promotion too.
 """
 
 from __future__ import annotations
@@ -221,7 +221,7 @@ def promote(prepared: PreparedStudy, study_name: str, policy: PromotionPolicy, *
                              finals=finals, menu=offered, accuracy=metric)
     run.tag("policy.sentence", policy_named(policy.policy).sentence)
     run.tag("policy.margin", f"{policy.margin:g}")
-    run.tags({f"menu.{row.policy}": menu_text(row, metric) for row in offered})
+    run.tags({f"menu.{row.policy}": row.describe(metric) for row in offered})
     if finals is not None:
         run.tag("finals", finals.summary())
         run.log_table(pd.DataFrame(finals.rows()), "finals.json")
@@ -398,13 +398,3 @@ def _record_check(run: PromotionRun, check: BundleCheck) -> None:
                      **{f"bundle_check_gap_{m}{suffix}": v for m, gap in check.gaps.items()
                         for suffix, v in zip(("", "_ci95_low", "_ci95_high"), gap, strict=True)}})
     run.log_table(pd.DataFrame(check.rows), "bundle_check.json")
-
-
-def menu_text(row: MenuRow, metric: str) -> str:
-    """One policy's line of the menu, as a tag: its trial, dev figures and differences to the chosen point."""
-    if row.trial is None:
-        return f"nothing: {row.unavailable}"
-    figures = ", ".join(f"{k} {row.trial.metrics[k]:.4g}" for k in (metric, "latency_p95_ms") if k in row.trial.metrics)
-    against = "; ".join(f"{name} {d.text()} ({d.how})" for name, d in (("accuracy", row.accuracy),
-                                                                        ("latency", row.latency)) if d is not None)
-    return f"trial {row.trial.number}: {figures}" + (f"; against the promoted point: {against}" if against else "")
