@@ -278,7 +278,7 @@ def test_the_study_and_promote_print_no_library_progress_bars(tmp_path, capfd):
     lines = promote.out.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("what each policy would promote"))
     rows = [line for line in lines[start:start + 10] if line.split()[:1] in (["accuracy"], ["latency"], ["knee"])]
-    assert [row.split()[0] for row in rows] == ["accuracy", "latency", "knee"] and "(chosen)" in rows[0], lines
+    assert [row.split()[0] for row in rows] == ["accuracy", "latency", "knee"] and "(used)" in rows[0], lines
     assert all(len(line) <= 100 for line in lines[start:start + 10]), lines[start:start + 10]
     check = [line for line in promote.out.splitlines() if line.lstrip().startswith("bundle check")
              or "identical answers required" in line or "decoding varies" in line]

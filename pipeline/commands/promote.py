@@ -94,11 +94,11 @@ def run(args: argparse.Namespace, console: Console) -> int:
         report = promote(prepared, args.study, policy, console=console)
     except PromotionRefused as refused:
         if refused.report is not None:  # measured before it was refused: what was measured, then why (stderr)
-            _measured(out, refused.report, config)
+            _measured(out, refused.report, config, policy.policy)
         raise
     finally:
         prepared.backend.close()
-    _measured(out, report, config)
+    _measured(out, report, config, policy.policy)
     out.print(f"promoted trial {report.trial} of {report.study!r} as {policy.registered_model or report.study!r} "
               f"version {report.model_version} (alias {CHAMPION})")
     for note in report.notes:
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _measured(out: Console, report: PromotionReport, config: StudyConfig) -> None:
+def _measured(out: Console, report: PromotionReport, config: StudyConfig, policy: str) -> None:
     """How the point was chosen, the gain over the baseline, dev against held-out figures and the bundle check."""
     if report.finals is not None:
         out.print(f"finals: {report.finals.summary()}", markup=False)
@@ -120,7 +120,7 @@ def _measured(out: Console, report: PromotionReport, config: StudyConfig) -> Non
     if report.choice:
         out.print(report.choice, markup=False)
     if report.menu:
-        out.print(_menu(report.menu, report), width=min(out.width, 100))
+        out.print(_menu(report.menu, report, policy), width=min(out.width, 100))
     if report.gains:
         out.print(gain_table(report.gains, "the candidate against the baseline (held-out, side by side)"))
         out.print(slower(report.gains) or "the candidate is not slower than the baseline", markup=False)
@@ -136,9 +136,9 @@ def _measured(out: Console, report: PromotionReport, config: StudyConfig) -> Non
         out.print(report.check.summary(), markup=False)
 
 
-def _menu(rows: list[MenuRow], report: PromotionReport) -> Table:
+def _menu(rows: list[MenuRow], report: PromotionReport, used: str) -> Table:
     """What each policy would promote from this study, with its dev figures and its paired differences to the
-    promoted point: one row a policy, in 100 columns."""
+    promoted point: one row a policy (``used``: the one that chose, marked), in 100 columns."""
     metric = report.accuracy or "field_accuracy"
     table = Table(title="what each policy would promote (dev; against the promoted point, paired where measured "
                         "together)", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
@@ -150,7 +150,7 @@ def _menu(rows: list[MenuRow], report: PromotionReport) -> Table:
             table.add_row(row.policy, "", "", "", row.unavailable.split(" (")[0], "")
             continue
         same = row.trial.number == report.trial
-        table.add_row(row.policy + (" (chosen)" if same else ""), str(row.trial.number),
+        table.add_row(row.policy + (" (used)" if row.policy == used else ""), str(row.trial.number),
                       f"{row.trial.metrics.get(metric, float('nan')):.3g}",
                       f"{row.trial.metrics.get('latency_p95_ms', float('nan')):.0f}",
                       "the promoted point" if same or row.accuracy is None else row.accuracy.text(),

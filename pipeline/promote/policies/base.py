@@ -108,10 +108,10 @@ class Difference:
     shared: int = 0
 
     def text(self) -> str:
-        """``+0.12 [+0.05, +0.19]`` (whole units from 100 up)."""
-        def signed(value: float) -> str:
-            return f"{value:+.0f}" if abs(value) >= 100 else f"{value:+.2f}"
-        return f"{signed(self.estimate)} [{signed(self.low)}, {signed(self.high)}]"
+        """``+0.12 [+0.05, +0.19]``; whole units when a figure reaches 100 (``-192 [-319, -74]``)."""
+        whole = max(abs(self.estimate), abs(self.low), abs(self.high)) >= 100
+        estimate, low, high = ((f"{v:+.0f}" if whole else f"{v:+.2f}") for v in (self.estimate, self.low, self.high))
+        return f"{estimate} [{low}, {high}]"
 
     @property
     def how(self) -> str:
