@@ -64,7 +64,7 @@ from pipeline.search.samplers import make_sampler
 from pipeline.search.snapshot import StudySnapshot
 from pipeline.search.space import suggest
 from pipeline.search.topup import TOP_UP_REQUESTS, combined, next_top_up, resumable, top_up_source
-from pipeline.search.trials import RACED, REUSED, TOPS_UP
+from pipeline.search.trials import METRICS, RACED, REUSED, TOPS_UP
 
 SIZE = 20                       # requests of a fixed-size trial: the default study's limit
 BUDGETS = (0.10, 0.15, 0.25)    # shares of the grid measured with fixed trials
@@ -157,9 +157,9 @@ class Replayed:
             wanted = trial.user_attrs.get(TOP_UP_REQUESTS) or self.variant.size - len(before)
             seen = {r.request_id for r in before}
             added = TrialOutcome(records=[r for r in ordered if r.request_id not in seen][:wanted])
-            outcome, ran = combined(before, source.user_attrs["metrics"], added), len(added.records)
+            outcome, ran = combined(before, source.user_attrs[METRICS], added), len(added.records)
         values = trial_values(trial, outcome, config)
-        trial.set_user_attr("metrics", {**trial.user_attrs["metrics"], "requests_run": float(ran)})
+        trial.set_user_attr(METRICS, {**trial.user_attrs[METRICS], "requests_run": float(ran)})
         self.study.tell(trial, values)
         self.records[trial.number] = outcome.records
         self.spent += ran
@@ -301,7 +301,7 @@ def _timed_requests(name: str, storage_url: str, folder: Path) -> int:
         study = optuna.load_study(study_name=name, storage=storage_url)
     finally:
         os.chdir(cwd)
-    return int(sum(t.user_attrs.get("metrics", {}).get("requests_run", 0)
+    return int(sum(t.user_attrs.get(METRICS, {}).get("requests_run", 0)
                    for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
                    if REUSED not in t.user_attrs))
 
@@ -352,7 +352,7 @@ def _replay_seed(task: tuple[str, int, tuple[Variant, ...]]) -> tuple[list[dict]
                        and REUSED not in t.user_attrs and TOPS_UP not in t.user_attrs]
                 spending.append({"objectives": label, "variant": variant.name, "seed": seed, "trials": len(new),
                                  "raced": sum(RACED in t.user_attrs for t in new),
-                                 "requests_per_trial": float(np.mean([t.user_attrs["metrics"]["requests_run"]
+                                 "requests_per_trial": float(np.mean([t.user_attrs[METRICS]["requests_run"]
                                                                       for t in new]))})
             else:
                 replayed.run(int(fraction * target))

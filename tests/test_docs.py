@@ -62,7 +62,7 @@ def metrics_table() -> str:
         (code(field_metric("/<path>")), "", "share", "higher", per_field),
         ("`requests_run`", "", "requests", "", run),
         (f"`<objective>{low}`, `<objective>{high}`", "", "", "",
-         "each objective's interval at `evaluation.error_rate`, as refinement and ties use it"),
+         "each objective's interval at `evaluation.error_rate`, as refinement and unpaired ties use it"),
         ("`<metric>_ci95_low`, `<metric>_ci95_high`", "", "", "", reported),
     ]
     return table(("metric", "column", "unit", "better", "meaning"), rows)

@@ -62,6 +62,11 @@ def test_two_settings_that_serve_alike_end_not_decided_with_the_split_used_up(tm
     # the extra requests are trials of their own, on their MLflow runs, and the front is measured on them
     front = report.front.set_index("number")["requests_measured"].to_dict()
     assert front == {0: 3.0, finals.chosen: 60.0, tied.number: 60.0}  # the baseline is on it too: the fastest
+    # the front table's ties are the finals' (one rule, paired on the requests two points share): the choice is
+    # tied with its tied rival there too, and with nothing the finals decided
+    ties = report.front.set_index("number")["tied_with"].to_dict()
+    assert ties[finals.chosen] == str(tied.number) and ties[served.number] == ""
+    assert set(report.front["ties"]) == {"paired: every difference on their shared requests holds 0"}
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id],
                               filter_string="tags.tops_up != ''")

@@ -8,6 +8,7 @@ room imports it. Each room's ``__init__`` docstring says its one job and which r
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,55 @@ def wrong_turns(root: Path) -> list[str]:
 
 def test_imports_only_go_down_the_rooms():
     assert wrong_turns(ROOT) == []
+
+
+def import_graph(root: Path) -> dict[str, set[str]]:
+    """Each module of the package and the modules of the package it imports (at the top or inside a function)."""
+    modules = {".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in sorted((root / "pipeline").rglob("*.py"))}
+    return {m: {n for _, n in imports_of(p, m) if n in modules and n != m} for m, p in modules.items()}
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import circles of ``graph``: its strongly connected parts of more than one module (Tarjan)."""
+    order: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        order[module] = low[module] = len(order)
+        stack.append(module)
+        for other in graph[module]:
+            if other not in order:
+                visit(other)
+                low[module] = min(low[module], low[other])
+            elif other in stack:
+                low[module] = min(low[module], order[other])
+        if low[module] == order[module]:
+            part = []
+            while not part or part[-1] != module:
+                part.append(stack.pop())
+            if len(part) > 1:
+                found.append(sorted(part))
+
+    for module in graph:
+        if module not in order:
+            visit(module)
+    return found
+
+
+def test_no_module_imports_itself_back_through_others():
+    assert circles(import_graph(ROOT)) == []
+    assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_trial_and_study_attributes_are_read_and_written_by_their_declared_names():
+    # every key of a trial's or a study's user attrs is a name declared in pipeline.search.trials
+    literal = re.compile(r"""(user_attrs\.get\(|user_attrs\[|set_user_attr\()\s*["']""")
+    found = [f"{path.relative_to(ROOT)}:{n}" for path in sorted((ROOT / "pipeline").rglob("*.py"))
+             for n, line in enumerate(path.read_text().splitlines(), 1) if literal.search(line)]
+    assert found == []
 
 
 def test_every_room_says_its_job_and_what_it_may_import():

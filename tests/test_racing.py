@@ -24,8 +24,10 @@ from pipeline.measure.metrics import summarize
 from pipeline.measure.racing import (
     Racer,
     bound_metrics,
+    bounds_of,
     dominated_by,
     interval,
+    tied_points,
     ties,
     undecided,
 )
@@ -213,6 +215,26 @@ def test_ties_are_points_whose_intervals_overlap_on_every_objective():
     assert undecided(points) == {1: 2 + 1 + 0, 2: 2 + 2 + 0, 3: 1 + 2 + 0, 4: 0}
 
 
+def test_ties_are_judged_paired_on_shared_requests_and_unpaired_only_without_them():
+    # every request's latency differs widely, so each point's own interval is wide; on every request trial 1
+    # answers 5% faster than trial 0, with the same answers: paired, the latency difference is decided
+    slow = np.linspace(200, 2000, 40)
+    records = {0: requests_of(slow, np.ones(40)), 1: requests_of(slow * 0.95, np.ones(40)),
+               2: requests_of(slow, np.ones(40))}
+    points = {n: bounds_of({**summarize(r), **bound_metrics(r, OBJECTIVES, 0.05)}, OBJECTIVES)
+              for n, r in records.items()}
+    assert ties(points) == {0: [1, 2], 1: [0, 2], 2: [0, 1]}            # the intervals overlap everywhere
+    paired = tied_points(points, records, OBJECTIVES, 0.05)
+    assert paired.of == {0: [2], 1: [], 2: [0]} and (paired.paired, paired.unpaired) == (3, 0)
+    assert paired.how.startswith("paired")
+    # without records (or fewer than two shared requests) a pair falls back to its intervals, and says so
+    alone = tied_points(points, {0: records[0], 1: records[1][:1], 2: None}, OBJECTIVES, 0.05)
+    assert alone.of == ties(points) and (alone.paired, alone.unpaired) == (0, 3)
+    assert alone.how.startswith("unpaired")
+    mixed = tied_points(points, {0: records[0], 1: records[1], 2: None}, OBJECTIVES, 0.05)
+    assert mixed.of == {0: [2], 1: [2], 2: [0, 1]} and "2 without shared requests" in mixed.how
+
+
 def _study(points: dict[int, tuple[np.ndarray, int]], attrs: dict[int, dict] | None = None) -> optuna.Study:
     """A study of completed two-objective trials from intervals and request counts (params x = number)."""
     study = optuna.create_study(directions=["maximize", "minimize"])
@@ -293,7 +315,8 @@ def test_the_front_table_marks_ties_and_promote_takes_the_preferred_of_them():
                               objectives=["field_accuracy"],
                               trials=frame))
     text = " ".join(console.file.getvalue().split())
-    assert "tied with" in text and "tied: the front points whose intervals overlap" in text
+    assert "tied with" in text and "tied: the front points this one cannot be told from (unpaired: their " \
+        "intervals overlap on every objective)" in text
     # the sla policy's best accuracy within 2000 ms is trial 1 (0.65); trial 0 is tied with it and faster: the
     # stated preference decides; by default the policy's own pick stands, and the choice says it is tied
     choice = choose_trial(StudySnapshot.of(study), OBJECTIVES, PromotionPolicy(policy="sla", sla_p95_ms=2000))

@@ -21,8 +21,10 @@ from pipeline.measure.registry import (
     REGISTRY,
     Constraint,
     Metric,
+    Objective,
     bounded_metrics,
     ci_metrics,
+    feasible,
     lookup,
     server_metrics,
 )
@@ -128,3 +130,14 @@ def test_a_new_metric_is_one_declaration(monkeypatch, tmp_path, write_config):
     console = Console(file=io.StringIO(), width=120)
     console.print(front_table(report.front, "front", settings=("format",), objectives=[bare.name]))
     assert "bare" in console.file.getvalue()
+
+
+def test_feasibility_direction_and_evidence_of_a_broken_limit_each_have_one_rule():
+    # a trial is feasible by Optuna's rule: every violation <= 0; NaN (a metric that could not be measured) is not
+    assert feasible([0.0, -3.0]) and feasible([]) and not feasible([0.0, 0.5]) and not feasible([float("nan")])
+    # a value shows a limit broken only when measured and past it (early abort, a refusal, an explanation)
+    limit, floor = Constraint("latency_p95_ms", max=1000.0), Constraint("schema_valid_rate", min=0.9)
+    assert limit.breaks(1001.0) and not limit.breaks(1000.0) and not limit.breaks(float("nan"))
+    assert floor.breaks(0.8) and not floor.breaks(float("inf")) and not limit.breaks(float("-inf"))
+    # the direction's sign: a value times it grows as it gets better
+    assert Objective("field_accuracy", "maximize").sign == 1.0 and Objective("latency_p95_ms", "minimize").sign == -1.0

@@ -27,9 +27,12 @@ from scipy.stats import DegenerateDataWarning, binomtest, bootstrap, norm
 from pipeline.measure.records import RequestRecord
 from pipeline.measure.registry import FIELD_METRIC, REGISTRY, Objective, field_metric, lookup
 
-__all__ = ["RESAMPLES", "interval", "paired_gaps", "per_request", "percentile_bootstrap", "reported_intervals",
-           "wilson"]
+__all__ = ["ERROR_RATE", "RESAMPLES", "interval", "paired_gaps", "per_request", "percentile_bootstrap",
+           "reported_intervals", "signed_difference", "wilson"]
 
+# The error rate of every interval and decision the tool reports unless a study configures its own
+# (``evaluation.error_rate``): two-sided 95% intervals. Racing has its own (``evaluation.racing_error_rate``).
+ERROR_RATE = 0.05
 # Resamples of the intervals racing and ties read (the reported 95% intervals take 2000).
 RESAMPLES = 1000
 
@@ -66,7 +69,7 @@ def percentile_bootstrap(data: tuple[np.ndarray, ...], statistic: Callable[..., 
     return result.confidence_interval.low, result.confidence_interval.high
 
 
-def reported_intervals(records: Sequence[RequestRecord], *, level: float = 0.95, resamples: int = 2000,
+def reported_intervals(records: Sequence[RequestRecord], *, level: float = 1 - ERROR_RATE, resamples: int = 2000,
                        seed: int = 0) -> dict[str, float]:
     """The 95% percentile-bootstrap intervals every trial records, resampling its requests.
 
@@ -165,9 +168,18 @@ def paired_gaps(ours: Sequence[RequestRecord], theirs: Sequence[RequestRecord], 
         if mine is None or other is None:
             return None
         (x, statistic), (y, _) = mine, other
-        sign = 1.0 if objective.direction == "maximize" else -1.0
+        sign = objective.sign
         estimate = sign * float(statistic(y, 0) - statistic(x, 0))
         resampled = sign * (statistic(y[picks], 1) - statistic(x[picks], 1))
         low, high = np.quantile(resampled, [alpha / 2, 1 - alpha / 2])
         gaps.append((estimate, float(low), float(high)))
     return gaps
+
+
+def signed_difference(objective: Objective, gap: tuple[float, float, float]) -> tuple[float, float, float]:
+    """A gap of :func:`paired_gaps` (how much better theirs is, positive: better) as ours minus theirs in the
+    metric's own units, with its interval (low <= high)."""
+    estimate, low, high = gap
+    flip = -objective.sign                     # gap = sign × (theirs − ours)
+    ends = sorted((flip * low, flip * high))
+    return flip * estimate + 0.0, ends[0] + 0.0, ends[1] + 0.0  # + 0.0: no "-0" shown

@@ -9,9 +9,13 @@ Wilson's score interval for a rate, the bootstrap for a share or a latency stati
 From the intervals, in minimisation form (a maximised metric negated): a point's **optimistic corner** is the best
 end of each interval, its **pessimistic corner** the worst end. A point is *dominated at the error rate* when
 another's pessimistic corner dominates its optimistic corner (no worse on every objective, better on one).
-Two points are *tied* when their intervals overlap on every objective: the measurements cannot tell them apart
-on any of them (:func:`ties`). A pair is *decided* on an objective when their intervals on it do not overlap;
-topping up spends requests on the pairs that are not (:func:`undecided`).
+Two points are *tied* when the measurements cannot tell them apart on any objective. Where the two answered the
+same requests (every trial of a study takes them in the same order), that is judged **paired**: the interval of
+their difference, request by request, holds 0 on every objective (:func:`holds_zero`); only where they share
+fewer than two requests, or their records are not at hand, **unpaired**: their own intervals overlap on every
+objective (:func:`ties`). :func:`tied_points` applies that one rule to a set of points and says which it used.
+A pair is *decided* on an objective when their intervals on it do not overlap; topping up spends requests on the
+pairs that are not (:func:`undecided`).
 
 Racing (:class:`Racer`) decides on fewer requests than that: every trial of a study takes the same requests in
 the same order, so after ``n`` of its requests a trial is compared with each front point *on those same n
@@ -32,8 +36,9 @@ from pipeline.measure.intervals import interval, paired_gaps
 from pipeline.measure.records import RequestRecord
 from pipeline.measure.registry import Objective
 
-__all__ = ["BOUND_SUFFIXES", "Race", "Racer", "bound_metrics", "bounds_of", "corner", "dominated_by", "dominates",
-           "dominated_on_the_same_requests", "interval", "paired_gaps", "still_dominated", "ties", "undecided"]
+__all__ = ["BOUND_SUFFIXES", "Race", "Racer", "Ties", "bound_metrics", "bounds_of", "corner", "dominated_by",
+           "dominates", "dominated_on_the_same_requests", "holds_zero", "interval", "paired_gaps", "still_dominated",
+           "tied_points", "ties", "undecided"]
 
 # A trial's interval on each objective is recorded beside its metrics as <metric>_bound_low / <metric>_bound_high.
 BOUND_SUFFIXES = ("_bound_low", "_bound_high")
@@ -67,10 +72,8 @@ def corner(bounds: np.ndarray, objectives: Sequence[Objective], *, optimistic: b
     low, high = bounds
     out = []
     for i, objective in enumerate(objectives):
-        if objective.direction == "maximize":
-            out.append(-(high[i] if optimistic else low[i]))
-        else:
-            out.append(low[i] if optimistic else high[i])
+        best, worst = (high[i], low[i]) if objective.sign > 0 else (low[i], high[i])
+        out.append(-objective.sign * (best if optimistic else worst))
     return np.nan_to_num(np.array(out, float), nan=math.inf if not optimistic else -math.inf)
 
 
@@ -161,6 +164,58 @@ def ties(points: dict[int, np.ndarray]) -> dict[int, list[int]]:
     """For each point, the others whose intervals overlap its own on every objective (ties), in number order."""
     return {n: [m for m in sorted(points) if m != n and bool(np.all(_overlap(points[n], points[m])))]
             for n in points}
+
+
+def holds_zero(gaps: Sequence[tuple[float, float, float]]) -> bool:
+    """Whether every difference's interval (``(estimate, low, high)``, :func:`paired_gaps`) holds 0: the paired
+    measurements do not tell the two points apart on any of these objectives."""
+    return all(low <= 0 <= high for _, low, high in gaps)
+
+
+@dataclass(frozen=True)
+class Ties:
+    """For each point, the others it is tied with (in number order), and how many pairs were judged paired (on
+    their shared requests) and how many unpaired (each point's own intervals)."""
+
+    of: dict[int, list[int]]
+    paired: int
+    unpaired: int
+
+    @property
+    def how(self) -> str:
+        """How the ties were judged, in words, for a caption or a note."""
+        if not self.unpaired:
+            return "paired: every difference on their shared requests holds 0"
+        if not self.paired:
+            return "unpaired: their intervals overlap on every objective"
+        return (f"paired on shared requests ({self.paired} pairs; {self.unpaired} without shared requests: "
+                "their intervals overlap)")
+
+
+def tied_points(points: dict[int, np.ndarray], records: dict[int, Sequence[RequestRecord] | None] | None,
+                objectives: Sequence[Objective], alpha: float, *, seed: int = 0) -> Ties:
+    """The ties among ``points`` (number: intervals, :func:`bounds_of`): a pair whose records (``records``, by
+    number) share two requests or more is tied when its paired differences hold 0 on every objective at error
+    rate ``alpha`` (:func:`holds_zero`); any other pair when its intervals overlap on every objective."""
+    records = records or {}
+    of: dict[int, list[int]] = {n: [] for n in points}
+    paired = unpaired = 0
+    numbers = sorted(points)
+    for i, n in enumerate(numbers):
+        for m in numbers[i + 1:]:
+            mine, theirs = records.get(n), records.get(m)
+            gaps = None if mine is None or theirs is None else paired_gaps(mine, theirs, objectives, alpha,
+                                                                           seed=seed)
+            if gaps is not None:
+                paired += 1
+                tied = holds_zero(gaps)
+            else:
+                unpaired += 1
+                tied = bool(np.all(_overlap(points[n], points[m])))
+            if tied:
+                of[n].append(m)
+                of[m].append(n)
+    return Ties({n: sorted(v) for n, v in of.items()}, paired, unpaired)
 
 
 def undecided(points: dict[int, np.ndarray]) -> dict[int, int]:

@@ -17,7 +17,8 @@ declared metrics, each field path of the expected answers has its accuracy, ``fi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -27,8 +28,8 @@ from pipeline.job.pointers import ANY, format_pointer, parse_pointer
 from pipeline.measure.records import RequestRecord
 
 __all__ = ["FIELD_METRIC", "METRICS", "REGISTRY", "Constraint", "Direction", "Metric", "Objective", "Trial",
-           "Role", "bounded_metrics", "ci_metrics", "field_metric", "lookup", "metric_direction", "metric_name",
-           "server_metrics", "with_role"]
+           "Role", "bounded_metrics", "ci_metrics", "feasible", "field_metric", "lookup", "metric_direction",
+           "metric_name", "server_metrics", "with_role"]
 
 Direction = Literal["maximize", "minimize"]
 # How racing and ties bound a metric: "wilson" (a rate of 0/1 outcomes), "share" (a mean of per-request shares:
@@ -339,6 +340,17 @@ class Objective:
     metric: str
     direction: Direction
 
+    @property
+    def sign(self) -> float:
+        """1.0 when larger is better (maximised), -1.0 when smaller is: ``value * sign`` grows as it gets better."""
+        return 1.0 if self.direction == "maximize" else -1.0
+
+
+def feasible(violations: Iterable[float]) -> bool:
+    """Whether a trial meets every constraint, by Optuna's rule (``Study.best_trials``): every violation <= 0.
+    A NaN violation (a limit whose metric could not be measured) is not met: nothing shows it is."""
+    return all(v <= 0 for v in violations)
+
 
 @dataclass(frozen=True)
 class Constraint:
@@ -353,6 +365,11 @@ class Constraint:
         if self.max is not None:
             return value - self.max
         return self.min - value  # type: ignore[operator]
+
+    def breaks(self, value: float) -> bool:
+        """Whether ``value`` shows the limit broken: measured (not NaN) and past it. Evidence, for a decision
+        that acts on it (early abort, a refusal, an explanation); a trial's feasibility is :func:`feasible`."""
+        return not math.isnan(value) and self.violation(value) > 0
 
     def describe(self) -> str:
         return f"{self.metric} <= {self.max:g}" if self.max is not None else f"{self.metric} >= {self.min:g}"

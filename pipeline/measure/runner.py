@@ -98,7 +98,7 @@ def abort_reason(records: list[RequestRecord], planned: int, constraints: tuple[
     for constraint in constraints:
         if can_abort(constraint):
             bound = optimistic_bound(records, planned, constraint.metric)
-            if constraint.violation(bound) > 0:
+            if constraint.breaks(bound):
                 return Abort(constraint, bound, len(records), planned)
     return None
 

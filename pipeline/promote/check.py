@@ -35,7 +35,7 @@ from pipeline.engines.settings import InferenceSettings
 from pipeline.errors import PipelineError
 from pipeline.job.experiment import Example
 from pipeline.job.prompts import PromptLibrary, ShotExample
-from pipeline.measure.intervals import paired_gaps
+from pipeline.measure.intervals import ERROR_RATE, paired_gaps
 from pipeline.measure.records import RequestRecord
 from pipeline.measure.registry import Objective, lookup
 from pipeline.measure.runner import run_trial
@@ -48,8 +48,6 @@ __all__ = ["BundleCheck", "BundleCheckFailed", "WrittenBundle", "check_bundle", 
 
 # The variant name the bundle's own system prompt is rendered under.
 _VARIANT = "bundle"
-# The paired intervals of the check: two-sided, 95%.
-_ALPHA = 0.05
 
 
 class BundleCheckFailed(PipelineError):
@@ -161,11 +159,12 @@ def check_bundle(prepared: PreparedStudy, files: BundleFiles, held_out: list[Req
         replayed = _through_backend(prepared, bundle, chosen)
     replayed_ids = set(ids)
     trial = [r for r in held_out if r.request_id in replayed_ids]
-    return compare(trial, replayed, accuracy=accuracy, temperature=temperature)
+    return compare(trial, replayed, accuracy=accuracy, temperature=temperature,
+                   alpha=prepared.config.evaluation.error_rate)
 
 
 def compare(trial: list[RequestRecord], bundle: list[RequestRecord], *, accuracy: str,
-            temperature: float) -> BundleCheck:
+            temperature: float, alpha: float = ERROR_RATE) -> BundleCheck:
     """Decide whether ``bundle`` (one answer per request) reproduces ``trial`` (the same requests, one or more
     repetitions each); see the module docstring."""
     answers: dict[str, list[str]] = {}
@@ -184,7 +183,7 @@ def compare(trial: list[RequestRecord], bundle: list[RequestRecord], *, accuracy
              "bundle_" + accuracy: lookup(accuracy).request(r)} for r in bundle]
     identical = sum(row["identical"] for row in rows)
     objectives = [Objective("schema_valid_rate", "maximize"), Objective(accuracy, "maximize")]
-    found = paired_gaps(trial, bundle, objectives, _ALPHA) or []
+    found = paired_gaps(trial, bundle, objectives, alpha) or []
     gaps = {o.metric: gap for o, gap in zip(objectives, found, strict=False)}
     failure = None
     if deterministic and identical < len(rows):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pipeline.errors import PipelineError
 from pipeline.measure.registry import Objective, with_role
 from pipeline.promote.policies import REGISTRY, Choice, Difference, Options, Preference, difference, policy_named
-from pipeline.promote.policies.base import ALPHA, beating_baseline, knee_index
+from pipeline.promote.policies.base import ERROR_RATE, beating_baseline, knee_index
 from pipeline.search.drift import machine_note
 from pipeline.search.snapshot import StudySnapshot
 from pipeline.search.trials import TrialView
@@ -21,7 +21,7 @@ ChoosingPolicy = Options  # what choose_trial reads of promote's options
 
 
 def choose_trial(study: StudySnapshot, objectives: tuple[Objective, ...], policy: Options, *,
-                 alpha: float = ALPHA) -> Choice:
+                 alpha: float = ERROR_RATE) -> Choice:
     """Pick the trial to promote with the policy ``policy.policy`` names (:mod:`pipeline.promote.policies`).
 
     Returns:
@@ -56,7 +56,7 @@ class MenuRow:
 
 
 def menu(study: StudySnapshot, objectives: tuple[Objective, ...], options: Options, chosen: TrialView, *,
-         alpha: float = ALPHA) -> list[MenuRow]:
+         alpha: float = ERROR_RATE) -> list[MenuRow]:
     """For every policy but ``trial`` (and ``sla`` without a limit), what it would promote from ``study``, with
     its paired accuracy and latency differences to ``chosen`` (the point promoted), so that a user sees what
     each choice costs and gains and can re-run with ``--policy``."""

@@ -21,7 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from rich.console import Console
 
@@ -157,7 +156,7 @@ def decide(policy: PromotionPolicy, constraints: tuple[Constraint, ...], metric:
         low = holdout.get(f"{limit.metric}_ci95_low", holdout[limit.metric])
         high = holdout.get(f"{limit.metric}_ci95_high", holdout[limit.metric])
         nearest = low if limit.max is not None else high  # the end of the interval closest to meeting the limit
-        if np.isfinite(nearest) and limit.violation(nearest) > 0:
+        if limit.breaks(nearest):  # an infinite end (no interval) points towards meeting it: no evidence
             return (f"held-out data breaks the SLA {limit.describe()}: {holdout[limit.metric]:.4g} "
                     f"(95% interval [{low:.4g}, {high:.4g}])")
     return None

@@ -162,12 +162,13 @@ def front_table(front: pd.DataFrame, title: str, *, settings: Sequence[str], obj
     """A table of front trials: the ``settings`` (column names) that differ between ``trials`` (all, without
     them), the objectives and the headline metrics, with the 95% interval where measured. The baseline trial
     (the settings served today) is its own last row when it is not on the front, and marked where it is. Front
-    points that the measurements cannot tell apart (``racing.ties``) say which others they are tied with, and the
-    requests each point was measured on are shown when they differ (racing, topping up)."""
+    points that the measurements cannot tell apart (``racing.tied_points``) say which others they are tied with
+    and how that was judged, and the requests each point was measured on are shown when they differ (racing,
+    topping up)."""
     caption = r"value \[low, high]: 95% bootstrap interval over the trial's requests"
     tied = "tied_with" in front.columns and bool(front["tied_with"].astype(bool).any())
     if tied:
-        caption += "; tied: the front points whose intervals overlap this one's on every objective"
+        caption += f"; tied: the front points this one cannot be told from ({_ties_judged(front)})"
     table = Table(title=title, caption=caption)
     table.add_column("trial", justify="right")
     if tied:
@@ -191,6 +192,12 @@ def front_table(front: pd.DataFrame, title: str, *, settings: Sequence[str], obj
         table.add_row(f"{row['number']} baseline, off the front", *([""] if tied else []),
                       *(_with_interval(row, c) for c in columns))
     return table
+
+
+def _ties_judged(front: pd.DataFrame) -> str:
+    """How the front's ties were judged (``trials_frame``'s ``ties`` column; a table without it: unpaired)."""
+    said = [str(v) for v in front.get("ties", pd.Series(dtype=object)).dropna().unique() if v]
+    return "; ".join(said) or "unpaired: their intervals overlap on every objective"
 
 
 def _with_interval(row: pd.Series, column: str) -> str:
@@ -260,7 +267,7 @@ def front_summary(front: pd.DataFrame, title: str, *, settings: Sequence[str], o
     metrics = [m for m in dict.fromkeys([*objectives, "schema_valid_rate"])
                if m in rows.columns and not rows[m].isna().all()]
     legend = Text("[low, high]: the 95% interval over the trial's requests"
-                  + ("; =n: tied with trial n (their intervals overlap on every objective)" if tied else "")
+                  + (f"; =n: tied with trial n ({_ties_judged(front)})" if tied else "")
                   + ("; base: the baseline, the settings served today" if not served.empty else "")
                   + "; --wide: every setting and metric as a column", style="dim")
     values = _compact()

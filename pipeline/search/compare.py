@@ -22,9 +22,10 @@ from pipeline.errors import ConfigError, InputError, redact_url
 from pipeline.measure.registry import Objective
 from pipeline.search._optuna import hypervolume
 from pipeline.search.config import EvaluationConfig
-from pipeline.search.drift import REFERENCE, machine_note
+from pipeline.search.drift import machine_note
 from pipeline.search.fronts import front_frame, trials_frame
 from pipeline.search.storage import open_storage
+from pipeline.search.trials import DEFINITION, PARENT_RUN, REFERENCE
 
 __all__ = ["Comparison", "StudyFront", "compare", "coverage", "load_fronts", "normalized_hypervolume",
            "to_minimization"]
@@ -52,7 +53,7 @@ class Comparison:
 
 
 def _objectives(study: optuna.Study) -> tuple[Objective, ...]:
-    text = study.user_attrs.get("definition", {}).get("objectives")
+    text = study.user_attrs.get(DEFINITION, {}).get("objectives")
     if not text:
         raise InputError(f"study {study.study_name!r} was not recorded by this tool (no objectives); "
                          "compare studies run with `pipeline study`")
@@ -86,13 +87,13 @@ def load_fronts(names: list[str], storage: str) -> list[StudyFront]:
                              "optimise the same objectives")
         trials = trials_frame(study, objectives)
         front = front_frame(trials, objectives)
-        fronts.append(StudyFront(name, objectives, trials, front, study.user_attrs.get("mlflow_parent_run_id")))
+        fronts.append(StudyFront(name, objectives, trials, front, study.user_attrs.get(PARENT_RUN)))
     return fronts
 
 
 def to_minimization(values: np.ndarray, objectives: tuple[Objective, ...]) -> np.ndarray:
     """Objective values with maximised ones negated, so that smaller is better everywhere."""
-    signs = np.array([-1.0 if o.direction == "maximize" else 1.0 for o in objectives])
+    signs = np.array([-o.sign for o in objectives])
     return values * signs
 
 
@@ -145,7 +146,7 @@ def compare(fronts: list[StudyFront]) -> Comparison:
     matrix = pd.DataFrame(np.nan, index=names, columns=names)
     for a, b in permutations(names, 2):
         matrix.loc[a, b] = coverage(points[a], points[b])
-    signs = {o.metric: -1.0 if o.direction == "maximize" else 1.0 for o in objectives}
+    signs = {o.metric: -o.sign for o in objectives}
     as_given = {o.metric: i for i, o in enumerate(objectives)}
     return Comparison(
         objectives=objectives, summary=summary, coverage=matrix,

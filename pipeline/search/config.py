@@ -21,6 +21,7 @@ from pipeline.engines.settings import CORE_PARAMETERS
 from pipeline.errors import ConfigError, did_you_mean
 from pipeline.job.files import parse_yaml, read_text
 from pipeline.job.prompts import SELECTIONS
+from pipeline.measure.intervals import ERROR_RATE
 from pipeline.measure.registry import FIELD_METRIC, REGISTRY, Constraint, Objective, metric_direction, metric_name
 from pipeline.search.samplers import SAMPLERS
 from pipeline.tracking.locations import check_host, check_storage_url, check_tracking_uri
@@ -110,8 +111,9 @@ class EvaluationConfig:
     # requests when it has at least MIN_RACED (see prepare.racing_stages).
     stages: tuple[int, ...] | None = None
     racing_error_rate: float = 0.2
-    # Error rate of the intervals recorded on every trial, which refinement and ties use.
-    error_rate: float = 0.05
+    # Error rate of every interval and decision reported: the intervals recorded on every trial, ties, refinement,
+    # the finals, the promotion's comparisons and its bundle check (intervals.ERROR_RATE: 95% intervals).
+    error_rate: float = ERROR_RATE
     # Requests a study spends at its end topping up the front and the points it cannot tell from it (0: none).
     refine_requests: int = 0
     # Drift control (pipeline.search.drift): every `drift_every` trials (0: never), `drift_requests` requests of a

@@ -29,15 +29,11 @@ from pipeline.search.config import StudyConfig
 from pipeline.search.fronts import measured_trials
 from pipeline.search.prepare import PreparedStudy
 from pipeline.search.space import suggest
-from pipeline.search.trials import REMEASURES
+from pipeline.search.trials import DRIFT, REMEASURES, RUN_ID
 from pipeline.tracking.runs import StudyTracker
 
-__all__ = ["DRIFT", "REFERENCE", "DriftMonitor", "machine_note", "reference_setting", "study_monitor"]
+__all__ = ["DriftMonitor", "machine_note", "reference_setting", "study_monitor"]
 
-# Study user attr: trial number (as text) -> why its latencies are suspect. Trial user attr / run tag: the last
-# reference before the trial.
-DRIFT = "drift"
-REFERENCE = "reference_ms"
 
 
 @dataclass
@@ -131,7 +127,7 @@ def study_monitor(study: optuna.Study, prepared: PreparedStudy, plan: TrialPlan,
         study.set_user_attr(DRIFT, flagged)
         trials = {t.number: t for t in study.get_trials(deepcopy=False)}
         for number in numbers:
-            run_id = trials[number].user_attrs.get("mlflow_run_id")
+            run_id = trials[number].user_attrs.get(RUN_ID)
             if run_id:
                 tracker.tag_run(run_id, {DRIFT: reason})
             if evaluation.drift_remeasure and REMEASURES not in trials[number].user_attrs:

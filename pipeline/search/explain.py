@@ -8,8 +8,6 @@ short summary of the front.
 
 from __future__ import annotations
 
-import math
-
 import pandas as pd
 
 from pipeline.measure.registry import Constraint, lookup
@@ -55,7 +53,7 @@ def front_explanation(trials: pd.DataFrame, front: pd.DataFrame, config: StudyCo
         if constraint.metric not in measured:
             continue
         values = measured[constraint.metric].astype(float)
-        broken = measured[values.map(lambda v: not math.isnan(v) and constraint.violation(v) > 0)]
+        broken = measured[values.map(constraint.breaks)]
         if broken.empty:
             continue
         best = values.max() if constraint.min is not None else values.min()

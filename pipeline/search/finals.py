@@ -5,7 +5,10 @@ are the front's points and the baseline (the settings served today). The policy'
 rooms above give: ``pipeline.promote.choose``) is compared with each other finalist *on the requests both
 answered*, paired request by request (:func:`pipeline.measure.intervals.paired_gaps`, at the study's error rate,
 ``evaluation.error_rate``): the pair is **decided** when on at least one objective the interval of the difference
-excludes 0 — the measurements tell the two apart — and **tied** while on every objective it holds 0.
+excludes 0 — the measurements tell the two apart — and **tied** while on every objective it holds 0
+(:func:`pipeline.measure.racing.holds_zero`: the one rule of a tie, which the front table and the policies' ties
+read too). The objectives are those the policy decides on (``Policy.decides_on``: the accuracy policy, its
+accuracy alone).
 
 While a rival is tied with the choice, the least measured of the two is topped up (:mod:`pipeline.search.topup`:
 the next requests of the split, in the order every trial takes them, so the two keep sharing their requests),
@@ -23,7 +26,8 @@ from dataclasses import dataclass
 
 import optuna
 
-from pipeline.measure.intervals import paired_gaps
+from pipeline.measure.intervals import paired_gaps, signed_difference
+from pipeline.measure.racing import holds_zero
 from pipeline.measure.records import RequestRecord
 from pipeline.measure.registry import Objective
 from pipeline.search.fronts import front_trials, measured_trials
@@ -126,8 +130,8 @@ def finals_of(study: optuna.Study, objectives: tuple[Objective, ...], choose: Ch
     for trial in finalists:
         theirs = records(trial)
         gaps = paired_gaps(mine, theirs, objectives, alpha, seed=seed)
-        differences = None if gaps is None else tuple(_chosen_minus_rival(o, g) for o, g in zip(objectives, gaps))
-        decided = differences is not None and any(not low <= 0 <= high for _, low, high in differences)
+        differences = None if gaps is None else tuple(signed_difference(o, g) for o, g in zip(objectives, gaps))
+        decided = differences is not None and not holds_zero(differences)
         shared = len({r.request_id for r in mine} & {r.request_id for r in theirs})
         rivals.append(Rival(trial.number, bool(trial.user_attrs.get(BASELINE)), shared, differences, decided,
                             len(theirs)))
@@ -162,15 +166,6 @@ class Finalists:
                         budget=budget, seed=self._seed, kept=self._kept)
         self._kept = now.finalists
         return now
-
-
-def _chosen_minus_rival(objective: Objective, gap: tuple[float, float, float]) -> tuple[float, float, float]:
-    """``paired_gaps`` gives how much better the rival is (positive: better); as the choice's value minus the
-    rival's in the metric's units."""
-    estimate, low, high = gap
-    if objective.direction == "maximize":       # gap = rival − chosen
-        estimate, low, high = -estimate, -high, -low
-    return estimate + 0.0, low + 0.0, high + 0.0  # gap = −(rival − chosen); + 0.0: no "-0" shown
 
 
 def _next(chosen: optuna.trial.FrozenTrial, tied: Sequence[optuna.trial.FrozenTrial],

@@ -6,17 +6,34 @@ study has constraints); this module only arranges it (the pictures: :mod:`pipeli
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import optuna
 import pandas as pd
 
 from pipeline.engines.settings import CORE_PARAMETERS
-from pipeline.measure.racing import bounds_of, ties
-from pipeline.measure.registry import Objective
+from pipeline.errors import PipelineError
+from pipeline.measure.intervals import ERROR_RATE
+from pipeline.measure.racing import bounds_of, tied_points
+from pipeline.measure.records import RequestRecord
+from pipeline.measure.registry import Objective, feasible
 from pipeline.render.plots import baseline_rows
 from pipeline.search._optuna import is_pareto_front, pareto_front_trials
 from pipeline.search.config import OPTIONAL_PARAMETERS
-from pipeline.search.trials import BASELINE, RACED, REMEASURES, REUSED, TOPS_UP
+from pipeline.search.trials import (
+    ABORTED,
+    BASELINE,
+    DRIFT,
+    INFEASIBLE,
+    METRICS,
+    RACED,
+    REFERENCE,
+    REMEASURES,
+    REUSED,
+    RUN_ID,
+    TOPS_UP,
+)
 
 __all__ = ["BASELINE", "RACED", "REMEASURES", "REUSED", "SETTINGS", "TOPS_UP", "baseline_rows", "front_bounds",
            "front_frame", "front_trials", "is_pareto_front", "measured_trials", "superseded", "trials_frame"]
@@ -48,37 +65,54 @@ def front_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 def front_bounds(study: optuna.Study, objectives: tuple[Objective, ...]) -> list[tuple[int, np.ndarray]]:
     """The front points' numbers and their intervals (``racing.bounds_of``), as racing compares with them."""
-    return [(t.number, bounds_of(t.user_attrs.get("metrics") or _values(t, objectives), objectives))
+    return [(t.number, bounds_of(t.user_attrs.get(METRICS) or _values(t, objectives), objectives))
             for t in front_trials(study)]
 
 
-def trials_frame(study: optuna.Study, objectives: tuple[Objective, ...]) -> pd.DataFrame:
+def trials_frame(study: optuna.Study, objectives: tuple[Objective, ...],
+                 records: Callable[[optuna.trial.FrozenTrial], list[RequestRecord]] | None = None, *,
+                 alpha: float = ERROR_RATE, seed: int = 0) -> pd.DataFrame:
     """One row per measured setting (its latest trial): number, settings, every metric, feasibility (and why not:
     the context does not fit, or the trial was stopped early), why racing stopped it, the trial it topped up,
-    front membership, and the front points it is tied with (``racing.ties``)."""
+    front membership, the front points it is tied with and how that was judged (``ties``: ``racing.tied_points``,
+    paired on the requests two points share when ``records`` reads them, at error rate ``alpha``)."""
     front = front_trials(study)
-    tied = ties({t.number: bounds_of(t.user_attrs.get("metrics", {}) or _values(t, objectives), objectives)
-                 for t in front})
-    drifted = study.user_attrs.get("drift", {})
+    ties = tied_points({t.number: bounds_of(t.user_attrs.get(METRICS, {}) or _values(t, objectives), objectives)
+                        for t in front}, {t.number: _records(records, t) for t in front}, objectives, alpha,
+                       seed=seed)
+    tied = ties.of
+    drifted = study.user_attrs.get(DRIFT, {})
     rows = []
     for trial in measured_trials(study):
         row = {"number": trial.number, "pareto": trial.number in tied,
                "tied_with": ", ".join(str(n) for n in tied.get(trial.number, [])),
-               "feasible": all(v <= 0 for v in trial.constraints.values()),
-               "infeasible_reason": trial.user_attrs.get("infeasible", ""),
-               "aborted": trial.user_attrs.get("aborted", ""),
+               "ties": ties.how if trial.number in tied else "",
+               "feasible": feasible(trial.constraints.values()),
+               "infeasible_reason": trial.user_attrs.get(INFEASIBLE, ""),
+               ABORTED: trial.user_attrs.get(ABORTED, ""),
                RACED: trial.user_attrs.get(RACED, ""),
-               "drift": drifted.get(str(trial.number), ""),
-               "reference_ms": trial.user_attrs.get("reference_ms"),
+               DRIFT: drifted.get(str(trial.number), ""),
+               REFERENCE: trial.user_attrs.get(REFERENCE),
                TOPS_UP: trial.user_attrs.get(TOPS_UP),
-               "mlflow_run_id": trial.user_attrs.get("mlflow_run_id"),
+               RUN_ID: trial.user_attrs.get(RUN_ID),
                "baseline": bool(trial.user_attrs.get(BASELINE))}
         row.update(trial.params)
-        row.update(trial.user_attrs.get("metrics", {}))
+        row.update(trial.user_attrs.get(METRICS, {}))
         for objective, value in zip(objectives, trial.values):
             row[objective.metric] = value
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _records(records: Callable[[optuna.trial.FrozenTrial], list[RequestRecord]] | None,
+             trial: optuna.trial.FrozenTrial) -> list[RequestRecord] | None:
+    """A trial's request records, or None when they cannot be read (its ties are then judged unpaired)."""
+    if records is None:
+        return None
+    try:
+        return records(trial)
+    except (KeyError, PipelineError):
+        return None
 
 
 def _values(trial: optuna.trial.FrozenTrial, objectives: tuple[Objective, ...]) -> dict[str, float]:

@@ -22,7 +22,7 @@ from pipeline.search.reuse import REUSE_LIMIT, reuse_measurement
 from pipeline.search.space import suggest
 from pipeline.search.storage import WORKER, heartbeat, heartbeat_helpers, recover_dead_trials, study_lock
 from pipeline.search.topup import TOP_UP_REQUESTS, TopUp, next_top_up
-from pipeline.search.trials import TOPS_UP
+from pipeline.search.trials import FAILURE, INFEASIBLE, METRICS, RAN_BY, TARGET, TOPS_UP
 
 __all__ = ["Evaluate", "TrialLoop"]
 
@@ -87,7 +87,7 @@ class TrialLoop:
             reused = reused + len(repeats) if not plans else 0
             if reused >= REUSE_LIMIT:
                 # Everything the sampler proposes has been measured: the space is exhausted (or the sampler stuck).
-                self.study.set_user_attr("target", len(measured_trials(self.study)))
+                self.study.set_user_attr(TARGET, len(measured_trials(self.study)))
                 self.on_exhausted(reused)
                 return
             for index, (trial, settings) in enumerate(plans):
@@ -107,7 +107,7 @@ class TrialLoop:
                     self._fail_unrun(plans[index + 1:])
                     raise
                 failures = 0
-                if not trial.user_attrs.get("infeasible"):
+                if not trial.user_attrs.get(INFEASIBLE):
                     last_key = settings.load_key
                 self.on_trial()
             patience = time.monotonic() + wait_s
@@ -151,14 +151,14 @@ class TrialLoop:
             trial = self._ask()
         settings = self._settings(trial)
         console.print(f"{doing}: trial {trial.number} tops up trial {earlier.number} "
-                      f"({earlier.user_attrs['metrics']['requests_measured']:.0f} requests) with "
+                      f"({earlier.user_attrs[METRICS]['requests_measured']:.0f} requests) with "
                       f"{choice.requests} more ({detail})", highlight=False)
         try:
             self._run(trial, settings)
         except BackendError as exc:
             console.print(f"{doing} stopped: {exc}", highlight=False)
             return 0
-        return int(trial.user_attrs["metrics"]["requests_run"])
+        return int(trial.user_attrs[METRICS]["requests_run"])
 
     def _ask_batch(self, target: int, batch: int) -> tuple[list[optuna.Trial], int]:
         """Under the study lock: fail dead workers' trials, then ask as many as are left (at most ``batch``).
@@ -175,7 +175,7 @@ class TrialLoop:
     def _ask(self) -> optuna.Trial:
         with heartbeat_helpers():  # asking on a heartbeat storage outside Study.optimize warns
             trial = self.study.ask()
-        trial.set_user_attr("worker", WORKER)
+        trial.set_user_attr(RAN_BY, WORKER)
         return trial
 
     def _settings(self, trial: optuna.Trial) -> InferenceSettings:
@@ -200,7 +200,7 @@ class TrialLoop:
             raise PipelineError(reason)
 
     def _fail(self, trial: optuna.Trial, reason: str) -> None:
-        trial.set_user_attr("failure", reason[:2000])
+        trial.set_user_attr(FAILURE, reason[:2000])
         self.study.tell(trial, state=TrialState.FAIL)
 
     def _fail_unrun(self, plans: list[Plan]) -> None:

@@ -11,7 +11,7 @@ from pipeline.measure.records import RequestRecord
 from pipeline.measure.registry import Constraint
 from pipeline.measure.runner import TrialOutcome
 from pipeline.search.config import StudyConfig
-from pipeline.search.trials import RACED
+from pipeline.search.trials import ABORTED, INFEASIBLE, METRICS, RACED
 
 __all__ = ["CONTEXT_FIT", "request_slos", "trial_values", "truncation_reason"]
 
@@ -40,7 +40,7 @@ def trial_values(trial: optuna.Trial, outcome: TrialOutcome, config: StudyConfig
     if outcome.infeasible:
         penalty = config.engine.request_timeout_s * 1000
         metrics = {o.metric: 0.0 if o.direction == "maximize" else penalty for o in config.objectives}
-        trial.set_user_attr("infeasible", outcome.infeasible)
+        trial.set_user_attr(INFEASIBLE, outcome.infeasible)
         trial.set_constraint(CONTEXT_FIT, 1.0)
         for constraint in config.constraints:
             trial.set_constraint(constraint.metric, 0.0)
@@ -53,18 +53,18 @@ def trial_values(trial: optuna.Trial, outcome: TrialOutcome, config: StudyConfig
         cut = metrics["truncated_inputs"]
         trial.set_constraint(CONTEXT_FIT, cut)
         if cut:
-            trial.set_user_attr("infeasible", truncation_reason(outcome.records))
+            trial.set_user_attr(INFEASIBLE, truncation_reason(outcome.records))
         metrics.update(bound_metrics(outcome.records, config.objectives, config.evaluation.error_rate,
                                      seed=config.study.seed))
         limits = {c.metric: metrics[c.metric] for c in config.constraints}
         if outcome.aborted:
-            trial.set_user_attr("aborted", outcome.aborted.describe())
+            trial.set_user_attr(ABORTED, outcome.aborted.describe())
             limits[outcome.aborted.constraint.metric] = outcome.aborted.bound
         if outcome.raced:
             trial.set_user_attr(RACED, outcome.raced.describe())
         for constraint in config.constraints:
             trial.set_constraint(constraint.metric, constraint.violation(limits[constraint.metric]))
-    trial.set_user_attr("metrics", {**metrics, **(extra or {})})  # one storage write: the dict is large
+    trial.set_user_attr(METRICS, {**metrics, **(extra or {})})  # one storage write: the dict is large
     return [metrics[o.metric] for o in config.objectives]
 
 

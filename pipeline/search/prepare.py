@@ -24,6 +24,7 @@ from pipeline.job.prompts import PromptLibrary, load_prompts
 from pipeline.measure.registry import FIELD_METRIC, field_metric, server_metrics
 from pipeline.measure.runner import check_fit, prepare_requests
 from pipeline.search.config import MIN_RACED, OPTIONAL_PARAMETERS, RACING_STAGES, ParamSpec, StudyConfig
+from pipeline.search.trials import DEFINITION
 from pipeline.tracking.locations import resolve_stores
 
 __all__ = ["PreparedStudy", "check_definition", "check_point", "definition_of", "job_defaults", "prepare_study",
@@ -310,7 +311,7 @@ def definition_of(prepared: PreparedStudy) -> dict[str, str]:
 
 def check_definition(study: optuna.Study, current: dict[str, str], keys: Iterable[str], *, fix: str) -> None:
     """Raise ConfigError naming the first of ``keys`` whose value differs from the one the study was run with."""
-    stored = study.user_attrs.get("definition", {})
+    stored = study.user_attrs.get(DEFINITION, {})
     for key in keys:
         if stored.get(key) != current.get(key):
             raise ConfigError(f"study {study.study_name!r} was run with {key}={stored.get(key)!r}, this config "

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import optuna
 
 from pipeline.search.fronts import measured_trials
-from pipeline.search.trials import REMEASURES, REUSED, TOPS_UP
+from pipeline.search.trials import METRICS, REMEASURES, REUSED, TOPS_UP
 
 __all__ = ["REUSE_LIMIT", "reuse_measurement"]
 
@@ -39,6 +39,6 @@ def reuse_measurement(study: optuna.Study, trial: optuna.Trial, *,
     for name, value in earlier.constraints.items():
         trial.set_constraint(name, value)
     trial.set_user_attr(REUSED, earlier.number)
-    trial.set_user_attr("metrics", earlier.user_attrs.get("metrics", {}))
+    trial.set_user_attr(METRICS, earlier.user_attrs.get(METRICS, {}))
     study.tell(trial, earlier.values)
     return True

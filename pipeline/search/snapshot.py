@@ -20,7 +20,7 @@ from pipeline.search.fronts import front_trials, measured_trials
 from pipeline.search.prepare import PreparedStudy, check_definition, definition_of
 from pipeline.search.storage import open_storage
 from pipeline.search.topup import TrialRecords
-from pipeline.search.trials import TrialView
+from pipeline.search.trials import DEFINITION, PARENT_RUN, TrialView
 from pipeline.tracking.runs import run_table_reader
 
 __all__ = ["PROMOTION_KEYS", "StudySnapshot", "open_for_promotion"]
@@ -62,8 +62,8 @@ class StudySnapshot:
         return cls(name=study.study_name, trials=tuple(TrialView.of(t) for t in study.trials),
                    measured=tuple(TrialView.of(t) for t in measured_trials(study)),
                    front=tuple(TrialView.of(t) for t in front_trials(study)),
-                   definition=dict(study.user_attrs.get("definition", {})),
-                   parent_run_id=study.user_attrs.get("mlflow_parent_run_id"),
+                   definition=dict(study.user_attrs.get(DEFINITION, {})),
+                   parent_run_id=study.user_attrs.get(PARENT_RUN),
                    read_records=None if records is None else (lambda number: records(frozen[number])))
 
     def records(self, trial: TrialView) -> list[RequestRecord] | None:

@@ -33,6 +33,7 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.search._optuna import storage_of, trial_id
+from pipeline.search.trials import RAN_BY
 
 __all__ = ["GRACE_PERIOD_S", "HEARTBEAT_INTERVAL_S", "WORKER", "heartbeat", "heartbeat_helpers", "open_storage",
            "recover_dead_trials", "study_lock", "study_names"]
@@ -144,7 +145,7 @@ def recover_dead_trials(study: optuna.Study) -> list[FrozenTrial]:
         optuna.storages.fail_stale_trials(study)  # heartbeats, on storages that keep them
     storage = storage_of(study)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = trial.user_attrs.get("worker", "")
+        worker = trial.user_attrs.get(RAN_BY, "")
         if worker and _process_gone(worker):
             try:
                 storage.set_trial_user_attr(trial_id(trial), "failure", f"interrupted: worker {worker} is gone")

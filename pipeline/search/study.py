@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -20,12 +21,13 @@ from rich.console import Console
 from pipeline.engines.settings import InferenceSettings
 from pipeline.errors import PipelineError, redact_url
 from pipeline.measure.racing import Racer
-from pipeline.measure.registry import Objective
+from pipeline.measure.records import RequestRecord
+from pipeline.measure.registry import Objective, feasible
 from pipeline.measure.runner import TrialOutcome, TrialPlan, run_trial
 from pipeline.measure.tables import field_errors, requests_frame
 from pipeline.render.plots import plot_fronts
 from pipeline.render.progress import study_progress
-from pipeline.search.drift import REFERENCE, reference_setting, study_monitor
+from pipeline.search.drift import reference_setting, study_monitor
 from pipeline.search.explain import front_explanation, study_note
 from pipeline.search.finals import Choose, Finalists, Finals
 from pipeline.search.fronts import front_frame, front_trials, measured_trials, superseded, trials_frame
@@ -46,7 +48,21 @@ from pipeline.search.topup import (
     resumable,
     top_up_source,
 )
-from pipeline.search.trials import BASELINE, RACED, REUSED, TOPS_UP
+from pipeline.search.trials import (
+    ABORTED,
+    BASELINE,
+    DEFINITION,
+    INFEASIBLE,
+    METRICS,
+    PARENT_RUN,
+    RACED,
+    REFERENCE,
+    REUSED,
+    RUN_ID,
+    TARGET,
+    TOPS_UP,
+    failed_runs,
+)
 from pipeline.tracking.environment import environment_tags
 from pipeline.tracking.runs import ArtifactWriteError, StudyTracker
 
@@ -90,7 +106,7 @@ def _open_study(prepared: PreparedStudy, storage: optuna.storages.BaseStorage,
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([o.metric for o in config.objectives])
     if existing is None:
-        study.set_user_attr("definition", definition)
+        study.set_user_attr(DEFINITION, definition)
         if config.baseline is not None:
             # Measured first, as any trial: every later point is seen against what is served today.
             study.enqueue_trial({name: config.baseline[name] for name in config.search_space},
@@ -105,10 +121,10 @@ def _target(study: optuna.Study, trials: int) -> tuple[int, bool]:
     command then finishes it instead of adding ``trials`` more.
     """
     complete = len(measured_trials(study))
-    target = study.user_attrs.get("target")
+    target = study.user_attrs.get(TARGET)
     if target is not None and complete < target:
         return target, True
-    study.set_user_attr("target", complete + trials)
+    study.set_user_attr(TARGET, complete + trials)
     return complete + trials, False
 
 
@@ -181,7 +197,7 @@ class StudyRun:
             finally:
                 try:
                     report = _finish(self.study, self.tracker, self.prepared, status, reason=reason,
-                                     new_trials=self.new_trials, finals=self.finals)
+                                     new_trials=self.new_trials, finals=self.finals, records=self.records.get)
                 except PipelineError:
                     if status == "FINISHED":
                         raise
@@ -201,9 +217,9 @@ class StudyRun:
             self.target, resumed = _target(self.study, self.trials)
             self.tracker = StudyTracker.open(tracking_uri=prepared.tracking_uri,
                                              experiment_name=config.tracking.experiment_name, run_name=name,
-                                             resume_run_id=self.study.user_attrs.get("mlflow_parent_run_id"))
-            self.study.set_user_attr("mlflow_parent_run_id", self.tracker.parent_run_id)
-        self.tracker.close_failed_runs(self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+                                             resume_run_id=self.study.user_attrs.get(PARENT_RUN))
+            self.study.set_user_attr(PARENT_RUN, self.tracker.parent_run_id)
+        self.tracker.close_failed_runs(failed_runs(self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))))
         self.complete = len(measured_trials(self.study))
         if resumed:
             self.console.print(f"resuming study {name!r}: {self.target - self.complete} of its {self.target} trials "
@@ -255,7 +271,8 @@ class StudyRun:
         config, study = self.config, self.study
         self.loop = TrialLoop(
             study, self.evaluate, config=config, storage_url=self.prepared.storage_url,
-            stopped=lambda: self.stop_reason, on_recovered=self.tracker.close_failed_runs,
+            stopped=lambda: self.stop_reason,
+            on_recovered=lambda trials: self.tracker.close_failed_runs(failed_runs(trials)),
             on_trial=self.progress.trial_done,
             resume=lambda t: resumable(study, t, config.objectives, self.records.get,
                                        config.evaluation.racing_error_rate, seed=config.study.seed),
@@ -296,7 +313,7 @@ class StudyRun:
                                           tags={**self.env_tags, "study": self.config.study.name,
                                                 **({BASELINE: "true"} if baseline else {}),
                                                 **({TOPS_UP: str(source.number)} if source else {})})
-        trial.set_user_attr("mlflow_run_id", run_id)
+        trial.set_user_attr(RUN_ID, run_id)
         if source is not None:
             trial.set_user_attr(TOPS_UP, source.number)
         drift = self.drift
@@ -329,19 +346,19 @@ class StudyRun:
         wanted = trial.user_attrs.get(TOP_UP_REQUESTS) or self.per_trial - len(before)
         added = run_trial(settings, next_requests(self.ordered, before, -(-wanted // reps)),
                           replace(plan, abort_on=()), on_request=self.progress.request_done)
-        return combined(before, source.user_attrs["metrics"], added), len(added.records)
+        return combined(before, source.user_attrs[METRICS], added), len(added.records)
 
     def _record(self, trial: optuna.Trial, settings: InferenceSettings, run_id: str,
                 source: optuna.trial.FrozenTrial | None, outcome: TrialOutcome) -> None:
         """Finish the trial's run: its metrics, why it is infeasible, stopped or raced, its tables; mark the
         trial it topped up as superseded. A run whose artifacts cannot be written keeps its metrics, and the
         study stops after this trial."""
-        metrics = trial.user_attrs["metrics"]
-        tags = {"feasible": str(all(v <= 0 for v in trial.constraints.values())).lower(), **outcome.tags}
+        metrics = trial.user_attrs[METRICS]
+        tags = {"feasible": str(feasible(trial.constraints.values())).lower(), **outcome.tags}
         if outcome.infeasible:
-            tags["infeasible"] = outcome.infeasible
+            tags[INFEASIBLE] = outcome.infeasible
         if outcome.aborted:
-            tags["aborted"] = outcome.aborted.describe()
+            tags[ABORTED] = outcome.aborted.describe()
         if outcome.raced:
             tags[RACED] = outcome.raced.describe()
         exhausted = sum(r.thinking_exhausted for r in outcome.records)
@@ -355,7 +372,7 @@ class StudyRun:
                                       tables={"requests.json": requests_frame(outcome.records),
                                               "field_errors.json": field_errors(outcome.records)})
             if source is not None:
-                self.tracker.tag_run(source.user_attrs["mlflow_run_id"], {"superseded_by": str(trial.number)})
+                self.tracker.tag_run(source.user_attrs[RUN_ID], {"superseded_by": str(trial.number)})
         except ArtifactWriteError as exc:
             self.stop_reason = str(exc)  # the measurement stands: told COMPLETE, then the study stops
 
@@ -370,9 +387,11 @@ def trial_plan(prepared: PreparedStudy) -> TrialPlan:
 
 
 def _finish(study: optuna.Study, tracker: StudyTracker, prepared: PreparedStudy, status: str, *, reason: str,
-            new_trials: int, finals: Finals | None = None) -> StudyReport:
+            new_trials: int, finals: Finals | None = None,
+            records: Callable[[optuna.trial.FrozenTrial], list[RequestRecord]] | None = None) -> StudyReport:
     config = prepared.config
-    trials = trials_frame(study, config.objectives)
+    trials = trials_frame(study, config.objectives, records, alpha=config.evaluation.error_rate,
+                          seed=config.study.seed)
     front = front_frame(trials, config.objectives)
     explanation = front_explanation(trials, front, config)
     front_error = None
@@ -383,7 +402,8 @@ def _finish(study: optuna.Study, tracker: StudyTracker, prepared: PreparedStudy,
             states = [t.state for t in study.trials]
             try:
                 note = study_note(trials, front, config, explanation)
-                tracker.log_front(trials=trials, front=front, plot=plot, note=note, metrics={
+                pareto = {run: bool(on) for run, on in zip(trials[RUN_ID], trials["pareto"]) if isinstance(run, str)}
+                tracker.log_front(trials=trials, front=front, plot=plot, note=note, pareto=pareto, metrics={
                     "front_size": len(front),
                     "trials_complete": states.count(TrialState.COMPLETE),
                     "trials_reused": sum(REUSED in t.user_attrs for t in study.trials),
@@ -391,8 +411,8 @@ def _finish(study: optuna.Study, tracker: StudyTracker, prepared: PreparedStudy,
                     "trials_infeasible": int((~trials["feasible"]).sum())})
                 gone = superseded(study)
                 for trial in study.get_trials(deepcopy=False):
-                    if trial.number in gone and trial.user_attrs.get("mlflow_run_id"):
-                        tracker.tag_run(trial.user_attrs["mlflow_run_id"], {"pareto": "false"})
+                    if trial.number in gone and trial.user_attrs.get(RUN_ID):
+                        tracker.tag_run(trial.user_attrs[RUN_ID], {"pareto": "false"})
             except PipelineError as exc:  # the parent run must still be closed
                 front_error = exc
     if front_error is not None and status == "FINISHED":

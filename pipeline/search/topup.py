@@ -25,11 +25,11 @@ from pipeline.job.experiment import Example
 from pipeline.job.scoring import Scorer
 from pipeline.measure.racing import bounds_of, dominated_by, still_dominated, undecided
 from pipeline.measure.records import RequestRecord
-from pipeline.measure.registry import Objective
+from pipeline.measure.registry import Objective, feasible
 from pipeline.measure.runner import TrialOutcome
 from pipeline.measure.tables import records_from_rows
 from pipeline.search.fronts import front_bounds, front_trials, measured_trials
-from pipeline.search.trials import RACED, REMEASURES, TOPS_UP
+from pipeline.search.trials import METRICS, RACED, REMEASURES, RUN_ID, TOPS_UP
 
 __all__ = ["TOP_UP_REQUESTS", "TopUp", "TrialRecords", "combined", "next_requests", "next_top_up", "resumable",
            "top_up_source"]
@@ -52,7 +52,7 @@ class TrialRecords:
 
     def get(self, trial: optuna.trial.FrozenTrial) -> list[RequestRecord]:
         if trial.number not in self._kept:
-            self._kept[trial.number] = records_from_rows(self._read(trial.user_attrs["mlflow_run_id"]),
+            self._kept[trial.number] = records_from_rows(self._read(trial.user_attrs[RUN_ID]),
                                                          self._examples, self._scorer)
         return self._kept[trial.number]
 
@@ -118,16 +118,16 @@ def next_top_up(study: optuna.Study, objectives: tuple[Objective, ...], *, budge
     front = front_bounds(study, objectives)
     if not front:
         return None
-    feasible = [t for t in measured_trials(study) if all(v <= 0 for v in t.constraints.values())]
-    bounds = {t.number: bounds_of(t.user_attrs["metrics"], objectives) for t in feasible}
+    met = [t for t in measured_trials(study) if feasible(t.constraints.values())]
+    bounds = {t.number: bounds_of(t.user_attrs[METRICS], objectives) for t in met}
     on_front = {n for n, _ in front}
     candidates = {n: b for n, b in bounds.items() if n in on_front or dominated_by(b, front, objectives) is None}
     open_orders = undecided(candidates)
 
     def measured(t: optuna.trial.FrozenTrial) -> int:
-        return int(t.user_attrs["metrics"].get("requests_measured", 0))
+        return int(t.user_attrs[METRICS].get("requests_measured", 0))
 
-    eligible = [t for t in feasible if t.number in candidates and open_orders[t.number] and measured(t) < most]
+    eligible = [t for t in met if t.number in candidates and open_orders[t.number] and measured(t) < most]
     if not eligible:
         return None
     pick = min(eligible, key=lambda t: (measured(t), -open_orders[t.number], t.number))

@@ -10,7 +10,10 @@ from typing import Any
 
 import optuna
 
-__all__ = ["BASELINE", "RACED", "REMEASURES", "REUSED", "RUN_ID", "TOPS_UP", "TrialView"]
+from pipeline.measure.registry import feasible
+
+__all__ = ["ABORTED", "BASELINE", "DEFINITION", "DRIFT", "FAILURE", "INFEASIBLE", "METRICS", "PARENT_RUN", "RACED",
+           "REFERENCE", "REMEASURES", "REUSED", "RUN_ID", "TARGET", "TOPS_UP", "RAN_BY", "TrialView", "failed_runs"]
 
 # User attr of a trial that was not measured: its settings had been, by the trial it names (see reuse.py).
 REUSED = "same_as"
@@ -26,6 +29,24 @@ TOPS_UP = "tops_up"
 REMEASURES = "remeasures"
 # User attr of a trial: the id of its MLflow run.
 RUN_ID = "mlflow_run_id"
+# User attr of a measured trial: its summary, every metric by name (pipeline.measure.metrics.summarize).
+METRICS = "metrics"
+# User attr (and MLflow tag) of a trial whose settings could not run as set: why (the context does not fit).
+INFEASIBLE = "infeasible"
+# User attr (and MLflow tag) of a trial that early abort stopped: why (pipeline.measure.runner.Abort).
+ABORTED = "aborted"
+# Study user attr: trial number (as text) -> why its latencies are suspect (pipeline.search.drift).
+DRIFT = "drift"
+# Trial user attr (and MLflow tag): the drift reference's latency (ms) measured last before the trial.
+REFERENCE = "reference_ms"
+# User attrs of a trial: the worker that ran it (host:pid), why it failed.
+RAN_BY = "worker"
+FAILURE = "failure"
+# Study user attrs: what the study was run with (prepare.definition_of), its MLflow parent run, and how many
+# measured trials the current run of it works towards.
+DEFINITION = "definition"
+PARENT_RUN = "mlflow_parent_run_id"
+TARGET = "target"
 
 
 @dataclass(frozen=True)
@@ -35,7 +56,7 @@ class TrialView:
     ``state`` is the name of Optuna's ``TrialState`` (``"COMPLETE"``, ``"FAIL"``, ``"PRUNED"``, ``"RUNNING"``,
     ``"WAITING"``); ``values`` is None for a trial that did not complete; ``constraints`` maps a constraint's
     name to its violation (> 0: broken). ``metrics`` is the trial's summary (user attr ``metrics``; empty when it
-    has none), ``reference`` the drift reference measured last before it (``pipeline.search.drift.REFERENCE``).
+    has none), ``reference`` the drift reference measured last before it (:data:`REFERENCE`).
     """
 
     number: int
@@ -59,13 +80,10 @@ class TrialView:
         Returns:
             A view that shares nothing mutable with ``trial`` (its dicts are copies).
         """
-        # drift.py imports this module (through fronts.py): imported here, its REFERENCE is not read at import.
-        from pipeline.search.drift import REFERENCE
-
         attrs = trial.user_attrs
         return cls(number=trial.number, state=trial.state.name, params=dict(trial.params),
                    values=None if trial.values is None else tuple(trial.values),
-                   constraints=dict(trial.constraints), metrics=dict(attrs.get("metrics") or {}),
+                   constraints=dict(trial.constraints), metrics=dict(attrs.get(METRICS) or {}),
                    run_id=attrs.get(RUN_ID), baseline=bool(attrs.get(BASELINE)), reference=attrs.get(REFERENCE),
                    raced=attrs.get(RACED), reused_from=attrs.get(REUSED), tops_up=attrs.get(TOPS_UP),
                    remeasures=attrs.get(REMEASURES))
@@ -79,4 +97,10 @@ class TrialView:
     def feasible(self) -> bool:
         """Whether no constraint is broken by Optuna's rule (every violation <= 0, so a NaN one is broken); True for
         a trial without constraints."""
-        return all(v <= 0 for v in self.constraints.values())
+        return feasible(self.constraints.values())
+
+
+def failed_runs(trials: list[optuna.trial.FrozenTrial]) -> dict[str, str]:
+    """The MLflow runs of failed trials (run id: why the trial failed), for ``StudyTracker.close_failed_runs``."""
+    return {t.user_attrs[RUN_ID]: t.user_attrs.get(FAILURE, "interrupted: the trial's worker stopped")
+            for t in trials if t.user_attrs.get(RUN_ID)}

@@ -177,22 +177,21 @@ class StudyTracker:
         self.client.set_terminated(run_id, "FAILED")
 
     @_store_errors
-    def close_failed_runs(self, trials: list[Any]) -> None:
-        """Mark FAILED the runs of failed trials that were left RUNNING (their worker died)."""
-        for trial in trials:
-            run_id = trial.user_attrs.get("mlflow_run_id")
+    def close_failed_runs(self, runs: Mapping[str, str]) -> None:
+        """Mark FAILED, with the reason, the runs (run id: why its trial failed) that were left RUNNING (their
+        worker died)."""
+        for run_id, reason in runs.items():
             run = _existing_run(self.client, run_id)
             if run is not None and run.info.status == "RUNNING":
-                self.fail_trial(run_id, trial.user_attrs.get("failure", "interrupted: the trial's worker stopped"))
+                self.fail_trial(run_id, reason)
 
     @_store_errors
     def log_front(self, *, trials: pd.DataFrame, front: pd.DataFrame, plot: Path | None,
-                  metrics: Mapping[str, float], note: str = "") -> None:
+                  metrics: Mapping[str, float], pareto: Mapping[str, bool], note: str = "") -> None:
         """Attach the Pareto front to the parent, with ``note`` as its description (what the MLflow UI shows
-        under the run's name), and tag every trial run ``pareto=true|false``."""
-        on_front = set(front["mlflow_run_id"].dropna())
-        for run_id in trials["mlflow_run_id"].dropna():
-            self.client.set_tag(run_id, "pareto", str(run_id in on_front).lower())
+        under the run's name), and tag every trial run (``pareto``: run id: on the front) ``pareto=true|false``."""
+        for run_id, on_front in pareto.items():
+            self.client.set_tag(run_id, "pareto", str(bool(on_front)).lower())
         self.client.log_text(self.parent_run_id, trials.to_csv(index=False), "trials.csv")
         self.client.log_text(self.parent_run_id, front.to_csv(index=False), "pareto_front.csv")
         if not front.empty:

@@ -4,7 +4,7 @@ margin, the fastest."""
 from __future__ import annotations
 
 from pipeline.measure.registry import Objective
-from pipeline.promote.policies.base import ALPHA, Choice, Options, candidates, difference, role_objective
+from pipeline.promote.policies.base import ERROR_RATE, Choice, Options, candidates, difference, role_objective
 from pipeline.search.snapshot import StudySnapshot
 
 
@@ -15,7 +15,7 @@ class Accuracy:
     needs = ("accuracy", "latency")
 
     def choose(self, study: StudySnapshot, objectives: tuple[Objective, ...], options: Options, *,
-               alpha: float = ALPHA) -> Choice:
+               alpha: float = ERROR_RATE) -> Choice:
         quality = role_objective(objectives, "accuracy", self.name)
         speed = role_objective(objectives, "latency", self.name)
         pool = candidates(study)

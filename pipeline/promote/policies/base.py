@@ -14,21 +14,19 @@ from typing import Literal, Protocol
 import numpy as np
 
 from pipeline.errors import ConfigError, InputError
-from pipeline.measure.intervals import paired_gaps
-from pipeline.measure.racing import bounds_of, ties
+from pipeline.measure.intervals import ERROR_RATE, paired_gaps, signed_difference
+from pipeline.measure.racing import bounds_of, tied_points
 from pipeline.measure.registry import Objective, Role, with_role
 from pipeline.search.compare import to_minimization
 from pipeline.search.snapshot import StudySnapshot
 from pipeline.search.trials import TrialView
 
-__all__ = ["Choice", "Difference", "Options", "Policy", "Preference", "beating_baseline", "candidates", "difference",
-           "knee_index", "preferred_tie", "role_objective"]
+__all__ = ["ERROR_RATE", "Choice", "Difference", "Options", "Policy", "Preference", "beating_baseline", "candidates",
+           "difference", "knee_index", "preferred_tie", "role_objective"]
 
 # What breaks a tie the measurements could not: the policy's own pick stands (``policy``), the most accurate of
 # the tied points, or the fastest.
 Preference = Literal["policy", "accuracy", "latency"]
-# The default error rate of a paired comparison (evaluation.error_rate's default): 95% intervals.
-ALPHA = 0.05
 
 
 class Options(Protocol):
@@ -53,7 +51,7 @@ class Policy(Protocol):
     needs: tuple[Role, ...]            # the objectives' roles it reads
 
     def choose(self, study: StudySnapshot, objectives: tuple[Objective, ...], options: Options, *,
-               alpha: float = ALPHA) -> Choice: ...
+               alpha: float = ERROR_RATE) -> Choice: ...
 
     def decides_on(self, objectives: tuple[Objective, ...]) -> tuple[Objective, ...]:
         """The objectives on which the finals must tell the choice from a rival (:mod:`pipeline.search.finals`)."""
@@ -119,7 +117,7 @@ class Difference:
 
 
 def difference(study: StudySnapshot, a: TrialView, b: TrialView, objective: Objective, *,
-               alpha: float = ALPHA) -> Difference:
+               alpha: float = ERROR_RATE) -> Difference:
     """``a`` minus ``b`` on ``objective``'s metric: paired request by request on the requests both answered when
     the snapshot reads records (:func:`pipeline.measure.intervals.paired_gaps`, at error rate ``alpha``), else the
     widest difference their own intervals allow (low: a's low − b's high; high: a's high − b's low)."""
@@ -129,12 +127,9 @@ def difference(study: StudySnapshot, a: TrialView, b: TrialView, objective: Obje
     if mine is not None and theirs is not None:
         gaps = paired_gaps(mine, theirs, [objective], alpha)
         if gaps is not None:
-            # paired_gaps: how much better b is than a (positive: b better), in the better direction
-            (gap, low, high), = gaps
-            sign = 1.0 if objective.direction == "maximize" else -1.0
-            ends = sorted((-sign * low, -sign * high))
+            estimate, low, high = signed_difference(objective, gaps[0])
             shared = len({r.request_id for r in mine} & {r.request_id for r in theirs})
-            return Difference(-sign * gap + 0.0, ends[0] + 0.0, ends[1] + 0.0, True, shared)
+            return Difference(estimate, low, high, True, shared)
     (a_low, a_high), (b_low, b_high) = (bounds_of(t.metrics, [objective])[:, 0] for t in (a, b))
     metric = objective.metric
     return Difference(a.metrics[metric] - b.metrics[metric], a_low - b_high, a_high - b_low, False)
@@ -181,18 +176,21 @@ def beating_baseline(study: StudySnapshot, front: Sequence[TrialView],
                     f"(trial {served.number}) on every objective on dev")
 
 
-def preferred_tie(chosen: TrialView, pool: list[TrialView], objectives: tuple[Objective, ...], why: str,
-                  prefer: Preference) -> Choice:
-    """``chosen``, or among the points of ``pool`` tied with it (``racing.ties``: their measurements cannot tell
-    them apart on any objective) the one the policy prefers — the best on the accuracy objective (``accuracy``)
-    or on the latency objective (``latency``) — saying so."""
-    tied = ties({t.number: bounds_of(t.metrics, objectives) for t in pool})[chosen.number]
+def preferred_tie(study: StudySnapshot, chosen: TrialView, pool: list[TrialView], objectives: tuple[Objective, ...],
+                  why: str, prefer: Preference, *, alpha: float = ERROR_RATE) -> Choice:
+    """``chosen``, or among the points of ``pool`` tied with it (``racing.tied_points``: paired on the requests
+    two points share where the snapshot reads records, the same rule as the finals and the front table) the one
+    the policy prefers — the best on the accuracy objective (``accuracy``) or on the latency objective
+    (``latency``) — saying so and how the tie was judged."""
+    ties = tied_points({t.number: bounds_of(t.metrics, objectives) for t in pool},
+                       {t.number: study.records(t) for t in pool}, objectives, alpha)
+    tied = ties.of[chosen.number]
     if not tied:
         return Choice(chosen, why)
+    said = (f"trial {chosen.number} is tied with trial{'s' if len(tied) > 1 else ''} "
+            f"{', '.join(str(n) for n in tied)} ({ties.how})")
     if prefer == "policy":
-        note = (f"trial {chosen.number} is tied with trial{'s' if len(tied) > 1 else ''} "
-                f"{', '.join(str(n) for n in tied)} (their intervals overlap on every objective): kept the "
-                "policy's own pick (--prefer accuracy or latency would break the tie)")
+        note = f"{said}: kept the policy's own pick (--prefer accuracy or latency would break the tie)"
         return Choice(chosen, f"{why}; {note}" if why else note)
     group = [chosen, *(t for t in pool if t.number in tied)]
     quality, speed = with_role(objectives, "accuracy"), with_role(objectives, "latency")
@@ -203,7 +201,5 @@ def preferred_tie(chosen: TrialView, pool: list[TrialView], objectives: tuple[Ob
     else:
         pick = min(group, key=lambda t: (t.metrics[latency], t.number))
         reason = f"the lowest {latency} ({pick.metrics[latency]:.0f}; --prefer accuracy: the most accurate)"
-    note = (f"trial {chosen.number} is tied with trial{'s' if len(tied) > 1 else ''} "
-            f"{', '.join(str(n) for n in tied)} (their intervals overlap on every objective): chose trial "
-            f"{pick.number}, {reason}")
+    note = f"{said}: chose trial {pick.number}, {reason}"
     return Choice(pick, f"{why}; {note}" if why else note)

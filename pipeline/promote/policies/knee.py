@@ -6,7 +6,7 @@ import numpy as np
 
 from pipeline.measure.registry import Objective
 from pipeline.promote.policies.base import (
-    ALPHA,
+    ERROR_RATE,
     Choice,
     OnEveryObjective,
     Options,
@@ -26,14 +26,15 @@ class Knee(OnEveryObjective):
     needs = ()
 
     def choose(self, study: StudySnapshot, objectives: tuple[Objective, ...], options: Options, *,
-               alpha: float = ALPHA) -> Choice:
+               alpha: float = ERROR_RATE) -> Choice:
         candidates(study)  # a study without a front: one line
         pool, why = beating_baseline(study, list(study.front), objectives)
         points = to_minimization(np.array([t.values for t in pool], dtype=float), objectives)
         seen = to_minimization(np.array([t.values for t in study.measured if t.complete and t.feasible
                                          and t.values is not None], dtype=float).reshape(-1, len(objectives)),
                                objectives)
-        return preferred_tie(pool[knee_index(points, seen)], pool, objectives, why, options.prefer)
+        return preferred_tie(study, pool[knee_index(points, seen)], pool, objectives, why, options.prefer,
+                             alpha=alpha)
 
 
 POLICY = Knee()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pipeline.errors import ConfigError, InputError
 from pipeline.measure.registry import Objective
 from pipeline.promote.policies.base import (
-    ALPHA,
+    ERROR_RATE,
     Choice,
     OnEveryObjective,
     Options,
@@ -24,7 +24,7 @@ class Latency(OnEveryObjective):
     needs = ("accuracy", "latency")
 
     def choose(self, study: StudySnapshot, objectives: tuple[Objective, ...], options: Options, *,
-               alpha: float = ALPHA) -> Choice:
+               alpha: float = ERROR_RATE) -> Choice:
         quality = role_objective(objectives, "accuracy", self.name)
         speed = role_objective(objectives, "latency", self.name)
         served = study.baseline

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pipeline.errors import ConfigError, InputError
 from pipeline.measure.registry import Objective
 from pipeline.promote.policies.base import (
-    ALPHA,
+    ERROR_RATE,
     Choice,
     OnEveryObjective,
     Options,
@@ -25,7 +25,7 @@ class Sla(OnEveryObjective):
     needs = ("accuracy",)
 
     def choose(self, study: StudySnapshot, objectives: tuple[Objective, ...], options: Options, *,
-               alpha: float = ALPHA) -> Choice:
+               alpha: float = ERROR_RATE) -> Choice:
         """Raises: ConfigError: no limit. InputError: no front point is within it."""
         limit = options.sla_p95_ms
         if limit is None:
@@ -47,7 +47,7 @@ class Sla(OnEveryObjective):
                              f"{best:.0f}); raise --sla-p95-ms or use --policy accuracy")
         pool = within(pool)
         best = max(pool, key=lambda t: (t.metrics[quality.metric], -t.metrics["latency_p95_ms"]))
-        return preferred_tie(best, pool, objectives, why, options.prefer)
+        return preferred_tie(study, best, pool, objectives, why, options.prefer, alpha=alpha)
 
 
 POLICY = Sla()

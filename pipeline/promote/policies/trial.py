@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pipeline.errors import ConfigError, InputError
 from pipeline.measure.registry import Objective
-from pipeline.promote.policies.base import ALPHA, Choice, OnEveryObjective, Options
+from pipeline.promote.policies.base import ERROR_RATE, Choice, OnEveryObjective, Options
 from pipeline.search.snapshot import StudySnapshot
 
 
@@ -14,17 +14,16 @@ class Trial(OnEveryObjective):
     needs = ()
 
     def choose(self, study: StudySnapshot, objectives: tuple[Objective, ...], options: Options, *,
-               alpha: float = ALPHA) -> Choice:
+               alpha: float = ERROR_RATE) -> Choice:
         if options.trial is None:
             raise ConfigError("--policy trial needs --trial N")
         chosen = study.trial(options.trial)
         if chosen is None or not chosen.complete:
             raise InputError(f"trial {options.trial} of study {study.name!r} is not a completed trial; "
                              f"front trials: {', '.join(str(t.number) for t in study.front) or 'none'}")
-        # Not `chosen.feasible`: a NaN violation (a limit that could not be measured) never refused a trial here.
-        if any(v > 0 for v in chosen.constraints.values()):
-            raise InputError(f"trial {options.trial} breaks a constraint ({chosen.constraints}); "
-                             "choose a feasible one")
+        if not chosen.feasible:
+            raise InputError(f"trial {options.trial} breaks a constraint ({chosen.constraints}; NaN: its metric "
+                             "could not be measured); choose a feasible one")
         return Choice(chosen)
 
 
