@@ -78,10 +78,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
                              prefer=args.prefer,
                              registered_model=args.registered_model or None, ollama_name=args.ollama_name or None,
                              output=args.output)
-    if policy.policy == "trial" and policy.trial is None:
-        raise ConfigError("--policy trial needs --trial N")
-    if policy.policy == "sla" and policy.sla_p95_ms is None:
-        raise ConfigError("--policy sla needs --sla-p95-ms X")
+    policy_named(policy.policy).check(policy)  # before anything is loaded
     config = options.config_of(args)
     _, storage = resolve_stores(args.tracking_uri or None, config.tracking.tracking_uri, config.study.storage,
                                 configured_in=str(config.path), storage_where="--storage", existing=True)

@@ -4,11 +4,19 @@ margin, the fastest."""
 from __future__ import annotations
 
 from pipeline.measure.registry import Objective
-from pipeline.promote.policies.base import ERROR_RATE, Choice, Options, candidates, difference, role_objective
+from pipeline.promote.policies.base import (
+    ERROR_RATE,
+    BasePolicy,
+    Choice,
+    Options,
+    candidates,
+    difference,
+    role_objective,
+)
 from pipeline.search.snapshot import StudySnapshot
 
 
-class Accuracy:
+class Accuracy(BasePolicy):
     name = "accuracy"
     sentence = ("the most accurate front point; among the points whose accuracy is within --margin of it (paired "
                 "on the requests both answered), the fastest")

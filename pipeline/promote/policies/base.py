@@ -21,8 +21,8 @@ from pipeline.search.compare import to_minimization
 from pipeline.search.snapshot import StudySnapshot
 from pipeline.search.trials import TrialView
 
-__all__ = ["ERROR_RATE", "Choice", "Difference", "Options", "Policy", "Preference", "beating_baseline", "candidates",
-           "difference", "knee_index", "preferred_tie", "role_objective"]
+__all__ = ["ERROR_RATE", "BasePolicy", "Choice", "Difference", "Options", "Policy", "Preference", "beating_baseline",
+           "candidates", "difference", "knee_index", "preferred_tie", "require_front", "role_objective"]
 
 # What breaks a tie the measurements could not: the policy's own pick stands (``policy``), the most accurate of
 # the tied points, or the fastest.
@@ -57,12 +57,21 @@ class Policy(Protocol):
         """The objectives on which the finals must tell the choice from a rival (:mod:`pipeline.search.finals`)."""
         ...
 
+    def check(self, options: Options) -> None:
+        """Raise ConfigError (one line) when ``options`` lack what the policy needs; checked before anything is
+        loaded, and again by ``choose``."""
+        ...
 
-class OnEveryObjective:
-    """A policy whose finals decide a pair on any objective (the knee's trade-off, an SLA)."""
+
+class BasePolicy:
+    """What a policy does unless it says otherwise: its finals decide a pair on any objective (the knee's
+    trade-off, an SLA), and it needs no option."""
 
     def decides_on(self, objectives: tuple[Objective, ...]) -> tuple[Objective, ...]:
         return objectives
+
+    def check(self, options: Options) -> None:
+        return None
 
 
 def role_objective(objectives: Sequence[Objective], role: Role, policy: str) -> Objective:
@@ -81,6 +90,17 @@ def role_objective(objectives: Sequence[Objective], role: Role, policy: str) -> 
     return objective
 
 
+def require_front(study: StudySnapshot) -> list[TrialView]:
+    """The study's front.
+
+    Raises:
+        InputError: the study has no front (one line: run more trials).
+    """
+    if not study.front:
+        raise InputError(f"study {study.name!r} has no feasible trials on its front; run more trials")
+    return list(study.front)
+
+
 def candidates(study: StudySnapshot) -> list[TrialView]:
     """The front points a policy chooses among: the front without the baseline (the settings served today are
     what a promotion replaces), or the baseline alone when it is the whole front.
@@ -88,9 +108,7 @@ def candidates(study: StudySnapshot) -> list[TrialView]:
     Raises:
         InputError: the study has no front.
     """
-    front = list(study.front)
-    if not front:
-        raise InputError(f"study {study.name!r} has no feasible trials on its front; run more trials")
+    front = require_front(study)
     return [t for t in front if not t.baseline] or front
 
 

@@ -7,8 +7,8 @@ from pipeline.errors import ConfigError, InputError
 from pipeline.measure.registry import Objective
 from pipeline.promote.policies.base import (
     ERROR_RATE,
+    BasePolicy,
     Choice,
-    OnEveryObjective,
     Options,
     candidates,
     difference,
@@ -17,7 +17,7 @@ from pipeline.promote.policies.base import (
 from pipeline.search.snapshot import StudySnapshot
 
 
-class Latency(OnEveryObjective):
+class Latency(BasePolicy):
     name = "latency"
     sentence = ("the fastest front point whose accuracy is not below the baseline's (the settings served today) by "
                 "more than --margin, paired on the requests both answered")

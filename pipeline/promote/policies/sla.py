@@ -6,33 +6,35 @@ from pipeline.errors import ConfigError, InputError
 from pipeline.measure.registry import Objective
 from pipeline.promote.policies.base import (
     ERROR_RATE,
+    BasePolicy,
     Choice,
-    OnEveryObjective,
     Options,
     beating_baseline,
-    candidates,
     preferred_tie,
+    require_front,
     role_objective,
 )
 from pipeline.search.snapshot import StudySnapshot
 from pipeline.search.trials import TrialView
 
 
-class Sla(OnEveryObjective):
+class Sla(BasePolicy):
     name = "sla"
     sentence = ("the most accurate front point with latency_p95_ms within --sla-p95-ms, among the points that beat "
                 "the baseline on every objective when one does")
     needs = ("accuracy",)
 
+    def check(self, options: Options) -> None:
+        if options.sla_p95_ms is None:
+            raise ConfigError("--policy sla needs --sla-p95-ms X")
+
     def choose(self, study: StudySnapshot, objectives: tuple[Objective, ...], options: Options, *,
                alpha: float = ERROR_RATE) -> Choice:
         """Raises: ConfigError: no limit. InputError: no front point is within it."""
-        limit = options.sla_p95_ms
-        if limit is None:
-            raise ConfigError("--policy sla needs --sla-p95-ms X")
+        self.check(options)
+        limit = float(options.sla_p95_ms)  # type: ignore[arg-type]  # checked: not None
         quality = role_objective(objectives, "accuracy", self.name)
-        front = list(study.front)
-        candidates(study)
+        front = require_front(study)
         pool, why = beating_baseline(study, front, objectives)
 
         def within(trials: list[TrialView]) -> list[TrialView]:

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 from pipeline.errors import ConfigError, InputError
 from pipeline.measure.registry import Objective
-from pipeline.promote.policies.base import ERROR_RATE, Choice, OnEveryObjective, Options
+from pipeline.promote.policies.base import ERROR_RATE, BasePolicy, Choice, Options
 from pipeline.search.snapshot import StudySnapshot
 
 
-class Trial(OnEveryObjective):
+class Trial(BasePolicy):
     name = "trial"
     sentence = "the trial named by --trial N, when it completed and met every constraint"
     needs = ()
 
-    def choose(self, study: StudySnapshot, objectives: tuple[Objective, ...], options: Options, *,
-               alpha: float = ERROR_RATE) -> Choice:
+    def check(self, options: Options) -> None:
         if options.trial is None:
             raise ConfigError("--policy trial needs --trial N")
+
+    def choose(self, study: StudySnapshot, objectives: tuple[Objective, ...], options: Options, *,
+               alpha: float = ERROR_RATE) -> Choice:
+        self.check(options)
         chosen = study.trial(options.trial)
         if chosen is None or not chosen.complete:
             raise InputError(f"trial {options.trial} of study {study.name!r} is not a completed trial; "
