@@ -8,7 +8,8 @@ from pathlib import Path
 
 from benchmarks.common import GRID_DATA, GRID_FULL_CONFIG, GRID_FULL_DATA, RESULTS
 
-NAMES = ("grid", "fidelity", "overhead", "search", "abort", "adaptive", "finals", "policies", "outcome", "serving")
+NAMES = ("grid", "fidelity", "overhead", "search", "abort", "adaptive", "finals", "policies", "outcome", "serving",
+         "accepts")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,6 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grid", type=Path, default=None,
                         help=f"adaptive: the measured grid to replay against (default {GRID_FULL_DATA.name}; "
                              f"{GRID_DATA.name}: 20 requests a setting, racing only)")
+    parser.add_argument("--calls", type=Path, default=None,
+                        help="accepts: a function-calling set (question, function, ground truth) to import")
+    parser.add_argument("--answers", type=Path, default=None,
+                        help="accepts: its ground truth by id, when the --calls file holds none")
     args = parser.parse_args(argv)
     if args.name == "grid":
         from benchmarks import grid
@@ -41,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     options = {"profile": args.profile} if args.name == "overhead" else {}
     if args.name == "adaptive":
         options = {"real_studies": not args.replays_only, **({"grid": args.grid} if args.grid else {})}
+    if args.name == "accepts":
+        options = {"calls": args.calls, "answers": args.answers}
     report = module.run(out=args.out or RESULTS, smoke=args.smoke, **options)
     print(report.read_text())
     return 0

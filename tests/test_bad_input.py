@@ -133,6 +133,13 @@ def _no_label(folder: Path, **changes: Any) -> list[str]:
     return ["study", "--config", str(write_config(folder, raw))]
 
 
+def _calls(folder: Path, *lines: dict[str, Any]) -> list[str]:
+    """``pipeline import-calls`` on a set of the given lines."""
+    path = folder / "calls.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return ["import-calls", str(path), "--name", "calls", "--root", str(folder)]
+
+
 def _init_twice(folder: Path) -> list[str]:
     """A job scaffolded once already: the second `init` must refuse."""
     (folder / "configs").mkdir()
@@ -239,6 +246,19 @@ CASES = [
          "dataset.jsonl:4: expected answer violates schema.json"),
     Case("dataset-nan", dataset_line(good_line(request="x").replace('"success": true', '"success": NaN')),
          "dataset.jsonl:4: not JSON (NaN is not JSON"),
+    Case("dataset-accept-empty-alternatives", dataset_line(good_line(accept={"alternatives": {"/params/due": []}})),
+         "dataset.jsonl:4 (accept.alternatives): /params/due needs a non-empty list of other acceptable values"),
+    Case("dataset-accept-alternative-violates-schema",
+         dataset_line(good_line(accept={"alternatives": {"/params/due": [5]}})),
+         "dataset.jsonl:4 (accept): the alternative 5 at /params/due violates schema.json"),
+    Case("dataset-accept-optional-required", dataset_line(good_line(accept={"optional": ["/params/title"]})),
+         "dataset.jsonl:4 (accept.optional): /params/title is required by schema.json; an answer cannot leave it out"),
+    Case("dataset-accept-default-wrong-type", dataset_line(good_line(accept={"defaults": {"/params/due": 3}})),
+         "dataset.jsonl:4 (accept): the default 3 at /params/due violates schema.json"),
+    Case("dataset-accept-path-not-in-the-answer", dataset_line(good_line(accept={"optional": ["/params/priority"]})),
+         "dataset.jsonl:4 (accept.optional): /params/priority is not in the expected answer"),
+    Case("dataset-accept-unknown-key", dataset_line(good_line(accept={"alternative": {}})),
+         "dataset.jsonl:4 (accept): unknown key 'alternative'. Did you mean 'alternatives'?"),
     Case("dataset-empty-file", experiment(write("dataset.jsonl", "")), "dataset.jsonl: no examples; add one JSON"),
     Case("dataset-missing-file", experiment(delete("dataset.jsonl")), "dataset.jsonl not found ("),
     Case("dataset-not-utf8", dataset_line(b'{"id": "caf\xe9"}'), "dataset.jsonl:4: not UTF-8 text (byte 0xe9"),
@@ -260,6 +280,12 @@ CASES = [
     Case("manifest-rule-wrong-type",
          experiment(write("experiment.yaml", "schema: schema.json\nscoring: {fields: {/action: number}}\n")),
          "rule 'number' cannot judge /action, which the schema makes string"),
+    Case("manifest-optional-required",
+         experiment(write("experiment.yaml", "schema: schema.json\nscoring: {optional: [/params/title]}\n")),
+         "experiment.yaml (scoring.optional): /params/title is required by schema.json; an answer cannot leave it out"),
+    Case("manifest-omit-defaults-not-a-flag",
+         experiment(write("experiment.yaml", "schema: schema.json\nscoring: {omit_defaults: yes please}\n")),
+         "experiment.yaml (scoring.omit_defaults): must be true or false, got 'yes please'"),
     Case("manifest-unknown-rule",
          experiment(write("experiment.yaml", "schema: schema.json\nscoring: {default: fuzzy}\n")),
          "(scoring) (default): unknown rule 'fuzzy'"),
@@ -304,6 +330,8 @@ CASES = [
     Case("init-would-overwrite", lambda folder, mp: _init_twice(folder), "already exists; `pipeline init` never "
                                                                            "overwrites"),
     Case("init-bad-name", command("init", "my job", "--root", "{tmp}"), "job name 'my job' must start with a letter"),
+    Case("init-import-calls-without-functions", lambda folder, _: _calls(folder, {"question": "Weather in Oslo?"}),
+         "calls.jsonl:1: no 'function' list of offered functions"),
     Case("prompts-router-not-a-mapping", prompts(write("router.yaml", "- add\n- show\n")),
          "router.yaml: must be a mapping, got a list"),
     Case("prompts-router-keywords-not-a-list", prompts(write("router.yaml", "keywords:\n  create_task: add\n")),

@@ -176,3 +176,13 @@ def test_policies_smoke(tmp_path):
         assert replay["accuracy"] <= replay["best_measured_accuracy"] + 1e-12
         assert replay["within"] == (replay["accuracy"] >= replay["best_measured_accuracy"] - replay["band"])
         assert 0 <= replay["finals"] <= 160
+
+
+def test_accepts_smoke(tmp_path):
+    result = bench(tmp_path, "accepts")
+    assert result["trials"] == 2 and result["answers"] > 0
+    # an answer right against one expected answer is right with what its line accepts too, never the reverse
+    assert result["exact"] >= result["exact_before"] and result["fields"] >= result["fields_before"] - 1e-12
+    for trial in result["per_trial"]:
+        assert trial["exact"] >= trial["exact_before"] and trial["fields"] >= trial["fields_before"] - 1e-12
+    assert result["import"].startswith("10 requests (5 held out), 2 in the few-shot pool; none skipped")

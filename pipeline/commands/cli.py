@@ -1,4 +1,4 @@
-"""Command line: ``pipeline init``, ``study``, ``compare``, ``promote``, ``compare-settings``.
+"""Command line: ``pipeline init``, ``import-calls``, ``study``, ``compare``, ``promote``, ``compare-settings``.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad input, 3 promotion refused.
 """
@@ -13,7 +13,7 @@ from types import ModuleType
 from rich.console import Console
 from rich.text import Text
 
-from pipeline.commands import compare, compare_settings, init, promote, study
+from pipeline.commands import compare, compare_settings, import_calls, init, promote, study
 from pipeline.commands.options import Parser
 from pipeline.errors import PipelineError
 
@@ -21,8 +21,8 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 
 # Each subcommand is a module with ``add_parser(commands)`` and ``run(args, console) -> exit code``; a new one is
 # a module and a line here (the order is the help's).
-COMMANDS: dict[str, ModuleType] = {"study": study, "init": init, "compare": compare, "promote": promote,
-                                   "compare-settings": compare_settings}
+COMMANDS: dict[str, ModuleType] = {"study": study, "init": init, "import-calls": import_calls, "compare": compare,
+                                   "promote": promote, "compare-settings": compare_settings}
 
 
 def build_parser() -> argparse.ArgumentParser:

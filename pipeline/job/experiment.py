@@ -6,11 +6,18 @@ An experiment folder holds a manifest, ``experiment.yaml``, which names the rest
   that holds each request's own schema (tool calling: every request offers other tools); a line without that
   field falls back to ``schema``;
 - ``dataset`` (default ``dataset.jsonl``): one labelled request per line, ``{"id", "split", "expected", ...}``
-  plus the fields the input template uses; ``split`` is ``dev`` (studies) or ``holdout`` (promotion);
+  plus the fields the input template uses; ``split`` is ``dev`` (studies) or ``holdout`` (promotion); an optional
+  ``accept`` says what else the expected answer accepts, by JSON Pointer into it: ``alternatives`` (path: other
+  acceptable values), ``optional`` (paths the answer may leave out), ``defaults`` (path: the value an absent field
+  means) — kept beside ``expected``, so ``expected`` stays one real answer (a few-shot example, schema-valid) and
+  no reserved key inside an answer can collide with a real member;
 - ``input`` (default ``"{request}"``): the user message, a template over a line's fields (:mod:`pipeline.job.template`);
 - ``label``: an optional path (JSON Pointer) into the answer whose value names the request's class: it balances
   the evaluated requests, routes few-shot examples (``by_label``) and gives ``label_accuracy``;
-- ``scoring``: how each answer path is compared (:mod:`pipeline.job.rules`): ``default`` and ``fields``;
+- ``scoring``: how each answer path is compared (:mod:`pipeline.job.rules`): ``default`` and ``fields``; and what
+  every line's expected answer accepts besides itself: ``optional`` (paths, ``*`` for any item, an answer may leave
+  out) and ``omit_defaults`` (true: a field the schema does not require and gives a ``default`` may be left out,
+  and then means that default);
 - ``warmup``: the fields of an untimed request sent after every model load (default: the first few-shot example);
 - ``description``: free text.
 
@@ -31,10 +38,10 @@ from typing import Any
 
 from pipeline.errors import DataError, did_you_mean
 from pipeline.job.files import json_kind, jsonl_objects, parse_json, parse_yaml, read_text, shown
-from pipeline.job.pointers import ANY, MISSING, Path, format_pointer, parse_pointer, resolve
+from pipeline.job.pointers import ANY, MISSING, Path, format_pointer, matches, parse_pointer, resolve
 from pipeline.job.rules import Ignore, RuleSet, Text, Unordered, make_rule
-from pipeline.job.schemas import AnswerSchema, check_schema, types_at
-from pipeline.job.scoring import Scorer
+from pipeline.job.schemas import AnswerSchema, check_schema, default_at, required_at, types_at
+from pipeline.job.scoring import NOTHING_ELSE, Accepts, Scorer
 from pipeline.job.template import InputTemplate
 
 __all__ = ["MANIFEST", "SPLITS", "Example", "Experiment", "label_text", "load_experiment"]
@@ -43,6 +50,9 @@ MANIFEST = "experiment.yaml"
 SPLITS = ("dev", "holdout")
 _KEYS = ("description", "schema", "schema_field", "dataset", "input", "label", "scoring", "warmup")
 _LINE_KEYS = ("id", "split", "expected")
+ACCEPT = "accept"
+_ACCEPT_KEYS = ("alternatives", "optional", "defaults")
+_SCORING_KEYS = ("default", "fields", "optional", "omit_defaults")
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,7 @@ class Example:
     expected: Any
     schema: AnswerSchema
     label: str | None = None
+    accepts: Accepts = NOTHING_ELSE    # what else the expected answer accepts (the line's ``accept``)
 
 
 @dataclass(frozen=True)
@@ -72,6 +83,8 @@ class Experiment:
     digest: str
     dataset_path: FilePath
     description: str = ""
+    optional: tuple[Path, ...] = ()   # scoring.optional: paths every line's answer may leave out
+    omit_defaults: bool = False       # scoring.omit_defaults
     _schemas: dict[str, AnswerSchema] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -167,6 +180,22 @@ class Experiment:
                             f"Schema, or set 'schema' in {self.manifest_path}")
         return self.schema
 
+    def accepted(self, accepts: Accepts, expected: Any, schema: AnswerSchema) -> Accepts:
+        """A line's ``accept`` with what the manifest's scoring accepts of every line: its ``optional`` paths, and
+        with ``omit_defaults`` the default of every field the schema does not require (the line's own say first)."""
+        if not self.optional and not self.omit_defaults:
+            return accepts
+        optional, defaults = set(accepts.optional), dict(accepts.defaults)
+        for path in _paths_in(expected):
+            if any(matches(pattern, path) for pattern in self.optional):
+                optional.add(path)
+            elif self.omit_defaults and path not in defaults and path not in optional \
+                    and not required_at(schema.document, path):
+                default = default_at(schema.document, path)
+                if default is not MISSING:
+                    defaults[path] = default
+        return Accepts(accepts.alternatives, frozenset(optional), defaults)
+
     @property
     def schemas(self) -> list[AnswerSchema]:
         """Every distinct schema: the job's, and those the requests carry."""
@@ -222,13 +251,14 @@ def load_experiment(folder: FilePath) -> Experiment:
     if label is not None and ANY in label:
         raise DataError(f"{where} (label): the label names one value; {format_pointer(label)} has a '*'")
     rules = _rules(raw.get("scoring"), f"{where} (scoring)")
+    optional, omit_defaults = _manifest_accepts(raw.get("scoring"), where)
     if label is not None and isinstance(rules.leaf_rule(label), Ignore):
         raise DataError(f"{where}: the label {format_pointer(label)} is ignored by 'scoring'; score it, or drop the "
                         "label")
     experiment = Experiment(
         name=folder.name, folder=folder, template=template, schema=schema, schema_field=schema_field,
         label=label, scorer=Scorer(rules, label), examples=(), warmup=None, digest="", dataset_path=dataset_path,
-        description=description)
+        description=description, optional=optional, omit_defaults=omit_defaults)
     if schema_field is None:  # every schema is known before the lines: check the paths first
         _check_paths(experiment, rules, label, where)
     dataset_bytes, examples = _read_dataset(experiment, dataset_path)
@@ -274,11 +304,12 @@ def _rules(raw: Any, where: str) -> RuleSet:
     if raw is None:
         return RuleSet()
     if not isinstance(raw, dict):
-        raise DataError(f"{where}: must be a mapping with 'default' (a rule) and 'fields' (path: rule)")
+        raise DataError(f"{where}: must be a mapping with 'default' (a rule), 'fields' (path: rule), 'optional' "
+                        "(paths) and 'omit_defaults' (true or false)")
     for key in raw:
-        if key not in ("default", "fields"):
-            raise DataError(f"{where}: unknown key {key!r}.{did_you_mean(str(key), ('default', 'fields'))} "
-                            "Known keys: default, fields")
+        if key not in _SCORING_KEYS:
+            raise DataError(f"{where}: unknown key {key!r}.{did_you_mean(str(key), _SCORING_KEYS)} "
+                            f"Known keys: {', '.join(_SCORING_KEYS)}")
     default = make_rule(raw.get("default", "text"), f"{where} (default)") if "default" in raw else Text()
     if isinstance(default, Unordered):
         raise DataError(f"{where} (default): 'unordered' compares arrays; give it per path, e.g. /items: unordered")
@@ -288,6 +319,30 @@ def _rules(raw: Any, where: str) -> RuleSet:
     by_path = {_pointer(path, f"{where} (fields)"): make_rule(spec, f"{where} (fields.{path})")
                for path, spec in fields.items()}
     return RuleSet(default, by_path)
+
+
+def _manifest_accepts(raw: Any, where: str) -> tuple[tuple[Path, ...], bool]:
+    """The manifest's ``scoring.optional`` paths and ``scoring.omit_defaults``."""
+    if not isinstance(raw, dict):
+        return (), False
+    optional = raw.get("optional") or []
+    if not isinstance(optional, list):
+        raise DataError(f"{where} (scoring.optional): must list the paths an answer may leave out, e.g. [/note], got "
+                        f"{shown(optional)}")
+    omit = raw.get("omit_defaults", False)
+    if not isinstance(omit, bool):
+        raise DataError(f"{where} (scoring.omit_defaults): must be true or false, got {shown(omit)}")
+    return tuple(_pointer(p, f"{where} (scoring.optional)") for p in optional), omit
+
+
+def _paths_in(value: Any, path: Path = ()) -> list[Path]:
+    """Every path below the root of a JSON value: members, items, and theirs."""
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    out: list[Path] = []
+    for key, child in children:
+        out.append(path + (str(key),))
+        out.extend(_paths_in(child, path + (str(key),)))
+    return out
 
 
 def _read_dataset(experiment: Experiment, path: FilePath) -> tuple[bytes, list[Example]]:
@@ -306,11 +361,89 @@ def _read_dataset(experiment: Experiment, path: FilePath) -> tuple[bytes, list[E
         if item["split"] not in SPLITS:
             raise DataError(f"{where}: split {shown(item['split'])} must be one of {', '.join(SPLITS)}")
         request, expected, schema, label = experiment.read_line(item, where, answer_key="expected")
+        accepts = _accepts(item[ACCEPT], expected, schema, where) if ACCEPT in item else NOTHING_ELSE
+        accepts = experiment.accepted(accepts, expected, schema)
         seen.add(item["id"])
-        examples.append(Example(item["id"], item["split"], item, request, expected, schema, label))
+        examples.append(Example(item["id"], item["split"], item, request, expected, schema, label, accepts))
     if not examples:
         raise DataError(f"{path}: no examples; add one JSON object per line")
     return raw, examples
+
+
+def _accepts(raw: Any, expected: Any, schema: AnswerSchema, where: str) -> Accepts:
+    """A line's ``accept``, checked: every path in the expected answer, every alternative and default a value the
+    schema allows there, no optional mark where the schema requires the field.
+
+    Raises:
+        DataError: naming the line, the path and the fix.
+    """
+    if not isinstance(raw, dict):
+        raise DataError(f"{where} ({ACCEPT}): must be an object with {', '.join(_ACCEPT_KEYS)}, got {shown(raw)}")
+    for key in raw:
+        if key not in _ACCEPT_KEYS:
+            raise DataError(f"{where} ({ACCEPT}): unknown key {key!r}.{did_you_mean(str(key), _ACCEPT_KEYS)} Known "
+                            f"keys: {', '.join(_ACCEPT_KEYS)}")
+
+    def path_of(text: Any, part: str) -> Path:
+        path = _pointer(text, f"{where} ({ACCEPT}.{part})")
+        if ANY in path:
+            raise DataError(f"{where} ({ACCEPT}.{part}): {text} has a '*'; name one field of this answer, such as "
+                            "/items/0/x")
+        if resolve(expected, path) is MISSING:
+            raise DataError(f"{where} ({ACCEPT}.{part}): {text} is not in the expected answer; name a field it has")
+        return path
+
+    def allowed(path: Path, value: Any, what: str) -> None:
+        error = schema.first_violation(_replaced(expected, path, value), where)
+        if error is not None:
+            raise DataError(f"{where} ({ACCEPT}): {what} {shown(value)} at {format_pointer(path)} violates "
+                            f"{FilePath(schema.source).name}: {error.message}; fix it or the schema")
+
+    alternatives = raw.get("alternatives", {})
+    if not isinstance(alternatives, dict):
+        raise DataError(f"{where} ({ACCEPT}.alternatives): must map paths to lists of other acceptable values, e.g. "
+                        '{"/unit": ["celsius"]}')
+    accepted: dict[Path, tuple[Any, ...]] = {}
+    for text, values in alternatives.items():
+        path = path_of(text, "alternatives")
+        if not isinstance(values, list) or not values:
+            raise DataError(f"{where} ({ACCEPT}.alternatives): {text} needs a non-empty list of other acceptable "
+                            f"values, got {shown(values)}; remove it if the expected value is the only one")
+        for value in values:
+            allowed(path, value, "the alternative")
+        accepted[path] = tuple(values)
+    optional = raw.get("optional", [])
+    if not isinstance(optional, list):
+        raise DataError(f"{where} ({ACCEPT}.optional): must list the paths the answer may leave out, e.g. [\"/note\"]")
+    left_out = set()
+    for text in optional:
+        path = path_of(text, "optional")
+        if required_at(schema.document, path):
+            raise DataError(f"{where} ({ACCEPT}.optional): {text} is required by {FilePath(schema.source).name}; an "
+                            "answer cannot leave it out: drop the mark, or the field from the schema's 'required'")
+        left_out.add(path)
+    defaults = raw.get("defaults", {})
+    if not isinstance(defaults, dict):
+        raise DataError(f"{where} ({ACCEPT}.defaults): must map paths to the value an absent field means, e.g. "
+                        '{"/z": 0}')
+    meant: dict[Path, Any] = {}
+    for text, value in defaults.items():
+        path = path_of(text, "defaults")
+        allowed(path, value, "the default")
+        meant[path] = value
+    return Accepts(accepted, frozenset(left_out), meant)
+
+
+def _replaced(value: Any, path: Path, new: Any) -> Any:
+    """``value`` with ``new`` at ``path`` (which ``value`` has), as a copy."""
+    if not path:
+        return new
+    head, rest = path[0], path[1:]
+    if isinstance(value, dict):
+        return {**value, head: _replaced(value[head], rest, new)}
+    items = list(value)
+    items[int(head)] = _replaced(items[int(head)], rest, new)
+    return items
 
 
 def _check_paths(experiment: Experiment, rules: RuleSet, label: Path | None, where: str) -> None:
@@ -335,6 +468,15 @@ def _check_paths(experiment: Experiment, rules: RuleSet, label: Path | None, whe
             if key_types is not None and not key_types:
                 raise DataError(f"{spot}: the items of {format_pointer(path)} have no member {rule.key!r}; name "
                                 "one of their members as 'key', or leave 'key' out to pair items as a multiset")
+    for path in experiment.optional:
+        spot = f"{where} (scoring.optional)"
+        if types(path) is not None and not types(path):
+            raise DataError(f"{spot}: {format_pointer(path)} matches nothing in the schema; fix the path (use * for "
+                            "array items) or the schema")
+        required = next((s for s in experiment.schemas if required_at(s.document, path)), None)
+        if required is not None:
+            raise DataError(f"{spot}: {format_pointer(path)} is required by {FilePath(required.source).name}; an "
+                            "answer cannot leave it out: drop it, or the field from the schema's 'required'")
     if label is not None:
         allowed = types(label)
         if allowed is not None and not allowed:

@@ -24,7 +24,7 @@ from pipeline.errors import DataError
 from pipeline.job.files import json_kind, shown
 from pipeline.job.pointers import ANY, MISSING, Path, parse_pointer, resolve
 
-__all__ = ["AnswerSchema", "check_schema", "types_at"]
+__all__ = ["AnswerSchema", "check_schema", "default_at", "required_at", "types_at"]
 
 # An empty registry: a $ref that leaves the schema is reported, never fetched (without a registry,
 # jsonschema downloads http(s) references).
@@ -158,6 +158,32 @@ def types_at(schema: dict[str, Any] | bool, path: Path) -> frozenset[str] | None
             return None
         types |= found
     return frozenset(types)
+
+
+def required_at(schema: dict[str, Any] | bool, path: Path) -> bool:
+    """Whether the schema requires a value at ``path``: an object schema that may hold it (in any branch) lists
+    its last part in ``required``. The whole answer (``()``) is always required."""
+    if not path:
+        return True
+    return any(isinstance(node, dict) and path[-1] in (node.get("required") or [])
+               for node in _expand(_nodes_at(schema, path[:-1]), schema))
+
+
+def default_at(schema: dict[str, Any] | bool, path: Path) -> Any:
+    """The ``default`` the schema declares for the value at ``path`` (the first one found), or ``MISSING``."""
+    nodes = _nodes_at(schema, path)
+    for node in [*nodes, *_expand(nodes, schema)]:
+        if isinstance(node, dict) and "default" in node:
+            return node["default"]
+    return MISSING
+
+
+def _nodes_at(schema: dict[str, Any] | bool, path: Path) -> list[Any]:
+    """The subschemas that may describe the value at ``path``, before their branches are opened."""
+    nodes: list[Any] = [schema]
+    for part in path:
+        nodes = [child for node in _expand(nodes, schema) if node is not _ANYTHING for child in _child(node, part)]
+    return nodes
 
 
 def _expand(nodes: list[Any], root: Any, depth: int = 0) -> list[Any]:

@@ -274,7 +274,7 @@ def _record(request: PreparedRequest, result: Generation | RequestFailed, scorer
         request=example.request,
         expected=example.expected,
         answer=result.text,
-        score=scorer.score(result.text, example.expected, example.schema),
+        score=scorer.score(result.text, example.expected, example.schema, example.accepts),
         latency_ms=result.latency_ms,
         ttft_ms=result.ttft_ms,
         prefill_ms=result.prefill_ms,

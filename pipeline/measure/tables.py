@@ -1,6 +1,7 @@
 """Request records as tables, for the MLflow artifacts of a trial or a promotion.
 
-``requests.json``: one row per request (request, expected, raw answer, scores, timings).
+``requests.json``: one row per request (request, expected, raw answer, scores, the fields right by what else the
+expected answer accepts and how, timings).
 ``field_errors.json``: the fields answered wrong, counted by path, expected and got value.
 ``side_by_side.json``: two settings' requests in the order they were measured, interleaved.
 """
@@ -28,12 +29,14 @@ _TIMINGS = ("latency_ms", "ttft_ms", "prefill_ms", "decode_ms", "decode_tokens",
 
 
 def requests_frame(records: list[RequestRecord]) -> pd.DataFrame:
-    """One row per request; the field-by-field verdicts are summed up in ``wrong_fields``."""
+    """One row per request; the field-by-field verdicts are summed up in ``wrong_fields``, and the fields right
+    by an alternative, a left-out optional field or a default in ``accepted`` (``/unit (alternative 1)``)."""
     rows = []
     for r in records:
         score = {k: v for k, v in asdict(r.score).items() if k != "fields"}
         row = {"request_id": r.request_id, "request": r.request, "expected": json.dumps(r.expected), "answer": r.answer,
-               **score, "wrong_fields": ", ".join(f.path for f in r.score.fields if not f.correct)}
+               **score, "wrong_fields": ", ".join(f.path for f in r.score.fields if not f.correct),
+               "accepted": ", ".join(f"{f.path} ({f.matched})" for f in r.score.fields if f.correct and f.matched)}
         row.update({k: getattr(r, k) for k in _TIMINGS})
         rows.append(row)
     return pd.DataFrame(rows)
@@ -56,7 +59,7 @@ def records_from_rows(rows: pd.DataFrame, examples: dict[str, Example], scorer: 
         answer = "" if _missing(row.get("answer")) else str(row["answer"])
         failed = bool(row.get("failed", False))
         score = (scorer.unanswered(example.expected, "request failed") if failed
-                 else scorer.score(answer, example.expected, example.schema))
+                 else scorer.score(answer, example.expected, example.schema, example.accepts))
         timings = {k: (None if _missing(row.get(k)) else row[k]) for k in _TIMINGS if k != "overhead_ms"}
         for key in ("decode_tokens", "prompt_tokens_engine", "thinking_tokens"):
             timings[key] = None if timings[key] is None else int(timings[key])

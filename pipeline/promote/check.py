@@ -236,7 +236,7 @@ def _through_created_model(prepared: PreparedStudy, bundle: WrittenBundle, examp
                                          scorer.unanswered(example.expected, str(exc)), math.nan, failed=True))
             continue
         records.append(RequestRecord(example.id, example.request, example.expected, answer,
-                                     scorer.score(answer, example.expected, example.schema),
+                                     scorer.score(answer, example.expected, example.schema, example.accepts),
                                      (time.perf_counter() - start) * 1000))
     return records
 
