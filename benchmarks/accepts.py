@@ -65,7 +65,8 @@ def run(*, out: Path, smoke: bool = False, calls: Path | None = None, answers: P
             assert old in text, old
             text = text.replace(old, new)
         path.write_text(text)
-        config = load_config(path).with_overrides(evaluation={"limit": 4 if smoke else None, "stages": [],
+        # fixed-size trials of the config's 20 requests (4 in the smoke size), each answer to the end
+        config = load_config(path).with_overrides(evaluation={**({"limit": 4} if smoke else {}), "stages": [],
                                                               "early_abort": False})
         os.chdir(root)
         prepared = prepare_study(config, tracking_uri=f"sqlite:///{root}/mlflow.db")
