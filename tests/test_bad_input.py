@@ -127,6 +127,7 @@ def _no_label(folder: Path, **changes: Any) -> list[str]:
     copy = Path(shutil.copytree(EXPERIMENT, folder / "exp"))
     manifest = (copy / "experiment.yaml").read_text().replace("label: /action", "")
     (copy / "experiment.yaml").write_text(manifest)
+    (copy / "traffic.jsonl").unlink()  # its sample draws by label
     prompt_copy = Path(shutil.copytree(PROMPTS, folder / "prompts"))
     (prompt_copy / "router.yaml").unlink()
     raw = smoke_config(experiment=str(copy), prompts=str(prompt_copy), **changes)
@@ -293,7 +294,8 @@ CASES = [
          "(label): /params is an object in the schema; a label must be one value"),
     Case("manifest-template-placeholder", experiment(write("experiment.yaml", "schema: schema.json\ninput: '{0}'\n")),
          "input template placeholder '{0}' must be a plain field name"),
-    Case("manifest-by-label-without-label", experiment(write("experiment.yaml", "schema: schema.json\n")),
+    Case("manifest-by-label-without-label",
+         experiment(lambda f: (write("experiment.yaml", "schema: schema.json\n")(f), delete("traffic.jsonl")(f))),
          "router.yaml: a router predicts label values, but"),
     Case("manifest-label-metric-without-label",
          lambda folder, mp: _no_label(folder, objectives=[{"metric": "label_accuracy"}, {"metric": "latency_p95_ms"}]),
@@ -301,6 +303,15 @@ CASES = [
     Case("manifest-selection-without-label",
          lambda folder, mp: _no_label(folder, search_space={"example_selection": "by_label"}),
          "(search_space.example_selection): by_label picks few-shot examples by the request's label"),
+    # the traffic file (docs/jobs.md)
+    Case("traffic-unknown-repeat", experiment(write("traffic.jsonl", '{"repeat": "t0O1"}\n')),
+         'traffic.jsonl:1: repeat \'t0O1\' names no request of the dataset or the traffic.'),
+    Case("traffic-line-without-expected",
+         experiment(write("traffic.jsonl", '{"id": "n1", "split": "dev", "request": "List all tasks"}\n')),
+         "traffic.jsonl:1: missing expected; each line needs id, split, expected"),
+    Case("traffic-sample-unknown-label",
+         experiment(write("traffic.jsonl", '{"sample": {"count": 5, "weights": {"list_task": 1}}}\n')),
+         "sample.weights names 'list_task', which is no label or id of split 'dev'. Did you mean 'list_tasks'?"),
     Case("manifest-unknown-field-metric",
          config(objectives=[{"metric": "field_accuracy./params/titel"}, {"metric": "latency_p95_ms"}]),
          "field_accuracy./params/titel names no field of the expected answers. Did you mean "
@@ -473,7 +484,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, folder_state, tmp
 def test_catalogue_covers_every_kind_of_input():
     kinds = {case.id.split("-")[0] for case in CASES}
     assert kinds == {"config", "dataset", "schema", "manifest", "prompts", "cli", "storage", "model", "tracking",
-                     "init", "baseline"}
+                     "init", "baseline", "traffic"}
     assert len(CASES) >= 25 and len({case.id for case in CASES}) == len(CASES)
 
 

@@ -19,6 +19,9 @@ An experiment folder holds a manifest, ``experiment.yaml``, which names the rest
   out) and ``omit_defaults`` (true: a field the schema does not require and gives a ``default`` may be left out,
   and then means that default);
 - ``warmup``: the fields of an untimed request sent after every model load (default: the first few-shot example);
+- ``traffic``: an optional file of the requests in arrival order, repeats and paraphrases included
+  (:mod:`pipeline.job.traffic`; default ``traffic.jsonl`` where the folder has one): where there is one, a split's
+  requests are its traffic unless the study's config says ``evaluation.traffic: false``;
 - ``description``: free text.
 
 Everything is checked here, before anything is recorded: unknown keys, paths that match nothing in the schema,
@@ -43,12 +46,14 @@ from pipeline.job.rules import Ignore, RuleSet, Text, Unordered, make_rule
 from pipeline.job.schemas import AnswerSchema, check_schema, default_at, required_at, types_at
 from pipeline.job.scoring import NOTHING_ELSE, Accepts, Scorer
 from pipeline.job.template import InputTemplate
+from pipeline.job.traffic import read_traffic
 
 __all__ = ["MANIFEST", "SPLITS", "Example", "Experiment", "label_text", "load_experiment"]
 
 MANIFEST = "experiment.yaml"
+TRAFFIC = "traffic.jsonl"  # the traffic file read when the manifest names none and the folder has one
 SPLITS = ("dev", "holdout")
-_KEYS = ("description", "schema", "schema_field", "dataset", "input", "label", "scoring", "warmup")
+_KEYS = ("description", "schema", "schema_field", "dataset", "input", "label", "scoring", "warmup", "traffic")
 _LINE_KEYS = ("id", "split", "expected")
 ACCEPT = "accept"
 _ACCEPT_KEYS = ("alternatives", "optional", "defaults")
@@ -85,7 +90,22 @@ class Experiment:
     description: str = ""
     optional: tuple[Path, ...] = ()   # scoring.optional: paths every line's answer may leave out
     omit_defaults: bool = False       # scoring.omit_defaults
+    traffic: Mapping[str, tuple[Example, ...]] = field(default_factory=dict)  # by split; empty: no traffic file
+    traffic_path: FilePath | None = None
+    files_digest: str = ""  # the digest without the traffic file (:meth:`without_traffic`)
     _schemas: dict[str, AnswerSchema] = field(default_factory=dict, repr=False, compare=False)
+
+    def without_traffic(self) -> Experiment:
+        """The job measured over its dataset splits, its traffic file left out (of its digest too)."""
+        if not self.traffic:
+            return self
+        return replace(self, traffic={}, traffic_path=None, digest=self.files_digest, files_digest="")
+
+    @property
+    def requests(self) -> tuple[Example, ...]:
+        """Every request a trial may measure: the dataset's examples and, with traffic, each of its arrivals (a
+        repeat under its numbered id)."""
+        return self.examples + tuple(e for split in self.traffic.values() for e in split)
 
     @property
     def manifest_path(self) -> FilePath:
@@ -100,9 +120,10 @@ class Experiment:
 
         Taking labels in turn keeps a small evaluation set balanced over them; without a label the first
         ``limit`` lines are taken. The choice is fixed by the file's order, so every trial of a study sees the
-        same requests.
+        same requests. With a traffic file, a split's requests are its traffic, in arrival order (the first
+        ``limit`` of it).
         """
-        chosen = [e for e in self.examples if e.split == name]
+        chosen = [e for e in self.examples if e.split == name] if not self.traffic else self.ordered(name)
         if limit is None or limit >= len(chosen):
             return chosen
         return self.ordered(name)[:limit]
@@ -110,6 +131,8 @@ class Experiment:
     def ordered(self, name: str) -> list[Example]:
         """Every example of one split in the order :meth:`split` takes them: ``split(name, n)`` is the first ``n``
         of it, and the rest are the requests a trial of ``n`` can be topped up with, in turn."""
+        if self.traffic:
+            return list(self.traffic.get(name, ()))
         chosen = [e for e in self.examples if e.split == name]
         if self.label is None:
             return chosen
@@ -270,8 +293,19 @@ def load_experiment(folder: FilePath) -> Experiment:
         experiment.read_line(warmup, f"{where} (warmup)", answer_key="expected")
     if schema_field is not None:
         _check_paths(experiment, rules, label, where)
-    digest = hashlib.sha256(manifest_bytes + b"\0" + schema_bytes + b"\0" + dataset_bytes).hexdigest()
-    return replace(experiment, examples=tuple(examples), warmup=warmup, digest=digest)
+    files = hashlib.sha256(manifest_bytes + b"\0" + schema_bytes + b"\0" + dataset_bytes)
+    experiment = replace(experiment, examples=tuple(examples), warmup=warmup, digest=files.hexdigest())
+    # like the dataset, the traffic has a default name: traffic.jsonl beside the manifest, where there is one
+    named = raw.get("traffic", TRAFFIC if (folder / TRAFFIC).is_file() else None)
+    if named is None:
+        return experiment
+    traffic_path = _file(folder, named, f"{where} (traffic)")
+    files.update(b"\0" + read_text(traffic_path)[0])
+    traffic = {split: tuple(requests) for split, requests in read_traffic(
+        experiment.examples, traffic_path, lambda item, spot: _example(experiment, item, spot, set()),
+        labelled=label is not None).items()}
+    return replace(experiment, digest=files.hexdigest(), traffic=traffic, traffic_path=traffic_path,
+                   files_digest=experiment.digest)
 
 
 def _file(folder: FilePath, value: Any, where: str) -> FilePath:
@@ -345,26 +379,33 @@ def _paths_in(value: Any, path: Path = ()) -> list[Path]:
     return out
 
 
+_SHAPE = "id, split, expected and the input template's fields"
+
+
+def _example(experiment: Experiment, item: dict[str, Any], where: str, seen: set[str]) -> Example:
+    """One labelled request (a dataset line, or a new request of the traffic), checked."""
+    missing = [k for k in _LINE_KEYS if k not in item]
+    if missing:
+        raise DataError(f"{where}: missing {', '.join(missing)}; each line needs {_SHAPE}")
+    if not isinstance(item["id"], str) or item["id"] in seen:
+        raise DataError(f"{where}: id {shown(item['id'])} must be a unique string")
+    if not item["id"].strip():
+        raise DataError(f"{where}: id is empty; give each line a unique id")
+    if item["split"] not in SPLITS:
+        raise DataError(f"{where}: split {shown(item['split'])} must be one of {', '.join(SPLITS)}")
+    request, expected, schema, label = experiment.read_line(item, where, answer_key="expected")
+    accepts = _accepts(item[ACCEPT], expected, schema, where) if ACCEPT in item else NOTHING_ELSE
+    accepts = experiment.accepted(accepts, expected, schema)
+    return Example(item["id"], item["split"], item, request, expected, schema, label, accepts)
+
+
 def _read_dataset(experiment: Experiment, path: FilePath) -> tuple[bytes, list[Example]]:
     raw = read_text(path)[0]
-    shape = "id, split, expected and the input template's fields"
     examples: list[Example] = []
     seen: set[str] = set()
-    for where, item in jsonl_objects(path, shape):
-        missing = [k for k in _LINE_KEYS if k not in item]
-        if missing:
-            raise DataError(f"{where}: missing {', '.join(missing)}; each line needs {shape}")
-        if not isinstance(item["id"], str) or item["id"] in seen:
-            raise DataError(f"{where}: id {shown(item['id'])} must be a unique string")
-        if not item["id"].strip():
-            raise DataError(f"{where}: id is empty; give each line a unique id")
-        if item["split"] not in SPLITS:
-            raise DataError(f"{where}: split {shown(item['split'])} must be one of {', '.join(SPLITS)}")
-        request, expected, schema, label = experiment.read_line(item, where, answer_key="expected")
-        accepts = _accepts(item[ACCEPT], expected, schema, where) if ACCEPT in item else NOTHING_ELSE
-        accepts = experiment.accepted(accepts, expected, schema)
-        seen.add(item["id"])
-        examples.append(Example(item["id"], item["split"], item, request, expected, schema, label, accepts))
+    for where, item in jsonl_objects(path, _SHAPE):
+        examples.append(_example(experiment, item, where, seen))
+        seen.add(examples[-1].id)
     if not examples:
         raise DataError(f"{path}: no examples; add one JSON object per line")
     return raw, examples

@@ -104,6 +104,9 @@ class StudySection:
 class EvaluationConfig:
     split: str = "dev"
     limit: int | None = 20
+    # Over the job's traffic (its arrival order, repeats included) where the job has a traffic file; false: over the
+    # split's labelled requests, each once (the job's `traffic` ignored).
+    traffic: bool = True
     repetitions: int = 1
     early_abort: bool = True
     # Racing (pipeline.measure.racing): request counts after which a trial stops when a front point dominates it at
@@ -320,6 +323,7 @@ _FIELD_RULES: dict[str, tuple[tuple[type, ...], str]] = {
     "limit": ((int, type(None)), "positive"),
     "repetitions": ((int,), "positive"),
     "early_abort": ((bool,), "any"),
+    "traffic": ((bool,), "any"),
     "stages": ((list, tuple, type(None)), "stages"),
     "error_rate": ((int, float), "error_rate"),
     "racing_error_rate": ((int, float), "error_rate"),

@@ -60,6 +60,8 @@ def prepare_study(config: StudyConfig, *, tracking_uri: str | None = None,
         InputError: anything in the input is wrong; nothing has been recorded.
     """
     experiment = load_experiment(config.experiment)
+    if not config.evaluation.traffic:
+        experiment = experiment.without_traffic()
     prompts = load_prompts(config.prompts, experiment)
     config = job_defaults(config, experiment, prompts)
     _check_space(config, experiment, prompts)
@@ -306,6 +308,8 @@ def definition_of(prepared: PreparedStudy) -> dict[str, str]:
         "sampler": config.study.sampler,
         "seed": str(config.study.seed),
         "baseline": json.dumps(config.baseline, sort_keys=True) if config.baseline is not None else "none",
+        # only where the trials run over the job's traffic (a study of before keeps its definition)
+        **({"traffic": "arrival order"} if prepared.experiment.traffic else {}),
     }
 
 

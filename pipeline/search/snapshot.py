@@ -110,6 +110,6 @@ def open_for_promotion(prepared: PreparedStudy, study_name: str) -> StudySnapsho
         raise InputError(f"no study {study_name!r} in {prepared.storage_url}; run `pipeline study` first") from exc
     check_definition(study, definition_of(prepared), PROMOTION_KEYS,
                      fix="pass the config (and backend/model) the study used")
-    records = TrialRecords(run_table_reader(prepared.tracking_uri, "requests.json"), prepared.experiment.examples,
+    records = TrialRecords(run_table_reader(prepared.tracking_uri, "requests.json"), list(prepared.experiment.requests),
                            prepared.experiment.scorer)
     return StudySnapshot.of(study, records.get)

@@ -225,7 +225,7 @@ class StudyRun:
             self.console.print(f"resuming study {name!r}: {self.target - self.complete} of its {self.target} trials "
                                "still to run (an interrupted run, or other workers)", highlight=False)
         self.records = TrialRecords(lambda run_id: self.tracker.read_table(run_id, "requests.json"),
-                                    prepared.experiment.examples, prepared.experiment.scorer)
+                                    list(prepared.experiment.requests), prepared.experiment.scorer)
         self.drift = study_monitor(self.study, prepared, self.plan, self.tracker, lambda: self.reference,
                                    self.console)
 
