@@ -18,13 +18,13 @@ import pandas as pd
 from rich.console import Console
 
 from pipeline.engines.settings import InferenceSettings
-from pipeline.job.experiment import Experiment, load_experiment
+from pipeline.job.experiment import Experiment
 from pipeline.job.prompts import load_prompts
 from pipeline.job.scoring import AnswerScore
 from pipeline.measure.records import RequestRecord
 from pipeline.measure.tables import records_from_rows
 from pipeline.search.config import StudyConfig, load_config
-from pipeline.search.prepare import job_defaults, prepare_study
+from pipeline.search.prepare import job_defaults, prepare_study, study_experiment
 from pipeline.search.space import suggest
 from pipeline.search.study import run_study
 from pipeline.tracking.environment import cpu_model, git_commit
@@ -123,7 +123,7 @@ def load(path: Path = GRID_CONFIG) -> StudyConfig:
     """A config with the search-space defaults that depend on its job filled in (as ``prepared.config``),
     without opening a backend."""
     config = load_config(path)
-    experiment = load_experiment(config.experiment)
+    experiment = study_experiment(config)
     return job_defaults(config, experiment, load_prompts(config.prompts, experiment))
 
 

@@ -15,7 +15,6 @@ import optuna
 import pandas as pd
 
 from benchmarks.common import read_grid, rows_to_records, searched
-from pipeline.job.experiment import load_experiment
 from pipeline.measure.metrics import summarize
 from pipeline.measure.records import RequestRecord
 from pipeline.measure.runner import TrialOutcome, abort_reason
@@ -23,6 +22,7 @@ from pipeline.search.compare import normalized_hypervolume, to_minimization
 from pipeline.search.config import StudyConfig
 from pipeline.search.fronts import is_pareto_front
 from pipeline.search.objectives import trial_values
+from pipeline.search.prepare import study_experiment
 from pipeline.search.reuse import REUSE_LIMIT, reuse_measurement
 from pipeline.search.space import suggest
 
@@ -32,7 +32,7 @@ class Table:
 
     def __init__(self, config: StudyConfig, rows: pd.DataFrame | None = None) -> None:
         rows = read_grid() if rows is None else rows
-        experiment = load_experiment(config.experiment)
+        experiment = study_experiment(config)
         self.config = config
         self.names = searched(config)
         self.records: dict[tuple, list[RequestRecord]] = {

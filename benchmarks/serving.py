@@ -32,13 +32,12 @@ from pipeline.engines.embedded import EmbeddedBackend, bundled_model_path
 from pipeline.engines.llama_server import LlamaServerBackend
 from pipeline.engines.process import find_binary
 from pipeline.engines.settings import settings_of
-from pipeline.job.experiment import load_experiment
 from pipeline.job.prompts import load_prompts
 from pipeline.measure.metrics import summarize
 from pipeline.measure.runner import TrialPlan, run_trial
 from pipeline.measure.sidebyside import Arm, measure_side_by_side
 from pipeline.search.config import load_config
-from pipeline.search.prepare import warmup_example
+from pipeline.search.prepare import study_experiment, warmup_example
 
 CONFIG = ROOT / "configs" / "task_api.yaml"
 SETTING = {"num_ctx": 1024, "num_predict": 64, "temperature": 0.0, "top_p": 1.0, "top_k": 40, "few_shot": 2,
@@ -48,7 +47,7 @@ GOODPUT_LIMIT_MS = 2000.0
 
 def _plan(backend: Any) -> tuple[TrialPlan, list]:
     config = load_config(CONFIG)
-    experiment = load_experiment(config.experiment)
+    experiment = study_experiment(config)
     prompts = load_prompts(config.prompts, experiment)
     return TrialPlan(prompts=prompts, backend=backend, scorer=experiment.scorer,
                      warmup=warmup_example(experiment, prompts)), experiment.split("dev")

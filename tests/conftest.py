@@ -37,7 +37,7 @@ def processes():
 def experiment():
     from pipeline.job.experiment import load_experiment
 
-    return load_experiment(EXPERIMENT)
+    return load_experiment(EXPERIMENT).without_traffic()  # as the smoke config measures it
 
 
 @pytest.fixture(scope="session")

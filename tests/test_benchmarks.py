@@ -56,12 +56,12 @@ def test_committed_grid_is_complete():
 
 def test_committed_full_grid_is_complete():
     from benchmarks.common import GRID_FULL_CONFIG, GRID_FULL_DATA, SCORE_COLUMNS, grid_settings, load, read_grid
-    from pipeline.job.experiment import load_experiment
     from pipeline.search.fronts import SETTINGS
+    from pipeline.search.prepare import study_experiment
 
     config = load(GRID_FULL_CONFIG)
     rows = read_grid(GRID_FULL_DATA)
-    dev = len(load_experiment(config.experiment).split("dev"))
+    dev = len(study_experiment(config).split("dev"))
     assert dev == 60 and len(grid_settings(config)) == 144
     assert len(rows) == 144 * dev and not rows["failed"].any()
     assert (rows.groupby(list(rows.columns.intersection(SETTINGS)))["request_id"].nunique() == dev).all()

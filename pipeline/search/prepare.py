@@ -28,7 +28,7 @@ from pipeline.search.trials import DEFINITION
 from pipeline.tracking.locations import resolve_stores
 
 __all__ = ["PreparedStudy", "check_definition", "check_point", "definition_of", "job_defaults", "prepare_study",
-           "warmup_example"]
+           "study_experiment", "warmup_example"]
 
 # The default few-shot range reaches this many examples, or the pool's size if it is smaller.
 DEFAULT_MAX_SHOTS = 5
@@ -49,6 +49,17 @@ class PreparedStudy:
     storage_url: str
 
 
+def study_experiment(config: StudyConfig) -> Experiment:
+    """The job a study of ``config`` measures: its experiment, over the traffic file where it has one and the
+    config does not say ``evaluation.traffic: false``, else over the dataset's splits.
+
+    Raises:
+        DataError: the experiment or its traffic is not valid.
+    """
+    experiment = load_experiment(config.experiment)
+    return experiment if config.evaluation.traffic else experiment.without_traffic()
+
+
 def prepare_study(config: StudyConfig, *, tracking_uri: str | None = None,
                   on_pull: Callable[[str, int | None, int | None], None] | None = None,
                   backend: Backend | None = None) -> PreparedStudy:
@@ -59,9 +70,7 @@ def prepare_study(config: StudyConfig, *, tracking_uri: str | None = None,
     Raises:
         InputError: anything in the input is wrong; nothing has been recorded.
     """
-    experiment = load_experiment(config.experiment)
-    if not config.evaluation.traffic:
-        experiment = experiment.without_traffic()
+    experiment = study_experiment(config)
     prompts = load_prompts(config.prompts, experiment)
     config = job_defaults(config, experiment, prompts)
     _check_space(config, experiment, prompts)
