@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 __all__ = [
     "BackendError",
@@ -29,6 +29,7 @@ __all__ = [
     "PipelineError",
     "did_you_mean",
     "redact_url",
+    "unknown_key",
 ]
 
 _LINE_BREAKS = re.compile(r"\s*[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]+\s*")
@@ -71,6 +72,15 @@ def did_you_mean(name: str, known: Iterable[str]) -> str:
     """Return ``" Did you mean 'x'?"`` for the closest known name, or ``""``."""
     close = difflib.get_close_matches(name, list(known), n=1)
     return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def unknown_key(keys: Iterable[object], known: Sequence[str]) -> str | None:
+    """The message for the first of ``keys`` not in ``known`` — ``unknown key 'x'. Did you mean 'y'? Known keys:
+    ...`` — or None when every key is known."""
+    key = next((str(k) for k in keys if k not in known), None)
+    if key is None:
+        return None
+    return f"unknown key {key!r}.{did_you_mean(key, known)} Known keys: {', '.join(known)}"
 
 
 def redact_url(url: str) -> str:

@@ -39,7 +39,7 @@ from functools import cached_property
 from pathlib import Path as FilePath
 from typing import Any
 
-from pipeline.errors import DataError, did_you_mean
+from pipeline.errors import DataError, unknown_key
 from pipeline.job.files import json_kind, jsonl_objects, parse_json, parse_yaml, read_text, shown
 from pipeline.job.pointers import ANY, MISSING, Path, format_pointer, matches, parse_pointer, resolve
 from pipeline.job.rules import Ignore, RuleSet, Text, Unordered, make_rule
@@ -253,10 +253,8 @@ def load_experiment(folder: FilePath) -> Experiment:
     where = str(manifest_path)
     if not isinstance(raw, dict):
         raise DataError(f"{where}: must be a mapping of {', '.join(_KEYS)}, got {json_kind(raw)}")
-    for key in raw:
-        if key not in _KEYS:
-            raise DataError(f"{where}: unknown key {key!r}.{did_you_mean(str(key), _KEYS)} Known keys: "
-                            f"{', '.join(_KEYS)}")
+    if (problem := unknown_key(raw, _KEYS)) is not None:
+        raise DataError(f"{where}: {problem}")
     description = raw.get("description") or ""
     if not isinstance(description, str):
         raise DataError(f"{where}: 'description' must be text, got {shown(description)}")
@@ -340,10 +338,8 @@ def _rules(raw: Any, where: str) -> RuleSet:
     if not isinstance(raw, dict):
         raise DataError(f"{where}: must be a mapping with 'default' (a rule), 'fields' (path: rule), 'optional' "
                         "(paths) and 'omit_defaults' (true or false)")
-    for key in raw:
-        if key not in _SCORING_KEYS:
-            raise DataError(f"{where}: unknown key {key!r}.{did_you_mean(str(key), _SCORING_KEYS)} "
-                            f"Known keys: {', '.join(_SCORING_KEYS)}")
+    if (problem := unknown_key(raw, _SCORING_KEYS)) is not None:
+        raise DataError(f"{where}: {problem}")
     default = make_rule(raw.get("default", "text"), f"{where} (default)") if "default" in raw else Text()
     if isinstance(default, Unordered):
         raise DataError(f"{where} (default): 'unordered' compares arrays; give it per path, e.g. /items: unordered")
@@ -420,10 +416,8 @@ def _accepts(raw: Any, expected: Any, schema: AnswerSchema, where: str) -> Accep
     """
     if not isinstance(raw, dict):
         raise DataError(f"{where} ({ACCEPT}): must be an object with {', '.join(_ACCEPT_KEYS)}, got {shown(raw)}")
-    for key in raw:
-        if key not in _ACCEPT_KEYS:
-            raise DataError(f"{where} ({ACCEPT}): unknown key {key!r}.{did_you_mean(str(key), _ACCEPT_KEYS)} Known "
-                            f"keys: {', '.join(_ACCEPT_KEYS)}")
+    if (problem := unknown_key(raw, _ACCEPT_KEYS)) is not None:
+        raise DataError(f"{where} ({ACCEPT}): {problem}")
 
     def path_of(text: Any, part: str) -> Path:
         path = _pointer(text, f"{where} ({ACCEPT}.{part})")

@@ -18,7 +18,7 @@ from pipeline.engines.config import EngineConfig
 from pipeline.engines.registry import BACKENDS
 from pipeline.engines.serving import CONCURRENCY, SERVER_SETTINGS
 from pipeline.engines.settings import CORE_PARAMETERS
-from pipeline.errors import ConfigError, did_you_mean
+from pipeline.errors import ConfigError, did_you_mean, unknown_key
 from pipeline.job.files import parse_yaml, read_text
 from pipeline.job.prompts import SELECTIONS
 from pipeline.measure.intervals import ERROR_RATE
@@ -288,10 +288,8 @@ def _read_yaml(path: Path) -> Any:
 
 
 def _reject_unknown(raw: dict[str, Any], known: tuple[str, ...] | list[str], where: str) -> None:
-    for key in raw:
-        if key not in known:
-            raise ConfigError(f"{where}: unknown key {key!r}.{did_you_mean(str(key), known)} "
-                              f"Known keys: {', '.join(known)}")
+    if (problem := unknown_key(raw, known)) is not None:
+        raise ConfigError(f"{where}: {problem}")
 
 
 # Field name -> (accepted Python types, rule) for each simple section.
