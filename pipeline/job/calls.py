@@ -107,6 +107,10 @@ def convert_calls(questions: list[tuple[str, dict[str, Any]]], answers: dict[str
         if not isinstance(functions, list) or not functions:
             raise DataError(f"{where}: no 'function' list of offered functions; each line needs question, function "
                             "and ground_truth (or an id the answers file has)")
+        unnamed = next((f for f in functions if not isinstance(f, dict) or not isinstance(f.get("name"), str)), None)
+        if unnamed is not None:
+            raise DataError(f"{where}: every offered function is an object with a 'name' (and 'parameters'), got "
+                            f"{json.dumps(unnamed)[:80]}")
         request = _question(item.get("question"), where)
         if truth is None:
             out.skipped["no ground truth"] += 1
