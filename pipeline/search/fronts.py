@@ -65,8 +65,7 @@ def front_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 def front_bounds(study: optuna.Study, objectives: tuple[Objective, ...]) -> list[tuple[int, np.ndarray]]:
     """The front points' numbers and their intervals (``racing.bounds_of``), as racing compares with them."""
-    return [(t.number, bounds_of(t.user_attrs.get(METRICS) or _values(t, objectives), objectives))
-            for t in front_trials(study)]
+    return [(t.number, _bounds(t, objectives)) for t in front_trials(study)]
 
 
 def trials_frame(study: optuna.Study, objectives: tuple[Objective, ...],
@@ -77,9 +76,8 @@ def trials_frame(study: optuna.Study, objectives: tuple[Objective, ...],
     front membership, the front points it is tied with and how that was judged (``ties``: ``racing.tied_points``,
     paired on the requests two points share when ``records`` reads them, at error rate ``alpha``)."""
     front = front_trials(study)
-    ties = tied_points({t.number: bounds_of(t.user_attrs.get(METRICS, {}) or _values(t, objectives), objectives)
-                        for t in front}, {t.number: _records(records, t) for t in front}, objectives, alpha,
-                       seed=seed)
+    ties = tied_points({t.number: _bounds(t, objectives) for t in front},
+                       {t.number: _records(records, t) for t in front}, objectives, alpha, seed=seed)
     tied = ties.of
     drifted = study.user_attrs.get(DRIFT, {})
     rows = []
@@ -113,6 +111,11 @@ def _records(records: Callable[[optuna.trial.FrozenTrial], list[RequestRecord]] 
         return records(trial)
     except (KeyError, PipelineError):
         return None
+
+
+def _bounds(trial: optuna.trial.FrozenTrial, objectives: tuple[Objective, ...]) -> np.ndarray:
+    """A trial's intervals (``racing.bounds_of``) from its recorded metrics, or its values without them."""
+    return bounds_of(trial.user_attrs.get(METRICS) or _values(trial, objectives), objectives)
 
 
 def _values(trial: optuna.trial.FrozenTrial, objectives: tuple[Objective, ...]) -> dict[str, float]:
