@@ -312,6 +312,14 @@ CASES = [
     Case("traffic-sample-unknown-label",
          experiment(write("traffic.jsonl", '{"sample": {"count": 5, "weights": {"list_task": 1}}}\n')),
          "sample.weights names 'list_task', which is no label or id of split 'dev'. Did you mean 'list_tasks'?"),
+    # the response cache (docs/cache.md)
+    Case("manifest-cache-never-unknown-label",
+         experiment(lambda f: (f / "experiment.yaml").write_text((f / "experiment.yaml").read_text()
+                                                                 + "cache:\n  never: [delete_tsk]\n")),
+         "cache.never names 'delete_tsk', which no request of the dataset or the traffic has. Did you mean "
+         "'delete_task'?"),
+    Case("config-cache-mode", config(search_space={"cache": {"choices": ["off", "exakt"]}}),
+         "(search_space.cache): 'exakt' is not one of off, exact. Did you mean 'exact'?"),
     Case("manifest-unknown-field-metric",
          config(objectives=[{"metric": "field_accuracy./params/titel"}, {"metric": "latency_p95_ms"}]),
          "field_accuracy./params/titel names no field of the expected answers. Did you mean "

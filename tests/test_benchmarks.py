@@ -186,3 +186,13 @@ def test_accepts_smoke(tmp_path):
     for trial in result["per_trial"]:
         assert trial["exact"] >= trial["exact_before"] and trial["fields"] >= trial["fields_before"] - 1e-12
     assert result["import"].startswith("10 requests (5 held out), 2 in the few-shot pool; none skipped")
+
+
+def test_cache_smoke(tmp_path):
+    result = bench(tmp_path, "cache")
+    assert result["arrivals"] == 12 and result["distinct_requests"] < 12  # the traffic repeats itself
+    assert result["engine_requests_saved"] == round(result["hit_rate"] * 12) > 0
+    low, high = result["hit_rate_interval"]
+    assert low <= result["hit_rate"] <= high and 0 < result["hit_ms_p50"] <= result["hit_ms_max"]
+    p50 = next(g for g in result["gains"] if g["metric"] == "latency_p50_ms")
+    assert p50["change"] == result["metrics"]["exact"]["latency_p50_ms"] / result["metrics"]["off"]["latency_p50_ms"]

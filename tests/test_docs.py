@@ -117,6 +117,8 @@ def _default(name: str, spec: Any) -> str:
         return "filled in from the job's files"
     if name == CONCURRENCY:
         return "1: one client"
+    if name == "cache":
+        return "off: every request reaches the engine"
     if name in SERVER_SETTINGS and SERVER_SETTINGS[name].flag in pinned:
         return f"{pinned[SERVER_SETTINGS[name].flag]}, pinned by the tool (not llama-server's own choice)"
     return "not set: the server's default"

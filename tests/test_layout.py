@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import ROOT
 
-ROOMS = ("errors", "engines", "job", "measure", "render", "tracking", "search", "promote", "commands")
+ROOMS = ("errors", "engines", "job", "cache", "measure", "render", "tracking", "search", "promote", "commands")
 # Libraries whose every import is in one room: a second room importing one of them is a wrong turn.
 OWNED = {"optuna": "search", "mlflow": "tracking", "matplotlib": "render", "plotly": "render"}
 

@@ -4,6 +4,7 @@ a metric to be summarised, accepted by the config and shown in tables."""
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import numpy as np
 import optuna
@@ -53,10 +54,11 @@ RECORDS = [record(0), record(1, right=0.5, ms=300.0), record(2, valid=False, rig
 
 def test_every_metric_a_trial_records_is_declared():
     full = [record(i, server_ms=80.0, thinking=4) for i in range(3)] + [record(3, failed=True)]
+    full = [replace(r, cache_ms=0.1) for r in full] + [replace(record(4), cache="exact", cache_ms=0.2)]
     metrics = summarize(full, span_s=2.0, slos={"latency_ms": 150.0})
     assert set(metrics) == set(REGISTRY) | {f"{FIELD_METRIC}/action"}
     groups = {m.group for m in REGISTRY.values()}
-    assert groups == {"trial", "label", "server", "thinking", "load"}
+    assert groups == {"trial", "label", "server", "thinking", "cache", "load"}
     # a trial without a label, server timings, thinking or a measured span has only the trial group
     bare = summarize([record(0, label=None)])
     assert set(bare) == {n for n, m in REGISTRY.items() if m.group == "trial"} | {f"{FIELD_METRIC}/action"}
@@ -69,6 +71,17 @@ def test_declared_values_are_the_arithmetic_of_their_definitions():
     assert m["latency_p50_ms"] == 200.0 and m["latency_mean_ms"] == 200.0  # the failed request has no latency
     assert m["decode_tokens_per_s"] == 30 / 0.3 and m["model_loads"] == 2 and m["model_load_ms"] == 30.0
     assert m["throughput_rps"] == 3 / 4 and m["goodput_rps"] == 2 / 4 and m["output_tokens_per_s"] == 30 / 4
+
+
+def test_the_cache_metrics_count_hits_over_every_request():
+    # two misses that paid 0.1 ms for their lookup and one hit of 0.3 ms: what a trial with `cache: exact` records
+    misses = [replace(record(i, ms=100.0 + i), cache_ms=0.1) for i in range(2)]
+    hit = replace(record(2, ms=0.3), cache="exact", cache_ms=0.3)
+    m = summarize([*misses, hit])
+    assert m["cache_hit_rate"] == 1 / 3 and m["engine_requests_saved"] == 1
+    assert m["cache_hit_ms_p50"] == 0.3 and m["cache_ms_mean"] == pytest.approx(0.5 / 3)
+    assert m["latency_p50_ms"] == 100.0  # the hit is among the latencies: what the traffic was served
+    assert "cache_hit_rate" not in summarize(RECORDS)  # without a cache, no cache metric at all
 
 
 def test_reported_intervals_are_the_declared_ones():

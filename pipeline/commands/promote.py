@@ -139,17 +139,21 @@ def _menu(rows: list[MenuRow], report: PromotionReport, used: str) -> Table:
     metric = report.accuracy or "field_accuracy"
     table = Table(title="what each policy would promote (dev; against the promoted point, paired where measured "
                         "together)", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    for column in ("policy", "trial", metric.replace("field_accuracy", "fields"), "p95 ms", "accuracy vs promoted",
-                   "latency vs promoted"):
+    # a study that searched the response cache: each point's share of requests served from it ("off": none)
+    cached = any(r.trial is not None and "cache_hit_rate" in r.trial.metrics for r in rows)
+    for column in ("policy", "trial", metric.replace("field_accuracy", "fields"), "p95 ms", *(("hits",) * cached),
+                   "accuracy vs promoted", "latency vs promoted"):
         table.add_column(column, justify="left" if column == "policy" else "right")
     for row in rows:
         if row.trial is None:  # why, without the details in parentheses
-            table.add_row(row.policy, "", "", "", row.unavailable.split(" (")[0], "")
+            table.add_row(row.policy, "", "", "", *([""] * cached), row.unavailable.split(" (")[0], "")
             continue
         same = row.trial.number == report.trial
+        hits = row.trial.metrics.get("cache_hit_rate")
         table.add_row(row.policy + (" (used)" if row.policy == used else ""), str(row.trial.number),
                       f"{row.trial.metrics.get(metric, float('nan')):.3g}",
                       f"{row.trial.metrics.get('latency_p95_ms', float('nan')):.0f}",
+                      *([f"{hits:.2f}" if hits is not None else "off"] * cached),
                       "the promoted point" if same or row.accuracy is None else row.accuracy.text(),
                       "" if same or row.latency is None else row.latency.text())
     return table

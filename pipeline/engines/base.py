@@ -13,7 +13,7 @@ from pipeline.engines.settings import InferenceSettings
 from pipeline.errors import BackendError
 
 __all__ = ["Backend", "Generation", "ManagedServer", "Message", "ModelPublisher", "RequestFailed", "RequestShaper",
-           "http_failures"]
+           "http_failures", "model_digest"]
 
 # One chat message: {"role": "system" | "user" | "assistant", "content": text}.
 Message = dict[str, str]
@@ -122,6 +122,12 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Release the engine."""
+
+
+def model_digest(description: dict[str, str]) -> str:
+    """The digest of the model a backend serves, from its :meth:`Backend.describe` (a GGUF file's sha256, a
+    server's model digest; ``unknown`` where the server does not say)."""
+    return description.get("model_sha256") or description["model_digest"]
 
 
 @runtime_checkable

@@ -18,7 +18,8 @@ __all__ = ["CORE_PARAMETERS", "InferenceSettings", "settings_of"]
 @dataclass(frozen=True)
 class InferenceSettings:
     """One point of the search space. Option names are Ollama's, verbatim; ``serving`` holds the optional
-    settings the space has (``think``, llama-server's own settings, the load ``concurrency``; pipeline.engines.serving)
+    settings the space has (``think``, the response ``cache``, llama-server's own settings, the load
+    ``concurrency``; pipeline.engines.serving)
     as ``(name, value)`` pairs, in the space's order."""
 
     num_ctx: int
@@ -47,6 +48,11 @@ class InferenceSettings:
     def think(self) -> str:
         """Whether the model thinks before it answers (``default``: as the model does by default)."""
         return dict(self.serving).get("think", "default")
+
+    @property
+    def cache(self) -> str:
+        """The response cache a request is served through: ``off`` (none) or ``exact`` (pipeline.cache)."""
+        return dict(self.serving).get("cache", "off")
 
     @property
     def load_key(self) -> tuple[Any, ...]:

@@ -22,6 +22,8 @@ An experiment folder holds a manifest, ``experiment.yaml``, which names the rest
 - ``traffic``: an optional file of the requests in arrival order, repeats and paraphrases included
   (:mod:`pipeline.job.traffic`; default ``traffic.jsonl`` where the folder has one): where there is one, a split's
   requests are its traffic unless the study's config says ``evaluation.traffic: false``;
+- ``cache``: how a response cache may serve this job: ``never`` lists labels whose answers are never kept (answers
+  that must be made afresh each time); a cache reads the label an answer gives at the ``label`` path;
 - ``description``: free text.
 
 Everything is checked here, before anything is recorded: unknown keys, paths that match nothing in the schema,
@@ -39,7 +41,7 @@ from functools import cached_property
 from pathlib import Path as FilePath
 from typing import Any
 
-from pipeline.errors import DataError, unknown_key
+from pipeline.errors import DataError, did_you_mean, unknown_key
 from pipeline.job.files import json_kind, jsonl_objects, parse_json, parse_yaml, read_text, shown
 from pipeline.job.pointers import ANY, MISSING, Path, format_pointer, matches, parse_pointer, resolve
 from pipeline.job.rules import Ignore, RuleSet, Text, Unordered, make_rule
@@ -53,7 +55,9 @@ __all__ = ["MANIFEST", "SPLITS", "Example", "Experiment", "label_text", "load_ex
 MANIFEST = "experiment.yaml"
 TRAFFIC = "traffic.jsonl"  # the traffic file read when the manifest names none and the folder has one
 SPLITS = ("dev", "holdout")
-_KEYS = ("description", "schema", "schema_field", "dataset", "input", "label", "scoring", "warmup", "traffic")
+_KEYS = ("description", "schema", "schema_field", "dataset", "input", "label", "scoring", "warmup", "traffic",
+         "cache")
+_CACHE_KEYS = ("never",)
 _LINE_KEYS = ("id", "split", "expected")
 ACCEPT = "accept"
 _ACCEPT_KEYS = ("alternatives", "optional", "defaults")
@@ -93,6 +97,7 @@ class Experiment:
     traffic: Mapping[str, tuple[Example, ...]] = field(default_factory=dict)  # by split; empty: no traffic file
     traffic_path: FilePath | None = None
     files_digest: str = ""  # the digest without the traffic file (:meth:`without_traffic`)
+    never_cache: frozenset[str] = frozenset()  # cache.never: labels whose answers a cache never keeps
     _schemas: dict[str, AnswerSchema] = field(default_factory=dict, repr=False, compare=False)
 
     def without_traffic(self) -> Experiment:
@@ -295,15 +300,38 @@ def load_experiment(folder: FilePath) -> Experiment:
     experiment = replace(experiment, examples=tuple(examples), warmup=warmup, digest=files.hexdigest())
     # like the dataset, the traffic has a default name: traffic.jsonl beside the manifest, where there is one
     named = raw.get("traffic", TRAFFIC if (folder / TRAFFIC).is_file() else None)
-    if named is None:
-        return experiment
-    traffic_path = _file(folder, named, f"{where} (traffic)")
-    files.update(b"\0" + read_text(traffic_path)[0])
-    traffic = {split: tuple(requests) for split, requests in read_traffic(
-        experiment.examples, traffic_path, lambda item, spot: _example(experiment, item, spot, set()),
-        labelled=label is not None).items()}
-    return replace(experiment, digest=files.hexdigest(), traffic=traffic, traffic_path=traffic_path,
-                   files_digest=experiment.digest)
+    if named is not None:
+        traffic_path = _file(folder, named, f"{where} (traffic)")
+        files.update(b"\0" + read_text(traffic_path)[0])
+        traffic = {split: tuple(requests) for split, requests in read_traffic(
+            experiment.examples, traffic_path, lambda item, spot: _example(experiment, item, spot, set()),
+            labelled=label is not None).items()}
+        experiment = replace(experiment, digest=files.hexdigest(), traffic=traffic, traffic_path=traffic_path,
+                             files_digest=experiment.digest)
+    return replace(experiment, never_cache=_never_cache(raw.get("cache"), experiment, where))
+
+
+def _never_cache(raw: Any, experiment: Experiment, where: str) -> frozenset[str]:
+    """The manifest's ``cache.never``: labels the dataset or the traffic has, for a job with a label."""
+    if raw is None:
+        return frozenset()
+    if not isinstance(raw, dict):
+        raise DataError(f"{where}: 'cache' must be a mapping such as {{never: [<label>, ...]}}, got {shown(raw)}")
+    if (problem := unknown_key(raw, _CACHE_KEYS)) is not None:
+        raise DataError(f"{where} (cache): {problem}")
+    never = raw.get("never", [])
+    if not isinstance(never, list) or not all(isinstance(n, (str, int, float, bool)) for n in never):
+        raise DataError(f"{where}: cache.never must be a list of labels, e.g. [delete_task], got {shown(never)}")
+    if never and experiment.label is None:
+        raise DataError(f"{where}: cache.never names labels, but the experiment has no 'label' to read them at; "
+                        "set 'label' or drop cache.never")
+    labels = {e.label for e in experiment.requests if e.label is not None}
+    for value in never:
+        if label_text(value) not in labels:
+            raise DataError(f"{where}: cache.never names {label_text(value)!r}, which no request of the dataset or "
+                            f"the traffic has.{did_you_mean(label_text(value), labels)} Name a label at "
+                            f"{experiment.label_pointer}")
+    return frozenset(label_text(v) for v in never)
 
 
 def _file(folder: FilePath, value: Any, where: str) -> FilePath:

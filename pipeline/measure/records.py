@@ -34,6 +34,8 @@ class RequestRecord:
     thinking_ttft_ms: float | None = None
     thinking_ms: float | None = None
     thinking_tokens: int | None = None
+    cache: str = ""  # served from the response cache ("exact"); "" when the engine answered
+    cache_ms: float | None = None  # the cache's own time (hashing, lookup), inside latency_ms; None: no cache
 
     @property
     def overhead_ms(self) -> float | None:

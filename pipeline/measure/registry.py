@@ -74,7 +74,7 @@ class Metric:
     interval: IntervalKind = None
     reported_interval: bool = False
     header: str = ""
-    group: str = "trial"  # which metrics are there together: trial, label, server, thinking, load
+    group: str = "trial"  # which metrics are there together: trial, label, server, thinking, cache, load
     description: str = ""  # what it means, one sentence in Markdown (docs/metrics.md is generated from it)
     role: Role = ""       # what a promotion policy reads it as
 
@@ -140,6 +140,14 @@ def _labelled(trial: Trial) -> bool:
 
 def _served(trial: Trial) -> list[RequestRecord]:
     return [r for r in trial.done if r.server_ms is not None]
+
+
+def _cached(trial: Trial) -> bool:
+    return any(r.cache_ms is not None for r in trial.records)
+
+
+def _hits(trial: Trial) -> list[RequestRecord]:
+    return [r for r in trial.done if r.cache]
 
 
 def _thought(trial: Trial) -> list[RequestRecord]:
@@ -258,6 +266,22 @@ _DECLARED: tuple[Metric, ...] = (
     Metric("thinking_exhausted", "minimize", "requests",
            _when(_thought, lambda t: float(sum(r.thinking_exhausted for r in t.done))), group="thinking",
            description="requests whose thinking used up `num_predict`: no answer"),
+    # only for a setting served through a response cache (`cache: exact`); the latencies, accuracies and rates above
+    # are over every request, hits included: what the traffic was served
+    Metric("cache_hit_rate", "maximize", "share", _when(_cached, lambda t: len(_hits(t)) / len(t.records)),
+           request=lambda r: float(bool(r.cache)), statistic=lambda x, axis: np.mean(x, axis=axis), interval="wilson",
+           header="hits", group="cache",
+           description="a setting with a response cache: share of requests served from it (the first of a request "
+                       "is a miss)"),
+    Metric("engine_requests_saved", "maximize", "requests", _when(_cached, lambda t: float(len(_hits(t)))),
+           group="cache", description="requests the engine did not answer because the cache did"),
+    Metric("cache_hit_ms_p50", "minimize", "ms",
+           _when(lambda t: bool(_hits(t)), lambda t: _percentile([r.latency_ms for r in _hits(t)], 50)),
+           group="cache", description="median latency of a hit: the cache's own hashing and lookup, never taken as 0"),
+    Metric("cache_ms_mean", "minimize", "ms",
+           _when(_cached, lambda t: _mean([r.cache_ms for r in t.done if r.cache_ms is not None])), group="cache",
+           description="the cache's own time per request, hit or miss (a miss pays it before the engine answers), "
+                       "mean"),
     # over the trial's measured span (first request sent to last answer), at its concurrency
     Metric("throughput_rps", "maximize", "requests/s", _per_span(lambda t: len(t.done)), group="load",
            description=f"completed requests {_SPAN}"),

@@ -2,9 +2,11 @@
 
 The loop reads like the method: build requests → check they fit → make sure the model is loaded (loads and
 warm-up kept apart from all timings) → run and score each request → stop early when the trial can no longer
-meet a constraint (:func:`abort_reason`). At a ``concurrency`` above 1 the requests are sent by that many
-closed-loop clients (each sends its next request when its answer is in), and the span from the first request
-to the last answer gives the throughput.
+meet a constraint (:func:`abort_reason`). A setting with ``cache: exact`` serves each request through the trial's
+own response cache (:mod:`pipeline.cache.exact`), empty at the trial's start and filled by its answers in arrival
+order: a hit is the kept answer, scored against the request that got it and timed by the cache alone. At a
+``concurrency`` above 1 the requests are sent by that many closed-loop clients (each sends its next request when
+its answer is in), and the span from the first request to the last answer gives the throughput.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from pipeline.engines.base import Backend, Generation, Message, RequestFailed
+from pipeline.cache.exact import ExactCache, Lookup
+from pipeline.engines.base import Backend, Generation, Message, RequestFailed, model_digest
 from pipeline.engines.serving import combination_problem
 from pipeline.engines.settings import InferenceSettings
 from pipeline.engines.tokens import estimate_tokens
@@ -42,6 +45,7 @@ class TrialPlan:
     repetitions: int = 1
     margin: float = 0.1
     abort_on: tuple[Constraint, ...] = ()
+    never_cache: frozenset[str] = frozenset()  # labels whose answers a cache never keeps (the manifest's)
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,11 @@ class SettingRun:
         self._warmup = prepare_requests([plan.warmup], plan.prompts, settings)[0]
         self.outcome = TrialOutcome()
         self._lock = threading.Lock()
+        self.cache, self._model = None, ""
+        if settings.cache == "exact":  # the trial's own cache: no answer of another trial is ever in it
+            self.cache = ExactCache(never=plan.never_cache, label=plan.scorer.label if plan.never_cache else None)
+            description = plan.backend.describe()
+            self._model = f"{description['model']}@{model_digest(description)}"
 
     def check_fit(self) -> str | None:
         """Why the setting cannot be served (server settings that do not go together) or cannot fit its context
@@ -170,16 +179,32 @@ class SettingRun:
         self.outcome.tags.update(self.plan.backend.serving_tags())
 
     def measure(self, request: PreparedRequest) -> RequestRecord:
-        """Time and score one request; the record is also appended to the outcome."""
+        """Time and score one request (through the trial's cache, when it has one); the record is also appended to
+        the outcome."""
+        found = None
+        if self.cache is not None:
+            found = self.cache.lookup(request.messages, request.example.schema.document, self.settings.as_params(),
+                                      self._model)
+        if found is not None and found.answer is not None:
+            record = _hit(request, found, self.plan.scorer)
+        else:
+            record = self._answered(request)
+        if found is not None and found.answer is None:
+            # a miss pays for its lookup before the engine answers; an answer that follows the schema is kept
+            record = replace(record, latency_ms=record.latency_ms + found.ms, cache_ms=found.ms)
+            if record.score.schema_valid:
+                self.cache.store(found.key, record.answer)
+        with self._lock:
+            self.outcome.records.append(record)
+        return record
+
+    def _answered(self, request: PreparedRequest) -> RequestRecord:
         result = _generate(self.plan.backend, request, self.settings)
         if isinstance(result, Generation) and result.reload_ms is not None:
             # The server reloaded the model inside this request: count the reload, warm up, measure again.
             self._loaded(result.reload_ms)
             result = _generate(self.plan.backend, request, self.settings)
-        record = _record(request, result, self.plan.scorer)
-        with self._lock:
-            self.outcome.records.append(record)
-        return record
+        return _record(request, result, self.plan.scorer)
 
     def _loaded(self, milliseconds: float) -> None:
         # The first calls after a load are many times slower; they are never timed.
@@ -261,6 +286,15 @@ def _generate(backend: Backend, request: PreparedRequest, settings: InferenceSet
         return backend.generate(request.messages, settings, schema=request.example.schema.document)
     except RequestFailed as exc:
         return exc
+
+
+def _hit(request: PreparedRequest, found: Lookup, scorer: Scorer) -> RequestRecord:
+    """A request served from the cache: the kept answer scored against this request's own expected answer, timed
+    by the cache alone; the engine did no work for it."""
+    example, answer = request.example, found.answer or ""
+    return RequestRecord(example.id, example.request, example.expected, answer,
+                         scorer.score(answer, example.expected, example.schema, example.accepts), found.ms,
+                         prompt_tokens_estimated=request.estimated_tokens, cache="exact", cache_ms=found.ms)
 
 
 def _record(request: PreparedRequest, result: Generation | RequestFailed, scorer: Scorer) -> RequestRecord:

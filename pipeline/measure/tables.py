@@ -1,7 +1,7 @@
 """Request records as tables, for the MLflow artifacts of a trial or a promotion.
 
 ``requests.json``: one row per request (request, expected, raw answer, scores, the fields right by what else the
-expected answer accepts and how, timings).
+expected answer accepts and how, timings, and whether the response cache served it).
 ``field_errors.json``: the fields answered wrong, counted by path, expected and got value.
 ``side_by_side.json``: two settings' requests in the order they were measured, interleaved.
 """
@@ -25,7 +25,7 @@ __all__ = ["field_errors", "records_from_rows", "requests_frame", "side_by_side_
 
 _TIMINGS = ("latency_ms", "ttft_ms", "prefill_ms", "decode_ms", "decode_tokens", "prompt_tokens_estimated",
             "prompt_tokens_engine", "output_tokens", "truncated", "failed", "server_ms", "overhead_ms",
-            "input_truncated", "thinking_ttft_ms", "thinking_ms", "thinking_tokens")
+            "input_truncated", "thinking_ttft_ms", "thinking_ms", "thinking_tokens", "cache", "cache_ms")
 
 
 def requests_frame(records: list[RequestRecord]) -> pd.DataFrame:
@@ -64,7 +64,7 @@ def records_from_rows(rows: pd.DataFrame, examples: dict[str, Example], scorer: 
         for key in ("decode_tokens", "prompt_tokens_engine", "thinking_tokens"):
             timings[key] = None if timings[key] is None else int(timings[key])
         for key, default in (("prompt_tokens_estimated", 0), ("output_tokens", 0), ("truncated", False),
-                             ("input_truncated", False)):
+                             ("input_truncated", False), ("cache", "")):
             timings[key] = type(default)(timings[key] if timings[key] is not None else default)
         timings["failed"] = failed
         latency = timings.pop("latency_ms")

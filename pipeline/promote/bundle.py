@@ -64,6 +64,11 @@ def bundle_of(prepared: PreparedStudy, settings: InferenceSettings) -> tuple[Mod
         "few_shot": settings.few_shot,
         "example_selection": settings.example_selection,
     }
+    if settings.cache != "off":
+        # The response cache the setting was measured through; clients serve with it (docs/cache.md):
+        # ExactCache.from_sidecar reads this.
+        sidecar["cache"] = {"mode": settings.cache, "never": sorted(experiment.never_cache),
+                            "label": experiment.label_pointer}
     if not static and settings.few_shot:
         # Per-request examples cannot live in a Modelfile: clients pick them as the router does and send them.
         sidecar["examples"] = [{"request": e.request, "answer": e.answer, "label": e.label} for e in prompts.examples]

@@ -79,11 +79,13 @@ class WrittenBundle:
 
     def settings(self) -> InferenceSettings:
         """The settings the bundle serves: its Modelfile's PARAMETERs, the sidecar's format, think and examples,
-        and the launch command's context and server flags."""
+        and the launch command's context and server flags; never its response cache."""
         params, sidecar = self.modelfile.parameters, self.sidecar
         num_ctx, server = params["num_ctx"], {}
         if self.launch is not None:
             num_ctx, server = server_of_launch(list(self.launch))
+        # The sidecar's cache is left out: the replay goes to the engine every time, so that stored answers cannot
+        # make the check pass.
         serving = tuple(server.items()) + ((("think", sidecar["think"]),) if sidecar.get("think", "default")
                                            != "default" else ())
         return InferenceSettings(num_ctx=num_ctx, num_predict=params["num_predict"],

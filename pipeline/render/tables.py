@@ -22,7 +22,7 @@ __all__ = ["coverage_table", "front_summary", "front_table", "gain_table", "hype
 
 # After the settings, a front table shows the study's objectives, then these where they were measured.
 METRIC_COLUMNS = ("field_accuracy", "exact_match_rate", "label_accuracy", "schema_valid_rate", "latency_p50_ms",
-                  "latency_p95_ms", "ttft_p50_ms", "decode_tokens_per_s")
+                  "latency_p95_ms", "cache_hit_rate", "ttft_p50_ms", "decode_tokens_per_s")
 
 
 # Short headers of the settings; a metric's is declared with it (pipeline.measure.registry).
@@ -250,7 +250,8 @@ def _with_range(row: pd.Series, column: str) -> str:
 def front_summary(front: pd.DataFrame, title: str, *, settings: Sequence[str], objectives: Sequence[str] = (),
                   trials: pd.DataFrame | None = None) -> Group:
     """The front as a terminal shows it in 80 to 100 columns: one table of each point's objectives as
-    ``value [low, high]`` (and schema validity when it is no objective), then each point's settings that vary
+    ``value [low, high]`` (and schema validity when it is no objective, the cache's hit rate where a point has a
+    cache), then each point's settings that vary
     between ``trials`` on one line. A point tied with others says ``=n``; the baseline (the settings served today)
     is marked ``base``, below a line when it is off the front. The full table is :func:`front_table`
     (``--wide``), and every column is on the MLflow run.
@@ -264,7 +265,7 @@ def front_summary(front: pd.DataFrame, title: str, *, settings: Sequence[str], o
     served = baseline_rows(trials) if trials is not None else front.iloc[0:0]
     extra = served[~served["number"].isin(front["number"])] if not served.empty else served
     rows = pd.concat([front, extra]) if not extra.empty else front
-    metrics = [m for m in dict.fromkeys([*objectives, "schema_valid_rate"])
+    metrics = [m for m in dict.fromkeys([*objectives, "schema_valid_rate", "cache_hit_rate"])
                if m in rows.columns and not rows[m].isna().all()]
     legend = Text("[low, high]: the 95% interval over the trial's requests"
                   + (f"; =n: tied with trial n ({_ties_judged(front)})" if tied else "")

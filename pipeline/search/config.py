@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from pipeline.cache.exact import CACHE_MODES
 from pipeline.engines.config import EngineConfig
 from pipeline.engines.registry import BACKENDS
 from pipeline.engines.serving import CONCURRENCY, SERVER_SETTINGS
@@ -66,9 +67,11 @@ PARAMETERS: dict[str, tuple[type, Any, Any]] = {
 # Every point of the space gives these (InferenceSettings); the settings below are optional (left out: the
 # server's default).
 assert tuple(PARAMETERS) == CORE_PARAMETERS
-# Whether a model that can think does (a request setting of Ollama's), the server's own settings (llama-server's
-# flags, pipeline.engines.serving) and the load (evaluation.concurrency).
+# Whether a model that can think does (a request setting of Ollama's), the response cache a request is served
+# through (pipeline.cache), the server's own settings (llama-server's flags, pipeline.engines.serving) and the load
+# (evaluation.concurrency).
 PARAMETERS["think"] = (str, None, THINK)
+PARAMETERS["cache"] = (str, None, CACHE_MODES)
 PARAMETERS.update({name: (s.kind, None, s.allowed) for name, s in SERVER_SETTINGS.items()})
 PARAMETERS[CONCURRENCY] = (int, None, 1)
 OPTIONAL_PARAMETERS = tuple(name for name in PARAMETERS if name not in CORE_PARAMETERS)
@@ -537,7 +540,7 @@ def _param_spec(name: str, raw: Any, where: str) -> ParamSpec:
 
 def _value(name: str, value: Any, where: str) -> Any:
     kind_type, _, allowed = PARAMETERS[name]
-    if name == "format" and value is False:  # YAML 1.1 reads a bare `off` as false
+    if name in ("format", "cache") and value is False:  # YAML 1.1 reads a bare `off` as false
         value = "off"
     if name in ("flash_attn", "think") and isinstance(value, bool):  # and `on` as true
         value = "on" if value else "off"

@@ -14,7 +14,7 @@ from typing import Any
 
 import optuna
 
-from pipeline.engines.base import Backend
+from pipeline.engines.base import Backend, model_digest
 from pipeline.engines.registry import make_backend
 from pipeline.engines.serving import CONCURRENCY, SERVER_SETTINGS, combination_problem
 from pipeline.engines.settings import CORE_PARAMETERS, settings_of
@@ -313,7 +313,7 @@ def definition_of(prepared: PreparedStudy) -> dict[str, str]:
         "warmup_requests": str(config.engine.warmup_requests),
         "backend": backend.name,
         "model": description["model"],
-        "model_digest": description.get("model_sha256") or description["model_digest"],
+        "model_digest": model_digest(description),
         "sampler": config.study.sampler,
         "seed": str(config.study.seed),
         "baseline": json.dumps(config.baseline, sort_keys=True) if config.baseline is not None else "none",

@@ -383,7 +383,8 @@ def trial_plan(prepared: PreparedStudy) -> TrialPlan:
     return TrialPlan(prompts=prepared.prompts, backend=prepared.backend, scorer=prepared.experiment.scorer,
                      warmup=prepared.warmup, warmup_requests=config.engine.warmup_requests,
                      repetitions=config.evaluation.repetitions, margin=config.engine.context_margin,
-                     abort_on=config.constraints if config.evaluation.early_abort else ())
+                     abort_on=config.constraints if config.evaluation.early_abort else (),
+                     never_cache=prepared.experiment.never_cache)
 
 
 def _finish(study: optuna.Study, tracker: StudyTracker, prepared: PreparedStudy, status: str, *, reason: str,

@@ -1,0 +1,6 @@
+"""The response cache between a client and the engine: answers kept by everything that made them and served again
+to the same request. A trial measures through it (``cache`` is a searched setting); a promoted bundle names it and
+user code serves with it (docs/cache.md).
+
+May import: :mod:`pipeline.job` (an answer's label), :mod:`pipeline.engines` and :mod:`pipeline.errors`.
+"""
