@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -106,3 +107,35 @@ def plan(experiment, prompts, backend, **changes: Any):
     base = TrialPlan(prompts=prompts, backend=backend, scorer=experiment.scorer,
                      warmup=warmup_example(experiment, prompts))
     return replace(base, **changes)
+
+
+# A job that is not the Task API: notes that are read, written or secret (traffic and cache tests).
+NOTES_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["op", "note"],
+                "properties": {"op": {"enum": ["read", "write", "secret"]}, "note": {"type": "string"}}}
+NOTES = [{"id": "r1", "split": "dev", "text": "read note alpha", "expected": {"op": "read", "note": "alpha"}},
+         {"id": "w1", "split": "dev", "text": "write note alpha", "expected": {"op": "write", "note": "alpha"}},
+         {"id": "s1", "split": "dev", "text": "tell the secret beta", "expected": {"op": "secret", "note": "beta"}},
+         {"id": "r2", "split": "holdout", "text": "read note gamma", "expected": {"op": "read", "note": "gamma"}}]
+NOTES_EXAMPLES = [{"text": "read note zeta", "answer": {"op": "read", "note": "zeta"}},
+                  {"text": "write note eta", "answer": {"op": "write", "note": "eta"}}]
+
+
+def notes_job(folder: Path, *, traffic: list[dict[str, Any]] | None = None,
+              cache: dict[str, Any] | None = None) -> Path:
+    """The notes job in ``folder`` (labelled by ``/op``), with its prompts in ``prompts/``, a traffic file and a
+    manifest ``cache`` section when given."""
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest: dict[str, Any] = {"schema": "schema.json", "input": "{text}", "label": "/op",
+                                "scoring": {"default": "exact"}}
+    if cache is not None:
+        manifest["cache"] = cache
+    (folder / "experiment.yaml").write_text(yaml.safe_dump(manifest))
+    (folder / "schema.json").write_text(json.dumps(NOTES_SCHEMA))
+    (folder / "dataset.jsonl").write_text("".join(json.dumps(line) + "\n" for line in NOTES))
+    if traffic is not None:
+        (folder / "traffic.jsonl").write_text("".join(json.dumps(line) + "\n" for line in traffic))
+    prompts = folder / "prompts"
+    prompts.mkdir(exist_ok=True)
+    (prompts / "plain.txt").write_text("Answer with the operation and the note as JSON.")
+    (prompts / "examples.jsonl").write_text("".join(json.dumps(e) + "\n" for e in NOTES_EXAMPLES))
+    return folder

@@ -312,6 +312,9 @@ CASES = [
     Case("traffic-sample-unknown-label",
          experiment(write("traffic.jsonl", '{"sample": {"count": 5, "weights": {"list_task": 1}}}\n')),
          "sample.weights names 'list_task', which is no label or id of split 'dev'. Did you mean 'list_tasks'?"),
+    Case("traffic-sample-negative-weight",
+         experiment(write("traffic.jsonl", '{"sample": {"count": 5, "weights": {"list_tasks": -1}}}\n')),
+         "traffic.jsonl:1: sample.weights.list_tasks must be a number greater than 0, got -1"),
     # the response cache (docs/cache.md)
     Case("manifest-cache-never-unknown-label",
          experiment(lambda f: (f / "experiment.yaml").write_text((f / "experiment.yaml").read_text()

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 from rich.console import Console
 
 from pipeline.cache.exact import ExactCache, answer_label, request_key
@@ -28,33 +27,8 @@ from pipeline.search.fronts import SETTINGS
 from pipeline.search.prepare import prepare_study
 from pipeline.search.study import run_study
 from pipeline.testing import FakeBackend, answers_by_request
-from tests.conftest import EXPERIMENT, PROMPTS, plan, smoke_config
-
-# A job that is not the Task API: notes that are read, written or secret.
-SCHEMA = {"type": "object", "additionalProperties": False, "required": ["op", "note"],
-          "properties": {"op": {"enum": ["read", "write", "secret"]}, "note": {"type": "string"}}}
-LINES = [{"id": "r1", "split": "dev", "text": "read note alpha", "expected": {"op": "read", "note": "alpha"}},
-         {"id": "w1", "split": "dev", "text": "write note alpha", "expected": {"op": "write", "note": "alpha"}},
-         {"id": "s1", "split": "dev", "text": "tell the secret beta", "expected": {"op": "secret", "note": "beta"}},
-         {"id": "r2", "split": "holdout", "text": "read note gamma", "expected": {"op": "read", "note": "gamma"}}]
-EXAMPLES = [{"text": "read note zeta", "answer": {"op": "read", "note": "zeta"}},
-            {"text": "write note eta", "answer": {"op": "write", "note": "eta"}}]
-
-
-def notes_job(folder: Path, *, traffic: list[dict], cache: dict | None = None) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    manifest = {"schema": "schema.json", "input": "{text}", "label": "/op", "scoring": {"default": "exact"}}
-    if cache is not None:
-        manifest["cache"] = cache
-    (folder / "experiment.yaml").write_text(yaml.safe_dump(manifest))
-    (folder / "schema.json").write_text(json.dumps(SCHEMA))
-    (folder / "dataset.jsonl").write_text("".join(json.dumps(line) + "\n" for line in LINES))
-    (folder / "traffic.jsonl").write_text("".join(json.dumps(line) + "\n" for line in traffic))
-    prompts = folder / "prompts"
-    prompts.mkdir(exist_ok=True)
-    (prompts / "plain.txt").write_text("Answer with the operation and the note as JSON.")
-    (prompts / "examples.jsonl").write_text("".join(json.dumps(e) + "\n" for e in EXAMPLES))
-    return folder
+from tests.conftest import EXPERIMENT, PROMPTS, ROOT, notes_job, plan, smoke_config
+from tests.conftest import NOTES_SCHEMA as SCHEMA
 
 
 def settings(cache: str = "exact", **changes) -> InferenceSettings:
@@ -280,3 +254,10 @@ def test_a_study_searches_the_cache_and_promote_writes_it_while_the_check_bypass
     assert promoted.check.requests == 5 and promoted.check.failure is None
     replayed = [e.request for e in experiment.split("holdout")[:5]]
     assert len(set(replayed)) < 5 and [m[-1]["content"] for m in backend.calls[-5:]] == replayed
+
+
+def test_the_shipped_traffic_config_searches_the_cache_over_the_first_arrivals(tmp_path):
+    config = load_config(ROOT / "configs" / "task_api_traffic.yaml")
+    prepared = prepare_study(config, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", backend=FakeBackend())
+    assert [e.id for e in prepared.examples] == [e.id for e in load_experiment(EXPERIMENT).traffic["dev"][:40]]
+    assert config.search_space["cache"].choices == ("off", "exact")

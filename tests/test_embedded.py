@@ -6,6 +6,7 @@ import pytest
 
 from pipeline.engines.embedded import bundled_model_path
 from pipeline.engines.settings import InferenceSettings
+from pipeline.measure.metrics import summarize
 from pipeline.measure.runner import check_fit, prepare_requests, run_trial
 from tests.conftest import plan
 
@@ -92,3 +93,18 @@ def test_a_trial_is_reproducible_whatever_ran_before(backend, experiment, prompt
     first = [r.answer for r in run_trial(hot, examples, common).records]
     run_trial(settings(few_shot=3), experiment.split("holdout", 2), common)  # leaves other prompts cached
     assert [r.answer for r in run_trial(hot, examples, common).records] == first
+
+
+def test_the_prefix_a_prompt_shares_with_the_last_comes_from_the_kv_cache(backend, experiment, prompts):
+    # with three fixed examples every prompt starts with the same system prompt and examples: once one request
+    # has evaluated them (a trial starts from an empty cache), llama.cpp evaluates only what follows them, and
+    # says how much (its perf counters)
+    outcome = run_trial(settings(few_shot=3, example_selection="static"), experiment.split("dev", 4),
+                        plan(experiment, prompts, backend))
+    first, *later = outcome.records
+    assert 0 < first.prompt_tokens_evaluated <= first.prompt_tokens_engine
+    for record in later:
+        assert 0 < record.prompt_tokens_evaluated < record.prompt_tokens_engine / 2, record
+    reused = sum(r.prompt_tokens_engine - r.prompt_tokens_evaluated for r in outcome.records)
+    assert summarize(outcome.records)["prompt_cached_share"] == reused / sum(r.prompt_tokens_engine
+                                                                             for r in outcome.records) > 0.3

@@ -26,6 +26,7 @@ from pipeline.engines.llama_server import LlamaServerBackend
 from pipeline.engines.openai import OpenAIBackend
 from pipeline.engines.process import ServerProcess, find_binary
 from pipeline.engines.settings import settings_of
+from pipeline.measure.metrics import summarize
 from pipeline.measure.runner import run_trial
 from pipeline.search.config import load_config
 from pipeline.search.prepare import prepare_study
@@ -117,6 +118,11 @@ def test_a_server_setting_change_restarts_the_server_exactly_once(experiment, pr
             # llama-server's own timings: the breakdown adds up inside our wall clock
             for r in outcome.records:
                 assert r.prefill_ms > 0 and r.decode_ms > 0 and r.server_ms <= r.latency_ms
+            # after the warm-up, each prompt's system prompt and examples come from the server's KV cache
+            # (`timings.prompt_n` counts only what it evaluated): at least half of every prompt here
+            for r in outcome.records:
+                assert 0 < r.prompt_tokens_evaluated < r.prompt_tokens_engine / 2, r
+            assert 0.5 < summarize(outcome.records)["prompt_cached_share"] < 1
     finally:
         backend.close()
     assert gone(pids[2])

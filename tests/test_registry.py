@@ -54,11 +54,12 @@ RECORDS = [record(0), record(1, right=0.5, ms=300.0), record(2, valid=False, rig
 
 def test_every_metric_a_trial_records_is_declared():
     full = [record(i, server_ms=80.0, thinking=4) for i in range(3)] + [record(3, failed=True)]
-    full = [replace(r, cache_ms=0.1) for r in full] + [replace(record(4), cache="exact", cache_ms=0.2)]
+    full = [replace(r, cache_ms=0.1, prompt_tokens_engine=100, prompt_tokens_evaluated=40) for r in full]
+    full += [replace(record(4), cache="exact", cache_ms=0.2)]
     metrics = summarize(full, span_s=2.0, slos={"latency_ms": 150.0})
     assert set(metrics) == set(REGISTRY) | {f"{FIELD_METRIC}/action"}
     groups = {m.group for m in REGISTRY.values()}
-    assert groups == {"trial", "label", "server", "thinking", "cache", "load"}
+    assert groups == {"trial", "label", "server", "prefix", "thinking", "cache", "load"}
     # a trial without a label, server timings, thinking or a measured span has only the trial group
     bare = summarize([record(0, label=None)])
     assert set(bare) == {n for n, m in REGISTRY.items() if m.group == "trial"} | {f"{FIELD_METRIC}/action"}
@@ -82,6 +83,17 @@ def test_the_cache_metrics_count_hits_over_every_request():
     assert m["cache_hit_ms_p50"] == 0.3 and m["cache_ms_mean"] == pytest.approx(0.5 / 3)
     assert m["latency_p50_ms"] == 100.0  # the hit is among the latencies: what the traffic was served
     assert "cache_hit_rate" not in summarize(RECORDS)  # without a cache, no cache metric at all
+
+
+def test_the_prompt_share_from_the_kv_cache_is_over_the_requests_whose_engine_said():
+    # 100 prompt tokens of which 40 evaluated (60 reused), then 50 of which all evaluated; a request whose engine
+    # did not say (Ollama) and a failed one count for nothing
+    said = [replace(record(0), prompt_tokens_engine=100, prompt_tokens_evaluated=40),
+            replace(record(1), prompt_tokens_engine=50, prompt_tokens_evaluated=50),
+            replace(record(2), prompt_tokens_engine=80), replace(record(3, failed=True), prompt_tokens_engine=70,
+                                                                 prompt_tokens_evaluated=0)]
+    assert summarize(said)["prompt_cached_share"] == 60 / 150
+    assert "prompt_cached_share" not in summarize(said[2:3])
 
 
 def test_reported_intervals_are_the_declared_ones():

@@ -4,10 +4,7 @@ requests, reproducible samples — and a study measured over them."""
 from __future__ import annotations
 
 import io
-import json
-from pathlib import Path
 
-import yaml
 from rich.console import Console
 
 from pipeline.job.experiment import load_experiment
@@ -15,27 +12,7 @@ from pipeline.search.config import load_config
 from pipeline.search.prepare import prepare_study
 from pipeline.search.study import run_study
 from pipeline.testing import FakeBackend, answers_by_request
-from tests.conftest import EXPERIMENT, smoke_config
-
-# A job that is not the Task API: notes that are read, written or secret.
-SCHEMA = {"type": "object", "additionalProperties": False, "required": ["op", "note"],
-          "properties": {"op": {"enum": ["read", "write", "secret"]}, "note": {"type": "string"}}}
-LINES = [{"id": "r1", "split": "dev", "text": "read note alpha", "expected": {"op": "read", "note": "alpha"}},
-         {"id": "w1", "split": "dev", "text": "write note alpha", "expected": {"op": "write", "note": "alpha"}},
-         {"id": "s1", "split": "dev", "text": "tell the secret beta", "expected": {"op": "secret", "note": "beta"}},
-         {"id": "r2", "split": "holdout", "text": "read note gamma", "expected": {"op": "read", "note": "gamma"}}]
-
-
-def notes_job(folder: Path, *, traffic: list[dict] | None = None) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    manifest = {"schema": "schema.json", "input": "{text}", "label": "/op", "scoring": {"default": "exact"}}
-    (folder / "experiment.yaml").write_text(yaml.safe_dump(manifest))
-    (folder / "schema.json").write_text(json.dumps(SCHEMA))
-    (folder / "dataset.jsonl").write_text("".join(json.dumps(line) + "\n" for line in LINES))
-    if traffic is not None:
-        (folder / "traffic.jsonl").write_text("".join(json.dumps(line) + "\n" for line in traffic))
-    return folder
-
+from tests.conftest import EXPERIMENT, notes_job, smoke_config
 
 
 def test_traffic_keeps_arrival_order_numbers_repeats_and_samples_reproducibly(tmp_path):

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from pipeline.engines.base import Backend, Generation, Message
+from pipeline.engines.base import Backend, Generation, Message, RequestFailed
 from pipeline.engines.embedded import bundled_model_path, check_model_file, file_sha256
 from pipeline.engines.openai import OpenAIBackend
 from pipeline.engines.process import ServerProcess, ServerStartError, find_binary
@@ -152,7 +152,13 @@ class LlamaServerBackend(Backend):
 
     def generate(self, messages: list[Message], settings: InferenceSettings, *,
                  schema: dict[str, Any]) -> Generation:
-        return self._running().generate(messages, settings, schema=schema)
+        try:
+            return self._running().generate(messages, settings, schema=schema)
+        except RequestFailed as exc:
+            # A kept-alive connection to a server that died drops instead of being refused: still a dead server.
+            if self._process is not None and not self._process.alive():
+                raise BackendError(f"llama-server is gone: {exc}") from exc
+            raise
 
     def _running(self) -> OpenAIBackend:
         if self._client is None:

@@ -26,6 +26,7 @@ class RequestRecord:
     decode_tokens: int | None = None
     prompt_tokens_estimated: int = 0
     prompt_tokens_engine: int | None = None
+    prompt_tokens_evaluated: int | None = None  # of those, the ones the engine evaluated (the rest: its KV cache)
     output_tokens: int = 0
     truncated: bool = False
     failed: bool = False

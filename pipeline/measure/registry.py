@@ -74,7 +74,7 @@ class Metric:
     interval: IntervalKind = None
     reported_interval: bool = False
     header: str = ""
-    group: str = "trial"  # which metrics are there together: trial, label, server, thinking, cache, load
+    group: str = "trial"  # which metrics are there together: trial, label, server, prefix, thinking, cache, load
     description: str = ""  # what it means, one sentence in Markdown (docs/metrics.md is generated from it)
     role: Role = ""       # what a promotion policy reads it as
 
@@ -148,6 +148,17 @@ def _cached(trial: Trial) -> bool:
 
 def _hits(trial: Trial) -> list[RequestRecord]:
     return [r for r in trial.done if r.cache]
+
+
+def _prefixed(trial: Trial) -> list[RequestRecord]:
+    """The requests whose engine said how much of their prompt it evaluated (the rest came from its KV cache)."""
+    return [r for r in trial.done if r.prompt_tokens_engine and r.prompt_tokens_evaluated is not None]
+
+
+def _prefix_share(trial: Trial) -> float:
+    prefixed = _prefixed(trial)
+    reused = sum(max(r.prompt_tokens_engine - r.prompt_tokens_evaluated, 0) for r in prefixed)
+    return reused / sum(r.prompt_tokens_engine for r in prefixed)
 
 
 def _thought(trial: Trial) -> list[RequestRecord]:
@@ -266,6 +277,11 @@ _DECLARED: tuple[Metric, ...] = (
     Metric("thinking_exhausted", "minimize", "requests",
            _when(_thought, lambda t: float(sum(r.thinking_exhausted for r in t.done))), group="thinking",
            description="requests whose thinking used up `num_predict`: no answer"),
+    # only for an engine that says how much of a prompt it evaluated (llama-server, llama.cpp in process)
+    Metric("prompt_cached_share", "maximize", "share", _when(_prefixed, _prefix_share), group="prefix",
+           description="share of the prompt tokens the engine took from its KV cache, a prefix an earlier request "
+                       "left there (the system prompt, the examples), instead of evaluating them: llama-server's "
+                       "`cache_n`, llama.cpp's reused prefix in process; Ollama does not say"),
     # only for a setting served through a response cache (`cache: exact`); the latencies, accuracies and rates above
     # are over every request, hits included: what the traffic was served
     Metric("cache_hit_rate", "maximize", "share", _when(_cached, lambda t: len(_hits(t)) / len(t.records)),

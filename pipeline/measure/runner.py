@@ -316,6 +316,7 @@ def _record(request: PreparedRequest, result: Generation | RequestFailed, scorer
         decode_tokens=result.decode_tokens,
         prompt_tokens_estimated=request.estimated_tokens,
         prompt_tokens_engine=result.prompt_tokens,
+        prompt_tokens_evaluated=result.prompt_eval_tokens,
         output_tokens=result.output_tokens,
         truncated=result.truncated,
         server_ms=result.server_ms,

@@ -24,8 +24,9 @@ from pipeline.measure.sidebyside import SideBySide
 __all__ = ["field_errors", "records_from_rows", "requests_frame", "side_by_side_frame"]
 
 _TIMINGS = ("latency_ms", "ttft_ms", "prefill_ms", "decode_ms", "decode_tokens", "prompt_tokens_estimated",
-            "prompt_tokens_engine", "output_tokens", "truncated", "failed", "server_ms", "overhead_ms",
-            "input_truncated", "thinking_ttft_ms", "thinking_ms", "thinking_tokens", "cache", "cache_ms")
+            "prompt_tokens_engine", "prompt_tokens_evaluated", "output_tokens", "truncated", "failed", "server_ms",
+            "overhead_ms", "input_truncated", "thinking_ttft_ms", "thinking_ms", "thinking_tokens", "cache",
+            "cache_ms")
 
 
 def requests_frame(records: list[RequestRecord]) -> pd.DataFrame:
@@ -61,7 +62,7 @@ def records_from_rows(rows: pd.DataFrame, examples: dict[str, Example], scorer: 
         score = (scorer.unanswered(example.expected, "request failed") if failed
                  else scorer.score(answer, example.expected, example.schema, example.accepts))
         timings = {k: (None if _missing(row.get(k)) else row[k]) for k in _TIMINGS if k != "overhead_ms"}
-        for key in ("decode_tokens", "prompt_tokens_engine", "thinking_tokens"):
+        for key in ("decode_tokens", "prompt_tokens_engine", "prompt_tokens_evaluated", "thinking_tokens"):
             timings[key] = None if timings[key] is None else int(timings[key])
         for key, default in (("prompt_tokens_estimated", 0), ("output_tokens", 0), ("truncated", False),
                              ("input_truncated", False), ("cache", "")):
