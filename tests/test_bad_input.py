@@ -161,6 +161,11 @@ def model_file(content: bytes | None) -> Make:
     return run
 
 
+def _without_embedder(folder: Path, mp: pytest.MonkeyPatch) -> list[str]:
+    mp.setattr("pipeline.cache.embedder._MODEL_PACKAGE", "no_such_model_package")  # as if never installed
+    return config(search_space={"cache": {"choices": ["off", "semantic"]}})(folder, mp)
+
+
 BASELINE = {"num_ctx": 1024, "num_predict": 32, "temperature": 0.0, "top_p": 1.0, "top_k": 40, "few_shot": 0,
             "prompt_variant": "compact", "example_selection": "static", "format": "off"}
 
@@ -322,7 +327,11 @@ CASES = [
          "cache.never names 'delete_tsk', which no request of the dataset or the traffic has. Did you mean "
          "'delete_task'?"),
     Case("config-cache-mode", config(search_space={"cache": {"choices": ["off", "exakt"]}}),
-         "(search_space.cache): 'exakt' is not one of off, exact. Did you mean 'exact'?"),
+         "(search_space.cache): 'exakt' is not one of off, exact, semantic. Did you mean 'exact'?"),
+    Case("config-cache-threshold", config(search_space={"cache": "semantic", "cache_threshold": 1.5}),
+         "(search_space.cache_threshold): cache_threshold 1.5 is a cosine similarity; use a value in (0, 1]"),
+    Case("config-semantic-cache-without-embedder", _without_embedder,
+         "(search_space.cache): semantic: the semantic cache's embedder needs no_such_model_package: pip install"),
     Case("manifest-unknown-field-metric",
          config(objectives=[{"metric": "field_accuracy./params/titel"}, {"metric": "latency_p95_ms"}]),
          "field_accuracy./params/titel names no field of the expected answers. Did you mean "

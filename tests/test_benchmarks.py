@@ -196,3 +196,8 @@ def test_cache_smoke(tmp_path):
     assert low <= result["hit_rate"] <= high and 0 < result["hit_ms_p50"] <= result["hit_ms_max"]
     p50 = next(g for g in result["gains"] if g["metric"] == "latency_p50_ms")
     assert p50["change"] == result["metrics"]["exact"]["latency_p50_ms"] / result["metrics"]["off"]["latency_p50_ms"]
+    semantic = {row["guard"]: row for row in result["semantic"]}
+    assert set(semantic) == {"on", "off"} and all(row["threshold"] == 0.9 for row in semantic.values())
+    for row in semantic.values():  # every exact repeat is a hit there too
+        assert result["hit_rate"] <= row["hit_rate"] and row["false_hit_low"] <= row["false_hit_rate"]
+        assert row["false_hits"] <= row["semantic_hits"] and row["lookup_ms_miss"] > result["miss_lookup_ms_mean"]

@@ -14,6 +14,7 @@ import pytest
 from rich.console import Console
 
 from pipeline.cache.exact import ExactCache, answer_label, request_key
+from pipeline.cache.serving import from_sidecar
 from pipeline.engines.settings import InferenceSettings
 from pipeline.errors import DataError
 from pipeline.job.experiment import load_experiment
@@ -249,7 +250,7 @@ def test_a_study_searches_the_cache_and_promote_writes_it_while_the_check_bypass
                                                            output=tmp_path / "out"))
     sidecar = json.loads((tmp_path / "out" / "promotion.json").read_text())
     assert sidecar["cache"] == {"mode": "exact", "never": [], "label": "/action"}
-    assert ExactCache.from_sidecar(sidecar) is not None and ExactCache.from_sidecar({"format": "json"}) is None
+    assert isinstance(from_sidecar(sidecar), ExactCache) and from_sidecar({"format": "json"}) is None
     # the check replayed its 5 held-out requests through the engine, the repeat among them too (none from a cache)
     assert promoted.check.requests == 5 and promoted.check.failure is None
     replayed = [e.request for e in experiment.split("holdout")[:5]]

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from pipeline.cache.semantic import DEFAULT_THRESHOLD
 from pipeline.engines.serving import CONCURRENCY, SERVER_SETTINGS, launch_args
 from pipeline.engines.settings import CORE_PARAMETERS
 from pipeline.measure.intervals import reported_intervals
@@ -119,6 +120,10 @@ def _default(name: str, spec: Any) -> str:
         return "1: one client"
     if name == "cache":
         return "off: every request reaches the engine"
+    if name == "cache_threshold":
+        return f"{DEFAULT_THRESHOLD} (a semantic cache's)"
+    if name == "cache_guard":
+        return "on (a semantic cache's)"
     if name in SERVER_SETTINGS and SERVER_SETTINGS[name].flag in pinned:
         return f"{pinned[SERVER_SETTINGS[name].flag]}, pinned by the tool (not llama-server's own choice)"
     return "not set: the server's default"

@@ -22,7 +22,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from jsonschema.validators import validator_for
@@ -32,20 +32,29 @@ from pipeline.job.scoring import parse_answer
 
 __all__ = ["CACHE_MODES", "CACHE_SETTINGS", "ExactCache", "Lookup", "answer_label", "request_key"]
 
-# The modes a setting may have: `off` (every request reaches the engine) or `exact`.
-CACHE_MODES = ("off", "exact")
+# The modes a setting may have: `off` (every request reaches the engine), `exact`, or `semantic`
+# (pipeline.cache.semantic).
+CACHE_MODES = ("off", "exact", "semantic")
 # The cache's own settings: never part of a key (the same answer whatever the cache).
-CACHE_SETTINGS = ("cache",)
+CACHE_SETTINGS = ("cache", "cache_threshold", "cache_guard")
 
 
 @dataclass(frozen=True)
 class Lookup:
     """What a lookup found: the kept answer (None: a miss), the request's key, and how long hashing and looking
-    up took (a hit's whole latency; a miss' addition to the engine's)."""
+    up took (a hit's whole latency; a miss' addition to the engine's). A semantic cache adds how it found it
+    (``kind``), the cosine similarity, the user message the answer was made for (``source``), and what
+    :meth:`ExactCache.store` needs to keep the engine's answer (the context's key, the message and its vector)."""
 
     answer: str | None
     key: str
     ms: float
+    kind: str = "exact"
+    similarity: float = 1.0
+    source: str = ""
+    context: str = ""
+    message: str = ""
+    vector: Any = field(default=None, repr=False)
 
 
 def request_key(messages: Sequence[Mapping[str, Any]], schema: Any, settings: Mapping[str, Any], model: str) -> str:
@@ -82,18 +91,6 @@ class ExactCache:
     def __len__(self) -> int:
         return len(self._answers)
 
-    @classmethod
-    def from_sidecar(cls, sidecar: Mapping[str, Any]) -> ExactCache | None:
-        """The cache a promoted bundle serves with (its ``promotion.json``'s ``cache``), or None when the promoted
-        setting serves without one."""
-        found = sidecar.get("cache") or {}
-        if found.get("mode", "off") == "off":
-            return None
-        if found["mode"] != "exact":
-            raise ValueError(f"promotion.json: cache mode {found['mode']!r} is not one of {', '.join(CACHE_MODES)}")
-        never = found.get("never", ())
-        return cls(never=never, label=found.get("label") if never else None)
-
     def lookup(self, messages: Sequence[Mapping[str, Any]], schema: Any, settings: Mapping[str, Any],
                model: str) -> Lookup:
         """The kept answer for this request, if any; timed from before the key is made to after the lookup."""
@@ -101,15 +98,15 @@ class ExactCache:
         key = request_key(messages, schema, settings, model)
         with self._lock:
             answer = self._answers.get(key)
-        return Lookup(answer, key, (time.perf_counter() - start) * 1000)
+        return Lookup(answer, key, (time.perf_counter() - start) * 1000, source=str(messages[-1]["content"]))
 
     def keeps(self, answer: str) -> bool:
         """Whether an answer of this label may be kept (its label is not one never cached)."""
         return not self.never or answer_label(answer, self.label) not in self.never
 
-    def store(self, key: str, answer: str) -> bool:
-        """Keep an answer the engine gave for ``key`` (:attr:`Lookup.key`), unless its label is never cached; the
-        caller has checked it follows the schema (:meth:`serve` does).
+    def store(self, found: Lookup | str, answer: str) -> bool:
+        """Keep an answer the engine gave for the request a missed lookup was for (``found``; or its key),
+        unless its label is never cached; the caller has checked it follows the schema (:meth:`serve` does).
 
         Returns:
             Whether it was kept.
@@ -117,7 +114,7 @@ class ExactCache:
         if not self.keeps(answer):
             return False
         with self._lock:
-            self._answers[key] = answer
+            self._answers[found if isinstance(found, str) else found.key] = answer
         return True
 
     def serve(self, messages: Sequence[Mapping[str, Any]], schema: Any, settings: Mapping[str, Any], model: str,
@@ -134,7 +131,7 @@ class ExactCache:
             return found.answer, found
         text = generate()
         if _follows(text, schema):
-            self.store(found.key, text)
+            self.store(found, text)
         return text, found
 
 

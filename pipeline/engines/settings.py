@@ -51,8 +51,19 @@ class InferenceSettings:
 
     @property
     def cache(self) -> str:
-        """The response cache a request is served through: ``off`` (none) or ``exact`` (pipeline.cache)."""
+        """The response cache a request is served through: ``off`` (none), ``exact`` or ``semantic``
+        (pipeline.cache)."""
         return dict(self.serving).get("cache", "off")
+
+    @property
+    def cache_threshold(self) -> float | None:
+        """A semantic cache's least cosine for a hit (None: the cache's default)."""
+        return dict(self.serving).get("cache_threshold")
+
+    @property
+    def cache_guard(self) -> bool:
+        """Whether a semantic cache's guard checks the literal parts of a hit (``cache_guard``, default on)."""
+        return dict(self.serving).get("cache_guard", "on") == "on"
 
     @property
     def load_key(self) -> tuple[Any, ...]:

@@ -35,7 +35,8 @@ class RequestRecord:
     thinking_ttft_ms: float | None = None
     thinking_ms: float | None = None
     thinking_tokens: int | None = None
-    cache: str = ""  # served from the response cache ("exact"); "" when the engine answered
+    cache: str = ""  # served from the response cache ("exact" or "semantic"); "" when the engine answered
+    false_hit: bool | None = None  # a hit that serves this request worse than the one it was made for (None: no hit)
     cache_ms: float | None = None  # the cache's own time (hashing, lookup), inside latency_ms; None: no cache
 
     @property

@@ -2,9 +2,10 @@
 
 The loop reads like the method: build requests → check they fit → make sure the model is loaded (loads and
 warm-up kept apart from all timings) → run and score each request → stop early when the trial can no longer
-meet a constraint (:func:`abort_reason`). A setting with ``cache: exact`` serves each request through the trial's
-own response cache (:mod:`pipeline.cache.exact`), empty at the trial's start and filled by its answers in arrival
-order: a hit is the kept answer, scored against the request that got it and timed by the cache alone. At a
+meet a constraint (:func:`abort_reason`). A setting with ``cache: exact`` or ``semantic`` serves each request
+through the trial's own response cache (:mod:`pipeline.cache`), empty at the trial's start and filled by its answers
+in arrival order: a hit is the kept answer, scored against the request that got it and timed by the cache alone,
+and false when it serves that request worse than the one it was made for. At a
 ``concurrency`` above 1 the requests are sent by that many closed-loop clients (each sends its next request when
 its answer is in), and the span from the first request to the last answer gives the throughput.
 """
@@ -16,7 +17,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from pipeline.cache.embedder import load_embedder
 from pipeline.cache.exact import ExactCache, Lookup
+from pipeline.cache.semantic import DEFAULT_THRESHOLD, SemanticCache
 from pipeline.engines.base import Backend, Generation, Message, RequestFailed, model_digest
 from pipeline.engines.serving import combination_problem
 from pipeline.engines.settings import InferenceSettings
@@ -156,11 +159,12 @@ class SettingRun:
         self._warmup = prepare_requests([plan.warmup], plan.prompts, settings)[0]
         self.outcome = TrialOutcome()
         self._lock = threading.Lock()
-        self.cache, self._model = None, ""
-        if settings.cache == "exact":  # the trial's own cache: no answer of another trial is ever in it
-            self.cache = ExactCache(never=plan.never_cache, label=plan.scorer.label if plan.never_cache else None)
+        self.cache, self._model = self._cache(), ""
+        if self.cache is not None:
             description = plan.backend.describe()
             self._model = f"{description['model']}@{model_digest(description)}"
+        # what each request expects, by its text: a semantic hit is judged against the request it was made for too
+        self._expected = {r.example.request: r.example for r in self.requests}
 
     def check_fit(self) -> str | None:
         """Why the setting cannot be served (server settings that do not go together) or cannot fit its context
@@ -186,17 +190,33 @@ class SettingRun:
             found = self.cache.lookup(request.messages, request.example.schema.document, self.settings.as_params(),
                                       self._model)
         if found is not None and found.answer is not None:
-            record = _hit(request, found, self.plan.scorer)
+            record = _hit(request, found, self.plan.scorer, self._expected.get(found.source, request.example))
         else:
             record = self._answered(request)
         if found is not None and found.answer is None:
             # a miss pays for its lookup before the engine answers; an answer that follows the schema is kept
             record = replace(record, latency_ms=record.latency_ms + found.ms, cache_ms=found.ms)
             if record.score.schema_valid:
-                self.cache.store(found.key, record.answer)
+                self.cache.store(found, record.answer)
         with self._lock:
             self.outcome.records.append(record)
         return record
+
+    def _cache(self) -> ExactCache | None:
+        """The trial's own cache, empty (None: the setting has none); no answer of another trial is ever in it.
+        Loading the embedder the first time counts as a model load, kept out of every timing."""
+        settings, plan = self.settings, self.plan
+        never, label = plan.never_cache, plan.scorer.label if plan.never_cache else None
+        if settings.cache == "off":
+            return None
+        if settings.cache == "exact":
+            return ExactCache(never=never, label=label)
+        embedder, load_seconds = load_embedder()
+        if load_seconds:
+            self.outcome.model_loads += 1
+            self.outcome.model_load_ms += load_seconds * 1000
+        threshold = DEFAULT_THRESHOLD if settings.cache_threshold is None else settings.cache_threshold
+        return SemanticCache(embedder, threshold=threshold, guard=settings.cache_guard, never=never, label=label)
 
     def _answered(self, request: PreparedRequest) -> RequestRecord:
         result = _generate(self.plan.backend, request, self.settings)
@@ -288,13 +308,16 @@ def _generate(backend: Backend, request: PreparedRequest, settings: InferenceSet
         return exc
 
 
-def _hit(request: PreparedRequest, found: Lookup, scorer: Scorer) -> RequestRecord:
+def _hit(request: PreparedRequest, found: Lookup, scorer: Scorer, source: Example) -> RequestRecord:
     """A request served from the cache: the kept answer scored against this request's own expected answer, timed
-    by the cache alone; the engine did no work for it."""
+    by the cache alone (the engine did no work for it); false when it is worse for this request than for
+    ``source``, the request it was made for (a hit on another meaning: "#43" served "#42"'s answer)."""
     example, answer = request.example, found.answer or ""
-    return RequestRecord(example.id, example.request, example.expected, answer,
-                         scorer.score(answer, example.expected, example.schema, example.accepts), found.ms,
-                         prompt_tokens_estimated=request.estimated_tokens, cache="exact", cache_ms=found.ms)
+    score = scorer.score(answer, example.expected, example.schema, example.accepts)
+    made_for = scorer.score(answer, source.expected, source.schema, source.accepts)
+    return RequestRecord(example.id, example.request, example.expected, answer, score, found.ms,
+                         prompt_tokens_estimated=request.estimated_tokens, cache=found.kind, cache_ms=found.ms,
+                         false_hit=score.field_accuracy < made_for.field_accuracy)
 
 
 def _record(request: PreparedRequest, result: Generation | RequestFailed, scorer: Scorer) -> RequestRecord:

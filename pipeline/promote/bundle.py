@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.cache.embedder import EMBEDDER
+from pipeline.cache.semantic import DEFAULT_THRESHOLD
 from pipeline.engines.base import ManagedServer, RequestShaper
 from pipeline.engines.settings import InferenceSettings
 from pipeline.promote.modelfile import Modelfile, write_modelfile
@@ -66,9 +68,12 @@ def bundle_of(prepared: PreparedStudy, settings: InferenceSettings) -> tuple[Mod
     }
     if settings.cache != "off":
         # The response cache the setting was measured through; clients serve with it (docs/cache.md):
-        # ExactCache.from_sidecar reads this.
+        # pipeline.cache.serving.from_sidecar reads this.
         sidecar["cache"] = {"mode": settings.cache, "never": sorted(experiment.never_cache),
                             "label": experiment.label_pointer}
+        if settings.cache == "semantic":
+            sidecar["cache"].update(threshold=settings.cache_threshold or DEFAULT_THRESHOLD,
+                                    guard="on" if settings.cache_guard else "off", embedder=EMBEDDER)
     if not static and settings.few_shot:
         # Per-request examples cannot live in a Modelfile: clients pick them as the router does and send them.
         sidecar["examples"] = [{"request": e.request, "answer": e.answer, "label": e.label} for e in prompts.examples]

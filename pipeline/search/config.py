@@ -72,6 +72,8 @@ assert tuple(PARAMETERS) == CORE_PARAMETERS
 # (evaluation.concurrency).
 PARAMETERS["think"] = (str, None, THINK)
 PARAMETERS["cache"] = (str, None, CACHE_MODES)
+PARAMETERS["cache_threshold"] = (float, None, 0.0)  # a cosine in (0, 1]
+PARAMETERS["cache_guard"] = (str, None, ("on", "off"))
 PARAMETERS.update({name: (s.kind, None, s.allowed) for name, s in SERVER_SETTINGS.items()})
 PARAMETERS[CONCURRENCY] = (int, None, 1)
 OPTIONAL_PARAMETERS = tuple(name for name in PARAMETERS if name not in CORE_PARAMETERS)
@@ -542,7 +544,7 @@ def _value(name: str, value: Any, where: str) -> Any:
     kind_type, _, allowed = PARAMETERS[name]
     if name in ("format", "cache") and value is False:  # YAML 1.1 reads a bare `off` as false
         value = "off"
-    if name in ("flash_attn", "think") and isinstance(value, bool):  # and `on` as true
+    if name in ("flash_attn", "think", "cache_guard") and isinstance(value, bool):  # and `on` as true
         value = "on" if value else "off"
     if kind_type is float and isinstance(value, int) and not isinstance(value, bool):
         value = _finite(value, f"{where}: the value")
@@ -559,6 +561,8 @@ def _value(name: str, value: Any, where: str) -> Any:
         raise ConfigError(f"{where}: {_shown(value)} is out of range; use a value >= {allowed}")
     if name == "top_p" and value > 1:
         raise ConfigError(f"{where}: top_p {value!r} is out of range; use a value in (0, 1]")
+    if name == "cache_threshold" and not 0 < value <= 1:
+        raise ConfigError(f"{where}: cache_threshold {value!r} is a cosine similarity; use a value in (0, 1]")
     return value
 
 

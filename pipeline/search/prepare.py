@@ -14,6 +14,7 @@ from typing import Any
 
 import optuna
 
+from pipeline.cache.embedder import embedder_problem
 from pipeline.engines.base import Backend, model_digest
 from pipeline.engines.registry import make_backend
 from pipeline.engines.serving import CONCURRENCY, SERVER_SETTINGS, combination_problem
@@ -87,6 +88,9 @@ def prepare_study(config: StudyConfig, *, tracking_uri: str | None = None,
     if config.baseline is not None:
         config = replace(config, baseline=_complete(config, config.baseline, f"{config.path} (baseline)"))
         check_point(config, experiment, prompts, config.baseline, f"{config.path} (baseline)", in_space=True)
+    cache = config.search_space.get("cache")
+    if cache is not None and "semantic" in cache.choices and (missing := embedder_problem()) is not None:
+        raise ConfigError(f"{config.path} (search_space.cache): semantic: {missing}")
     if backend is None:
         backend, choice = make_backend(config.engine, on_pull=on_pull)
     else:
