@@ -97,8 +97,14 @@ def test_the_prompt_share_from_the_kv_cache_is_over_the_requests_whose_engine_sa
 
 
 def test_reported_intervals_are_the_declared_ones():
-    names = {k.removesuffix("_ci95_low") for k in reported_intervals(RECORDS) if k.endswith("_ci95_low")}
+    # through a cache, one of them a false hit: every declared interval; without one, none of the cache's
+    cached = [replace(r, cache_ms=0.1) for r in RECORDS] + [replace(record(4), cache="semantic", false_hit=True)]
+    names = {k.removesuffix("_ci95_low") for k in reported_intervals(cached) if k.endswith("_ci95_low")}
     assert names == set(ci_metrics()) == {n for n, m in REGISTRY.items() if m.reported_interval}
+    plain = {k.removesuffix("_ci95_low") for k in reported_intervals(RECORDS) if k.endswith("_ci95_low")}
+    assert plain == names - {n for n, m in REGISTRY.items() if m.group == "cache"}
+    low, high = (reported_intervals(cached)[f"false_hit_rate_ci95_{end}"] for end in ("low", "high"))
+    assert low < 1 / 5 < high  # the share's bootstrap interval over the 5 requests
 
 
 @pytest.mark.parametrize("metric", bounded_metrics())

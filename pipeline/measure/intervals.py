@@ -75,11 +75,13 @@ def reported_intervals(records: Sequence[RequestRecord], *, level: float = 1 - E
 
     Returns:
         ``<metric>_ci95_low`` and ``<metric>_ci95_high`` for each metric the registry marks
-        ``reported_interval`` and the records have (``label_accuracy`` only with a label); NaN when fewer than two
-        requests count (latencies: the completed requests).
+        ``reported_interval`` and the records have (``label_accuracy`` only with a label, ``false_hit_rate`` only
+        through a cache); NaN when fewer than two requests count (latencies: the completed requests).
     """
     labelled = any(r.score.label_correct is not None for r in records)
-    reported = [m for m in REGISTRY.values() if m.reported_interval and (labelled or m.group != "label")]
+    cached = any(r.cache_ms is not None for r in records)
+    reported = [m for m in REGISTRY.values() if m.reported_interval and (labelled or m.group != "label")
+                and (cached or m.group != "cache")]
     shares = [m for m in reported if not m.completed_only]
     latencies = [m for m in reported if m.completed_only]
     rates = np.array([[m.request(r) for m in shares] for r in records], float).reshape(len(records), len(shares))

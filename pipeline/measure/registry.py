@@ -292,7 +292,7 @@ _DECLARED: tuple[Metric, ...] = (
     Metric("false_hit_rate", "minimize", "share",
            _when(_cached, lambda t: sum(bool(r.false_hit) for r in t.records) / len(t.records)),
            request=lambda r: float(bool(r.false_hit)), statistic=lambda x, axis: np.mean(x, axis=axis),
-           interval="wilson", header="false", group="cache",
+           interval="wilson", reported_interval=True, header="false", group="cache",
            description="a setting with a response cache: share of requests served a hit that is worse for them than "
                        "for the request it was made for (a semantic hit on another meaning, \"#43\" given \"#42\"'s "
                        "answer), scored against their own expected answers"),

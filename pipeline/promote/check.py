@@ -138,8 +138,9 @@ class BundleCheck:
 
 def check_bundle(prepared: PreparedStudy, files: BundleFiles, held_out: list[RequestRecord], *, requests: int,
                  accuracy: str, temperature: float, model_name: str | None) -> BundleCheck:
-    """Replay the first ``requests`` held-out requests through the written bundle and compare them with
-    ``held_out`` (the trial's settings on the same requests, every repetition).
+    """Replay the first ``requests`` held-out requests the engine answered (not a semantic cache's hits) through the
+    written bundle and compare them with ``held_out`` (the trial's settings on the same requests, every
+    repetition).
 
     ``model_name``: create the model under this name on a server that can (Ollama) and ask it; None: serve the
     bundle's settings through the study's backend (restarted from the launch command when it starts its own).
@@ -152,7 +153,9 @@ def check_bundle(prepared: PreparedStudy, files: BundleFiles, held_out: list[Req
     if job_schema is not None and bundle.sidecar.get("schema") != job_schema.document:
         raise BundleCheckFailed(f"the sidecar {files.sidecar} holds another schema than the job's "
                                 f"({job_schema.source})")
-    ids = list(dict.fromkeys(r.request_id for r in held_out))[:requests]
+    # a semantic hit served another request's answer: the engine never answered that request in the trial, so it
+    # has nothing to be compared with (an exact hit is the engine's answer to the same request)
+    ids = list(dict.fromkeys(r.request_id for r in held_out if r.cache != "semantic"))[:requests]
     examples = {e.id: e for e in prepared.experiment.split("holdout")}
     chosen = [examples[i] for i in ids]
     if model_name is not None and isinstance(prepared.backend, ModelPublisher):
