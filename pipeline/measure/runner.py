@@ -5,9 +5,9 @@ warm-up kept apart from all timings) → run and score each request → stop ear
 meet a constraint (:func:`abort_reason`). A setting with ``cache: exact`` or ``semantic`` serves each request
 through the trial's own response cache (:mod:`pipeline.cache`), empty at the trial's start and filled by its answers
 in arrival order: a hit is the kept answer, scored against the request that got it and timed by the cache alone,
-and false when it serves that request worse than the one it was made for. At a
-``concurrency`` above 1 the requests are sent by that many closed-loop clients (each sends its next request when
-its answer is in), and the span from the first request to the last answer gives the throughput.
+and false when it serves that request worse than the one it was made for. At a ``concurrency`` above 1 the
+requests are sent by that many closed-loop clients (each sends its next request when its answer is in), and the
+span from the first request to the last answer gives the throughput.
 """
 
 from __future__ import annotations
