@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -63,10 +64,10 @@ class SemanticCache(ExactCache):
         and the guard; timed from the first hash to the decision."""
         start = time.perf_counter()
         exact = super().lookup(messages, schema, settings, model)
+        if exact.answer is not None:  # a hit is never stored again: no context key, no embedding
+            return replace(exact, ms=_since(start))
         message = str(messages[-1]["content"])
         context = context_key(messages, schema, settings, model)
-        if exact.answer is not None:
-            return Lookup(exact.answer, exact.key, _since(start), source=message, context=context, message=message)
         vector = self.embedder.embed(message)
         with self._meaning_lock:
             kept = list(self._kept.get(context, ()))
