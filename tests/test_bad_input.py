@@ -166,6 +166,7 @@ def _without_embedder(folder: Path, mp: pytest.MonkeyPatch) -> list[str]:
     return config(search_space={"cache": {"choices": ["off", "semantic"]}})(folder, mp)
 
 
+SERVER_EMBEDDER = {"cache": "semantic", "cache_embedder": "server"}
 BASELINE = {"num_ctx": 1024, "num_predict": 32, "temperature": 0.0, "top_p": 1.0, "top_k": 40, "few_shot": 0,
             "prompt_variant": "compact", "example_selection": "static", "format": "off"}
 
@@ -332,6 +333,17 @@ CASES = [
          "(search_space.cache_threshold): cache_threshold 1.5 is a cosine similarity; use a value in (0, 1]"),
     Case("config-semantic-cache-without-embedder", _without_embedder,
          "(search_space.cache): semantic: the semantic cache's embedder needs no_such_model_package: pip install"),
+    Case("config-server-embedder-without-model", config(search_space=SERVER_EMBEDDER),
+         "(engine): cache_embedder server needs engine.embed_model, the model the server embeds with"),
+    Case("config-server-embedder-on-the-embedded-engine",
+         config(search_space=SERVER_EMBEDDER, engine={"embed_model": "all-minilm"}),
+         "(engine): the embedded backend serves no embeddings; set engine.embed_url to an embedding server"),
+    Case("config-server-embedder-not-answering",
+         config(search_space=SERVER_EMBEDDER, engine={"embed_model": "all-minilm", "embed_url": "http://127.0.0.1:9"}),
+         "(engine.embed_model): model 'all-minilm' does not embed at http://127.0.0.1:9 (no answer from "
+         "http://127.0.0.1:9/embeddings (ConnectError)); start the server with --embeddings"),
+    Case("config-embed-api", config(engine={"embed_api": "grpc"}),
+         "(engine): 'embed_api' is 'grpc', not one of ollama, openai."),
     Case("manifest-unknown-field-metric",
          config(objectives=[{"metric": "field_accuracy./params/titel"}, {"metric": "latency_p95_ms"}]),
          "field_accuracy./params/titel names no field of the expected answers. Did you mean "

@@ -201,3 +201,6 @@ def test_cache_smoke(tmp_path):
     for row in semantic.values():  # every exact repeat is a hit there too
         assert result["hit_rate"] <= row["hit_rate"] and row["false_hit_low"] <= row["false_hit_rate"]
         assert row["false_hits"] <= row["semantic_hits"] and row["lookup_ms_miss"] > result["miss_lookup_ms_mean"]
+    long = result["long"]  # the long traffic's first arrivals, through the exact cache and the semantic grid
+    assert long["arrivals"] == 24 and [row["guard"] for row in long["semantic"]] == ["on", "off"]
+    assert all(long["hit_rate"] <= row["hit_rate"] and row["false_hit_high"] < 1 for row in long["semantic"])

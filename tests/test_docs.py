@@ -124,6 +124,8 @@ def _default(name: str, spec: Any) -> str:
         return f"{DEFAULT_THRESHOLD} (a semantic cache's)"
     if name == "cache_guard":
         return "on (a semantic cache's)"
+    if name == "cache_embedder":
+        return "minilm: all-MiniLM-L6-v2 in process (a semantic cache's)"
     if name in SERVER_SETTINGS and SERVER_SETTINGS[name].flag in pinned:
         return f"{pinned[SERVER_SETTINGS[name].flag]}, pinned by the tool (not llama-server's own choice)"
     return "not set: the server's default"

@@ -43,7 +43,7 @@ def test_an_empty_front_says_which_constraint_how_close_and_what_to_change(tmp_p
     measured = len(report.trials)
     assert report.explanation[0] == f"the front has 0 points: 0 of {measured} measured trials met every constraint"
     broken = next(line for line in report.explanation if line.startswith("schema_valid_rate >= 0.9"))
-    assert broken == (f"schema_valid_rate >= 0.9: broken by {measured} of {measured} trials, the best reached 0; "
+    assert broken == (f"schema_valid_rate >= 0.9: broken by {measured} of {measured} trials, the closest reached 0; "
                       f"answers were cut at num_predict in {measured} of them: raise num_predict "
                       "(search_space.num_predict)")
     # early abort stopped them: each says after how many requests and why

@@ -233,6 +233,23 @@ def test_refused_on_evidence_only_and_a_fall_from_dev_refuses_nothing():
     assert unjudged(policy, rate, held) == ["throughput_rps"]
 
 
+def test_a_false_hit_limit_must_be_shown_met_by_the_held_out_interval():
+    policy, limit = PromotionPolicy("accuracy"), (Constraint("false_hit_rate", max=0.01),)
+    held = {"field_accuracy": 0.6}
+    # no false hit among 80 held-out requests is no evidence of at most 1%: the interval's upper end is 4.6%
+    shown = {**held, "false_hit_rate": 0.0, "false_hit_rate_ci95_low": 0.0, "false_hit_rate_ci95_high": 0.046}
+    assert decide(policy, limit, "field_accuracy", shown) == (
+        "held-out data does not show false_hit_rate <= 0.01: 0 (95% interval [0, 0.046]); about 381 held-out "
+        "requests without one would show it")
+    assert decide(policy, limit, "field_accuracy", {**shown, "false_hit_rate_ci95_high": 0.0076}) is None
+    # an exact cache cannot serve another request's answer ([0, 0]); a setting without a cache serves none
+    assert decide(policy, limit, "field_accuracy", {**shown, "false_hit_rate_ci95_high": 0.0}) is None
+    assert decide(policy, limit, "field_accuracy", held) is None and unjudged(policy, limit, held) == []
+    assert limit[0].reading(held) == 0.0 and limit[0].reading(shown) == 0.046
+    # a limit on any other metric is read at its value
+    assert Constraint("latency_p95_ms", max=1.0).reading({"latency_p95_ms": 2.0, "latency_p95_ms_ci95_high": 3.0}) == 2
+
+
 @pytest.mark.slow
 def test_promotion_to_an_ollama_server_creates_the_model_and_replays_requests_through_it(engine, tmp_path,
                                                                                          write_config):

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from pipeline.job.experiment import load_experiment
 from pipeline.job.scoring import AnswerScore, FieldResult
-from pipeline.measure.intervals import interval, per_request, reported_intervals
+from pipeline.measure.intervals import interval, per_request, reported_intervals, wilson
 from pipeline.measure.metrics import optimistic_bound, summarize
 from pipeline.measure.records import RequestRecord
 from pipeline.measure.registry import (
@@ -98,13 +98,20 @@ def test_the_prompt_share_from_the_kv_cache_is_over_the_requests_whose_engine_sa
 
 def test_reported_intervals_are_the_declared_ones():
     # through a cache, one of them a false hit: every declared interval; without one, none of the cache's
-    cached = [replace(r, cache_ms=0.1) for r in RECORDS] + [replace(record(4), cache="semantic", false_hit=True)]
+    cached = ([replace(r, cache_ms=0.1, false_hit=False) for r in RECORDS]
+              + [replace(record(4), cache="semantic", false_hit=True)])
     names = {k.removesuffix("_ci95_low") for k in reported_intervals(cached) if k.endswith("_ci95_low")}
     assert names == set(ci_metrics()) == {n for n, m in REGISTRY.items() if m.reported_interval}
     plain = {k.removesuffix("_ci95_low") for k in reported_intervals(RECORDS) if k.endswith("_ci95_low")}
     assert plain == names - {n for n, m in REGISTRY.items() if m.group == "cache"}
     low, high = (reported_intervals(cached)[f"false_hit_rate_ci95_{end}"] for end in ("low", "high"))
-    assert low < 1 / 5 < high  # the share's bootstrap interval over the 5 requests
+    assert (low, high) == pytest.approx(wilson(1, len(cached), 0.05))  # every request could have been false
+    # an exact cache serves no other request's answer: none at risk, a false-hit rate of exactly 0
+    exact = [replace(r, cache_ms=0.1, cache="exact") for r in RECORDS]
+    assert [reported_intervals(exact)[f"false_hit_rate_ci95_{end}"] for end in ("low", "high")] == [0, 0]
+    # one request of four at risk and not false: Wilson's upper end over it, scaled by its share
+    mixed = [*exact[:3], replace(exact[3], cache="", false_hit=False)]
+    assert reported_intervals(mixed)["false_hit_rate_ci95_high"] == pytest.approx(wilson(0, 1, 0.05)[1] / 4)
 
 
 @pytest.mark.parametrize("metric", bounded_metrics())

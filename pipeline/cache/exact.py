@@ -30,13 +30,16 @@ from jsonschema.validators import validator_for
 from pipeline.job.pointers import MISSING, Path, parse_pointer, resolve
 from pipeline.job.scoring import parse_answer
 
-__all__ = ["CACHE_MODES", "CACHE_SETTINGS", "ExactCache", "Lookup", "answer_label", "request_key"]
+__all__ = ["CACHE_EMBEDDERS", "CACHE_MODES", "CACHE_SETTINGS", "ExactCache", "Lookup", "answer_label", "request_key"]
 
 # The modes a setting may have: `off` (every request reaches the engine), `exact`, or `semantic`
 # (pipeline.cache.semantic).
 CACHE_MODES = ("off", "exact", "semantic")
+# What a semantic cache embeds requests with: `minilm` (all-MiniLM-L6-v2 in process, pipeline.cache.embedder) or
+# `server` (an embedding model of a server, pipeline.cache.served).
+CACHE_EMBEDDERS = ("minilm", "server")
 # The cache's own settings: never part of a key (the same answer whatever the cache).
-CACHE_SETTINGS = ("cache", "cache_threshold", "cache_guard")
+CACHE_SETTINGS = ("cache", "cache_threshold", "cache_guard", "cache_embedder")
 
 
 @dataclass(frozen=True)

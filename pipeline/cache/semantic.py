@@ -2,11 +2,12 @@
 prompt, schema, settings and model.
 
 A lookup tries the exact cache first (:mod:`pipeline.cache.exact`: no embedding needed). On a miss it embeds the
-user message (:mod:`pipeline.cache.embedder`) and takes the kept request, under the same context (every message
-before the user's, the schema, the settings, the model: :func:`context_key`), whose embedding is nearest by
-cosine; that request's answer is served when the cosine is at least ``threshold`` and, with the guard on, the
-literal parts the answer depends on agree (:mod:`pipeline.cache.guard`). The lookup's time includes the embedding:
-a hit's latency, and what a miss adds before the engine answers.
+user message (:mod:`pipeline.cache.embedder`, or a server's model: :mod:`pipeline.cache.served`) and takes the kept
+request, under the same context (every message before the user's, the schema, the settings, the model:
+:func:`context_key`), whose embedding is nearest by cosine; that request's answer is served when the cosine is at
+least ``threshold`` and, with the guard on, the literal parts the answer depends on agree
+(:mod:`pipeline.cache.guard`). The lookup's time includes the embedding: a hit's latency, and what a miss adds
+before the engine answers.
 
 Entries fill as the exact cache's do (answers that follow the schema, labels never cached left out), each with its
 embedding, so that the first arrival of a meaning is a miss and a kept wrong answer is served to its paraphrases.
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.cache.embedder import EMBEDDER, Embedder
+from pipeline.cache.embedder import TextEmbedder
 from pipeline.cache.exact import ExactCache, Lookup, request_key
 from pipeline.cache.guard import agrees
 from pipeline.job.pointers import Path
@@ -43,7 +44,7 @@ def context_key(messages: Sequence[Mapping[str, Any]], schema: Any, settings: Ma
 class SemanticCache(ExactCache):
     """The semantic cache (see the module docstring); safe to share between threads."""
 
-    def __init__(self, embedder: Embedder, *, threshold: float = DEFAULT_THRESHOLD, guard: bool = True,
+    def __init__(self, embedder: TextEmbedder, *, threshold: float = DEFAULT_THRESHOLD, guard: bool = True,
                  never: Collection[str] = (), label: Path | str | None = None) -> None:
         super().__init__(never=never, label=label)
         if not 0 < threshold <= 1:
@@ -56,7 +57,7 @@ class SemanticCache(ExactCache):
     def settings(self) -> dict[str, Any]:
         """How this cache is set up, as a bundle's sidecar names it."""
         return {"mode": "semantic", "threshold": self.threshold, "guard": "on" if self.guard else "off",
-                "embedder": EMBEDDER}
+                "embedder": self.embedder.name}
 
     def lookup(self, messages: Sequence[Mapping[str, Any]], schema: Any, settings: Mapping[str, Any],
                model: str) -> Lookup:

@@ -5,16 +5,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pipeline.cache.embedder import load_embedder
+from pipeline.cache.embedder import TextEmbedder, load_embedder
 from pipeline.cache.exact import CACHE_MODES, ExactCache
 from pipeline.cache.semantic import DEFAULT_THRESHOLD, SemanticCache
+from pipeline.cache.served import ServerEmbedder
 
 __all__ = ["from_sidecar"]
 
 
-def from_sidecar(sidecar: Mapping[str, Any]) -> ExactCache | None:
-    """The cache a promoted setting was measured through (a semantic one loads the embedder), or None when it
-    serves without one.
+def from_sidecar(sidecar: Mapping[str, Any], *, embed_url: str | None = None) -> ExactCache | None:
+    """The cache a promoted setting was measured through (a semantic one loads the embedder, or embeds with the
+    server's model it names: at ``embed_url``, default the sidecar's), or None when it serves without one.
 
     Raises:
         ValueError: the sidecar names a mode this package does not know.
@@ -29,5 +30,7 @@ def from_sidecar(sidecar: Mapping[str, Any]) -> ExactCache | None:
     label = found.get("label") if never else None
     if mode == "exact":
         return ExactCache(never=never, label=label)
-    return SemanticCache(load_embedder()[0], threshold=found.get("threshold", DEFAULT_THRESHOLD),
+    embedder: TextEmbedder = (ServerEmbedder(embed_url or found["embed_url"], found["embed_model"], found["embed_api"])
+                              if "embed_model" in found else load_embedder()[0])
+    return SemanticCache(embedder, threshold=found.get("threshold", DEFAULT_THRESHOLD),
                          guard=found.get("guard", "on") == "on", never=never, label=label)

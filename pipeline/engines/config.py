@@ -29,3 +29,9 @@ class EngineConfig:
     # flags added to every launch (not searched).
     server_binary: str | None = None
     server_args: tuple[str, ...] = ()
+    # A semantic cache's server embedder (`cache_embedder: server`): the model, the server (default: the
+    # engine's own, for the ollama and openai backends) and its API (default: ollama for the ollama backend,
+    # else openai: /v1/embeddings).
+    embed_model: str | None = None
+    embed_url: str | None = None
+    embed_api: str | None = None

@@ -66,6 +66,11 @@ class InferenceSettings:
         return dict(self.serving).get("cache_guard", "on") == "on"
 
     @property
+    def cache_embedder(self) -> str:
+        """What a semantic cache embeds requests with: ``minilm`` (in process, the default) or ``server``."""
+        return dict(self.serving).get("cache_embedder", "minilm")
+
+    @property
     def load_key(self) -> tuple[Any, ...]:
         """What a server must be (re)started or reloaded for (:func:`pipeline.engines.serving.load_key`)."""
         return load_key(self.num_ctx, self.server)

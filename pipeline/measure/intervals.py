@@ -3,7 +3,9 @@ bootstrap, unpaired (one trial's requests) and paired (two settings on the same 
 
 - :func:`reported_intervals`: the 95% intervals every trial records beside its metrics (``<metric>_ci95_low``,
   ``_ci95_high``) for the metrics the registry marks ``reported_interval``: the percentile bootstrap over the
-  trial's requests, the rates resampled together and the latencies over the completed requests.
+  trial's requests, the rates resampled together and the latencies over the completed requests; a rare event's
+  rate (the registry's ``at_risk``: false hits) Wilson's over the requests that could have it, scaled by their
+  share (a bootstrap of no event is [0, 0], which would show any limit met).
 - :func:`interval`: the two-sided ``1 - alpha`` interval that ties and racing read, by the metric's declared
   ``interval`` kind: a rate of 0/1 outcomes gets Wilson's score interval, which stays honest at 0 and 1 and for a
   handful of requests (0 of 8 correct: at most 0.32 at ``alpha`` 0.05); a mean of per-request shares the
@@ -25,7 +27,7 @@ import numpy as np
 from scipy.stats import DegenerateDataWarning, binomtest, bootstrap, norm
 
 from pipeline.measure.records import RequestRecord
-from pipeline.measure.registry import FIELD_METRIC, REGISTRY, Objective, field_metric, lookup
+from pipeline.measure.registry import FIELD_METRIC, REGISTRY, Metric, Objective, field_metric, lookup
 
 __all__ = ["ERROR_RATE", "RESAMPLES", "interval", "paired_gaps", "per_request", "percentile_bootstrap",
            "reported_intervals", "signed_difference", "wilson"]
@@ -82,6 +84,8 @@ def reported_intervals(records: Sequence[RequestRecord], *, level: float = 1 - E
     cached = any(r.cache_ms is not None for r in records)
     reported = [m for m in REGISTRY.values() if m.reported_interval and (labelled or m.group != "label")
                 and (cached or m.group != "cache")]
+    rare = [m for m in reported if m.at_risk is not None]  # Wilson's: a bootstrap of 0 events is [0, 0]
+    reported = [m for m in reported if m.at_risk is None]
     shares = [m for m in reported if not m.completed_only]
     latencies = [m for m in reported if m.completed_only]
     rates = np.array([[m.request(r) for m in shares] for r in records], float).reshape(len(records), len(shares))
@@ -99,6 +103,9 @@ def reported_intervals(records: Sequence[RequestRecord], *, level: float = 1 - E
                                                rng=np.random.default_rng(seed), paired=True)
         for metric, low, high in zip(metrics, lows, highs):
             intervals[f"{metric.name}_ci95_low"], intervals[f"{metric.name}_ci95_high"] = float(low), float(high)
+    for metric in rare:
+        intervals[f"{metric.name}_ci95_low"], intervals[f"{metric.name}_ci95_high"] = _at_risk(records, metric,
+                                                                                               1 - level)
     return intervals
 
 
@@ -123,6 +130,8 @@ def interval(records: Sequence[RequestRecord], metric: str, alpha: float, *, see
     """The two-sided ``1 - alpha`` interval of one trial metric over ``records`` (see the module docstring)."""
     declared = lookup(metric)
     kind = declared.interval if declared is not None else None
+    if kind == "wilson" and declared.at_risk is not None:
+        return _at_risk(records, declared, alpha)
     if kind == "wilson":
         return wilson(float(sum(bool(declared.request(r)) for r in records)), len(records), alpha)
     if kind == "share":
@@ -135,6 +144,17 @@ def interval(records: Sequence[RequestRecord], metric: str, alpha: float, *, see
         values = np.array([v for r in records if not r.failed and (v := declared.request(r)) is not None], float)
         return _bootstrap(values, declared.statistic, alpha, seed)
     return -math.inf, math.inf
+
+
+def _at_risk(records: Sequence[RequestRecord], declared: Metric, alpha: float) -> tuple[float, float]:
+    """Wilson's interval of a rate over the requests that could have the event, scaled by their share of all:
+    a rare event's rate is no less certain for requests that could not have it, and exactly 0 with none."""
+    exposed = [r for r in records if declared.at_risk(r)]  # type: ignore[misc]
+    if not exposed:
+        return 0.0, 0.0
+    low, high = wilson(float(sum(bool(declared.request(r)) for r in exposed)), len(exposed), alpha)  # type: ignore[misc]
+    share = len(exposed) / len(records)
+    return low * share, high * share
 
 
 def per_request(records: Sequence[RequestRecord], metric: str) -> tuple[np.ndarray, Callable[..., np.ndarray]] | None:

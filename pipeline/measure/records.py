@@ -36,7 +36,9 @@ class RequestRecord:
     thinking_ms: float | None = None
     thinking_tokens: int | None = None
     cache: str = ""  # served from the response cache ("exact" or "semantic"); "" when the engine answered
-    false_hit: bool | None = None  # a hit that serves this request worse than the one it was made for (None: no hit)
+    # a semantic hit that serves this request worse than the one it was made for; False: the meaning lookup ran
+    # and served nothing worse; None: it could not serve another request's answer (no semantic lookup, an exact hit)
+    false_hit: bool | None = None
     cache_ms: float | None = None  # the cache's own time (hashing, lookup), inside latency_ms; None: no cache
 
     @property

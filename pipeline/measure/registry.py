@@ -5,7 +5,9 @@ direction in which it is better, its unit and the short header a table shows, ho
 it (``request``: the request's value, None where it does not count), how the requests of a trial aggregate
 (``value``), whether the early-abort rule can bound it (``bounded``: no request can make it better than a perfect
 one — correct, not truncated, answered in 0 ms), which interval racing and ties give it (``interval``),
-whether every trial records its 95% bootstrap interval (``reported_interval``) and what it means
+whether every trial records its 95% interval (``reported_interval``), which requests a rare event's rate is over
+(``at_risk``), whether a limit on it must be shown met by that interval (``shown``) and what a limit reads for a
+trial without it (``absent``), and what it means
 (``description``: the metric table of docs/metrics.md is generated from it, tests/test_docs.py). Scoring
 (:mod:`pipeline.measure.metrics`), the intervals (:mod:`pipeline.measure.intervals`), racing, paired gain, the
 config's check of metric names and the terminal tables all read :data:`REGISTRY`.
@@ -18,7 +20,7 @@ declared metrics, each field path of the expected answers has its accuracy, ``fi
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -77,6 +79,13 @@ class Metric:
     group: str = "trial"  # which metrics are there together: trial, label, server, prefix, thinking, cache, load
     description: str = ""  # what it means, one sentence in Markdown (docs/metrics.md is generated from it)
     role: Role = ""       # what a promotion policy reads it as
+    # A rate of something only some requests can have (``at_risk``; None: every request): its interval is
+    # Wilson's over those requests, scaled by their share of the trial, and [0, 0] for a trial with none.
+    at_risk: Callable[[RequestRecord], bool] | None = None
+    # A limit on it is met only when its reported interval shows it: judged at the interval's end farthest from
+    # meeting it, not at the value (a limit on wrong answers served wants evidence that they are few).
+    shown: bool = False
+    absent: float | None = None  # what a limit on it reads for a trial without it (None: not met)
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -293,9 +302,12 @@ _DECLARED: tuple[Metric, ...] = (
            _when(_cached, lambda t: sum(bool(r.false_hit) for r in t.records) / len(t.records)),
            request=lambda r: float(bool(r.false_hit)), statistic=lambda x, axis: np.mean(x, axis=axis),
            interval="wilson", reported_interval=True, header="false", group="cache",
+           at_risk=lambda r: r.false_hit is not None, shown=True, absent=0.0,
            description="a setting with a response cache: share of requests served a hit that is worse for them than "
                        "for the request it was made for (a semantic hit on another meaning, \"#43\" given \"#42\"'s "
-                       "answer), scored against their own expected answers"),
+                       "answer), scored against their own expected answers; its interval is Wilson's over the "
+                       "requests a meaning-based hit could have served, and a limit on it is met only when the "
+                       "interval's upper end is within it"),
     Metric("engine_requests_saved", "maximize", "requests", _when(_cached, lambda t: float(len(_hits(t)))),
            group="cache", description="requests the engine did not answer because the cache did"),
     Metric("cache_hit_ms_p50", "minimize", "ms",
@@ -417,6 +429,17 @@ class Constraint:
         """Whether ``value`` shows the limit broken: measured (not NaN) and past it. Evidence, for a decision
         that acts on it (early abort, a refusal, an explanation); a trial's feasibility is :func:`feasible`."""
         return not math.isnan(value) and self.violation(value) > 0
+
+    def reading(self, metrics: Mapping[str, float]) -> float:
+        """What this limit is judged on in a trial's ``metrics``: the metric's value; for a metric declared
+        ``shown``, the end of its reported interval farthest from meeting the limit; for a metric the trial does
+        not have, the declared ``absent`` value (NaN: not met)."""
+        declared = lookup(self.metric)
+        if self.metric not in metrics:
+            return declared.absent if declared is not None and declared.absent is not None else math.nan
+        if declared is not None and declared.shown:
+            return metrics.get(f"{self.metric}_ci95_{'high' if self.max is not None else 'low'}", math.nan)
+        return metrics[self.metric]
 
     def describe(self) -> str:
         return f"{self.metric} <= {self.max:g}" if self.max is not None else f"{self.metric} >= {self.min:g}"

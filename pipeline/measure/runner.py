@@ -17,13 +17,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from pipeline.cache.embedder import load_embedder
+from pipeline.cache.embedder import TextEmbedder, load_embedder
 from pipeline.cache.exact import ExactCache, Lookup
 from pipeline.cache.semantic import DEFAULT_THRESHOLD, SemanticCache
+from pipeline.cache.served import EmbedFailed, ServerEmbedder
 from pipeline.engines.base import Backend, Generation, Message, RequestFailed, model_digest
 from pipeline.engines.serving import combination_problem
 from pipeline.engines.settings import InferenceSettings
 from pipeline.engines.tokens import estimate_tokens
+from pipeline.errors import BackendError
 from pipeline.job.experiment import Example
 from pipeline.job.prompts import PromptLibrary
 from pipeline.job.scoring import Scorer
@@ -49,6 +51,7 @@ class TrialPlan:
     margin: float = 0.1
     abort_on: tuple[Constraint, ...] = ()
     never_cache: frozenset[str] = frozenset()  # labels whose answers a cache never keeps (the manifest's)
+    server_embedder: ServerEmbedder | None = None  # a semantic cache's with cache_embedder: server
 
 
 @dataclass(frozen=True)
@@ -187,15 +190,20 @@ class SettingRun:
         the outcome."""
         found = None
         if self.cache is not None:
-            found = self.cache.lookup(request.messages, request.example.schema.document, self.settings.as_params(),
-                                      self._model)
+            try:
+                found = self.cache.lookup(request.messages, request.example.schema.document,
+                                          self.settings.as_params(), self._model)
+            except EmbedFailed as exc:  # the server's embedding model stopped answering: the trial cannot go on
+                raise BackendError(f"the semantic cache's embedder: {exc}") from exc
         if found is not None and found.answer is not None:
             record = _hit(request, found, self.plan.scorer, self._expected.get(found.source, request.example))
         else:
             record = self._answered(request)
         if found is not None and found.answer is None:
             # a miss pays for its lookup before the engine answers; an answer that follows the schema is kept
-            record = replace(record, latency_ms=record.latency_ms + found.ms, cache_ms=found.ms)
+            # (a request the meaning lookup passed over could have been served another's answer: not a false hit)
+            record = replace(record, latency_ms=record.latency_ms + found.ms, cache_ms=found.ms,
+                             false_hit=False if found.kind == "semantic" else None)
             if record.score.schema_valid:
                 self.cache.store(found, record.answer)
         with self._lock:
@@ -211,10 +219,15 @@ class SettingRun:
             return None
         if settings.cache == "exact":
             return ExactCache(never=never, label=label)
-        embedder, load_seconds = load_embedder()
-        if load_seconds:
-            self.outcome.model_loads += 1
-            self.outcome.model_load_ms += load_seconds * 1000
+        if settings.cache_embedder == "server":
+            if plan.server_embedder is None:
+                raise BackendError("cache_embedder server: the study has no server embedder (engine.embed_model)")
+            embedder: TextEmbedder = plan.server_embedder
+        else:
+            embedder, load_seconds = load_embedder()
+            if load_seconds:
+                self.outcome.model_loads += 1
+                self.outcome.model_load_ms += load_seconds * 1000
         threshold = DEFAULT_THRESHOLD if settings.cache_threshold is None else settings.cache_threshold
         return SemanticCache(embedder, threshold=threshold, guard=settings.cache_guard, never=never, label=label)
 
@@ -311,13 +324,15 @@ def _generate(backend: Backend, request: PreparedRequest, settings: InferenceSet
 def _hit(request: PreparedRequest, found: Lookup, scorer: Scorer, source: Example) -> RequestRecord:
     """A request served from the cache: the kept answer scored against this request's own expected answer, timed
     by the cache alone (the engine did no work for it); false when it is worse for this request than for
-    ``source``, the request it was made for (a hit on another meaning: "#43" served "#42"'s answer)."""
+    ``source``, the request it was made for (a hit on another meaning: "#43" served "#42"'s answer); an exact hit
+    is the same request's answer, never false (None: it could not be)."""
     example, answer = request.example, found.answer or ""
     score = scorer.score(answer, example.expected, example.schema, example.accepts)
     made_for = scorer.score(answer, source.expected, source.schema, source.accepts)
     return RequestRecord(example.id, example.request, example.expected, answer, score, found.ms,
                          prompt_tokens_estimated=request.estimated_tokens, cache=found.kind, cache_ms=found.ms,
-                         false_hit=score.field_accuracy < made_for.field_accuracy)
+                         false_hit=(score.field_accuracy < made_for.field_accuracy
+                                    if found.kind == "semantic" else None))
 
 
 def _record(request: PreparedRequest, result: Generation | RequestFailed, scorer: Scorer) -> RequestRecord:

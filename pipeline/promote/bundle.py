@@ -74,6 +74,11 @@ def bundle_of(prepared: PreparedStudy, settings: InferenceSettings) -> tuple[Mod
         if settings.cache == "semantic":
             sidecar["cache"].update(threshold=settings.cache_threshold or DEFAULT_THRESHOLD,
                                     guard="on" if settings.cache_guard else "off", embedder=EMBEDDER)
+            served = prepared.embedder
+            if settings.cache_embedder == "server" and served is not None:
+                # the server's model, by name and API; its URL without credentials (client code may pass its own)
+                sidecar["cache"].update(embedder=served.name, embed_model=served.model, embed_api=served.api,
+                                        embed_url=served.where)
     if not static and settings.few_shot:
         # Per-request examples cannot live in a Modelfile: clients pick them as the router does and send them.
         sidecar["examples"] = [{"request": e.request, "answer": e.answer, "label": e.label} for e in prompts.examples]

@@ -4,7 +4,8 @@ The chosen trial (:mod:`pipeline.promote.choose`) is replayed through the study'
 (:func:`pipeline.search.space.replay` → :func:`pipeline.measure.runner.run_trial`), on the ``holdout`` split that
 no study uses, with repetitions. Promotion is refused on evidence only (:func:`decide`): when the candidate is less
 accurate than the baseline (measured side by side, paired) by more than the margin with its whole interval, or a
-limit (a constraint, the SLA) is broken with the held-out interval past it. The fall from dev to held-out is
+limit (a constraint, the SLA) is broken with the held-out interval past it, or a limit that must be shown met
+(false hits) is not shown met by it. The fall from dev to held-out is
 reported, not refused: dev accuracy is the best of a study's noisy estimates. An accepted point becomes a bundle
 (:mod:`pipeline.promote.bundle`: Modelfile, sidecar, launch command), written first to a staging folder and read
 back: held-out requests replayed through an engine configured only from those files must answer as the trial's
@@ -28,9 +29,10 @@ from pipeline.engines.base import Backend, ManagedServer, ModelPublisher
 from pipeline.engines.settings import InferenceSettings, settings_of
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.measure.gain import Gain, accuracy_metrics, gain_frame, gain_metrics, paired_gain, slower
+from pipeline.measure.intervals import ERROR_RATE, wilson
 from pipeline.measure.metrics import measured_metrics
 from pipeline.measure.records import RequestRecord
-from pipeline.measure.registry import Constraint, with_role
+from pipeline.measure.registry import Constraint, lookup, with_role
 from pipeline.measure.runner import run_trial
 from pipeline.measure.sidebyside import SideBySide, measure_on_own_backends
 from pipeline.measure.tables import field_errors, requests_frame, side_by_side_frame
@@ -136,8 +138,9 @@ def decide(policy: PromotionPolicy, constraints: tuple[Constraint, ...], metric:
     Refused: the candidate is less accurate than the baseline by more than the margin with the whole paired
     interval of the difference (``gains``, measured side by side; without them, the two values), or a limit (the
     config's constraints, ``policy.sla_p95_ms``) is broken with the held-out 95% interval wholly past it (the
-    value alone where the metric has no interval). A limit on a metric not measured on held-out data is not
-    judged (the report says which, :func:`unjudged`).
+    value alone where the metric has no interval); a limit the registry says must be shown met (``shown``:
+    false hits) is refused unless the interval lies within it. A limit on a metric not measured on held-out data
+    is not judged (the report says which, :func:`unjudged`).
     """
     gain = next((g for g in gains or () if g.metric == metric and g.kind == "difference"), None)
     if gain is not None and gain.high < -policy.margin:
@@ -155,6 +158,10 @@ def decide(policy: PromotionPolicy, constraints: tuple[Constraint, ...], metric:
             continue
         low = holdout.get(f"{limit.metric}_ci95_low", holdout[limit.metric])
         high = holdout.get(f"{limit.metric}_ci95_high", holdout[limit.metric])
+        declared = lookup(limit.metric)
+        if declared is not None and declared.shown and limit.breaks(limit.reading(holdout)):
+            return (f"held-out data does not show {limit.describe()}: {holdout[limit.metric]:.4g} (95% interval "
+                    f"[{low:.4g}, {high:.4g}]); {_evidence_needed(limit)}")
         nearest = low if limit.max is not None else high  # the end of the interval closest to meeting the limit
         if limit.breaks(nearest):  # an infinite end (no interval) points towards meeting it: no evidence
             return (f"held-out data breaks the SLA {limit.describe()}: {holdout[limit.metric]:.4g} "
@@ -162,10 +169,23 @@ def decide(policy: PromotionPolicy, constraints: tuple[Constraint, ...], metric:
     return None
 
 
+def _evidence_needed(limit: Constraint) -> str:
+    """What would show a limit on a rare event met: the number of held-out requests without one whose Wilson
+    interval's upper end is within it."""
+    if limit.max is None or not 0 < limit.max < 1:
+        return "more held-out requests would narrow the interval"
+    needed = next(n for n in range(1, 10**7) if wilson(0, n, ERROR_RATE)[1] <= limit.max)
+    return f"about {needed} held-out requests without one would show it"
+
+
 def unjudged(policy: PromotionPolicy, constraints: tuple[Constraint, ...], holdout: dict[str, float]) -> list[str]:
-    """The limits :func:`decide` could not judge: their metric was not measured on held-out data."""
-    metrics = [c.metric for c in constraints] + (["latency_p95_ms"] if policy.sla_p95_ms is not None else [])
+    """The limits :func:`decide` could not judge: their metric was not measured on held-out data (a metric
+    that a setting without it meets, such as false hits without a cache, is judged)."""
+    metrics = [c.metric for c in constraints if (d := lookup(c.metric)) is None or d.absent is None]
+    metrics += ["latency_p95_ms"] if policy.sla_p95_ms is not None else []
     return [m for m in dict.fromkeys(metrics) if m not in holdout]
+
+
 
 
 def fall_note(metric: str, dev: dict[str, float], holdout: dict[str, float]) -> str | None:

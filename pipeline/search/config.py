@@ -14,7 +14,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.cache.exact import CACHE_MODES
+from pipeline.cache.exact import CACHE_EMBEDDERS, CACHE_MODES
+from pipeline.cache.served import EMBED_APIS
 from pipeline.engines.config import EngineConfig
 from pipeline.engines.registry import BACKENDS
 from pipeline.engines.serving import CONCURRENCY, SERVER_SETTINGS
@@ -74,6 +75,7 @@ PARAMETERS["think"] = (str, None, THINK)
 PARAMETERS["cache"] = (str, None, CACHE_MODES)
 PARAMETERS["cache_threshold"] = (float, None, 0.0)  # a cosine in (0, 1]
 PARAMETERS["cache_guard"] = (str, None, ("on", "off"))
+PARAMETERS["cache_embedder"] = (str, None, CACHE_EMBEDDERS)
 PARAMETERS.update({name: (s.kind, None, s.allowed) for name, s in SERVER_SETTINGS.items()})
 PARAMETERS[CONCURRENCY] = (int, None, 1)
 OPTIONAL_PARAMETERS = tuple(name for name in PARAMETERS if name not in CORE_PARAMETERS)
@@ -322,6 +324,9 @@ _FIELD_RULES: dict[str, tuple[tuple[type, ...], str]] = {
     "served_model": ((str, type(None)), "name"),
     "server_binary": ((str, type(None)), "path"),
     "server_args": ((list, tuple), "flags"),
+    "embed_model": ((str, type(None)), "name"),
+    "embed_url": ((str, type(None)), "host"),
+    "embed_api": ((str, type(None)), "embed_api"),
     "split": ((str,), "split"),
     "limit": ((int, type(None)), "positive"),
     "repetitions": ((int,), "positive"),
@@ -431,7 +436,7 @@ def _check_rule(key: str, value: Any, rule: str, where: str) -> None:
         wanted = {"positive": "greater than 0", "non_negative": "0 or more", "share": "in [0, 1)",
                   "name": "a non-empty string", "study_name": "a non-empty string", "path": "a file path"}[rule]
         raise ConfigError(f"{where}: '{key}' must be {wanted}, got {_shown(value)}")
-    options = {"sampler": SAMPLERS, "backend": BACKENDS, "split": ("dev", "holdout")}.get(rule)
+    options = {"sampler": SAMPLERS, "backend": BACKENDS, "split": ("dev", "holdout"), "embed_api": EMBED_APIS}.get(rule)
     if options is not None and value not in options:
         raise ConfigError(f"{where}: '{key}' is {_shown(value)}, not one of {', '.join(options)}."
                           f"{did_you_mean(value, options)}")

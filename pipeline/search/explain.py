@@ -1,7 +1,8 @@
 """A study's front in words: what it holds, and when it is empty or thin, why and what to change.
 
 :func:`front_explanation` says, for a front of fewer than two points, how many trials broke each constraint and
-the best value any reached, which trials stopped early and why, and the most likely fix in the config's own terms.
+the value the closest of them reached, which trials stopped early and why, and the most likely fix in the config's
+own terms.
 :func:`study_note` is the parent run's description (MLflow's ``mlflow.note.content``): that explanation, or a
 short summary of the front.
 """
@@ -20,7 +21,7 @@ def _shown(value: float) -> str:
     return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
 
 
-def _fix(constraint: Constraint, broken: pd.DataFrame, best: float) -> str:
+def _fix(constraint: Constraint, broken: pd.DataFrame) -> str:
     """The most likely change that lets trials meet ``constraint``, in the config's terms."""
     cut = broken["truncated_answers"].fillna(0) if "truncated_answers" in broken else pd.Series(dtype=float)
     if constraint.metric in ("schema_valid_rate", "parse_rate", "exact_match_rate") and cut.gt(0).any():
@@ -28,11 +29,14 @@ def _fix(constraint: Constraint, broken: pd.DataFrame, best: float) -> str:
                 "(search_space.num_predict)")
     limit = constraint.min if constraint.min is not None else constraint.max
     declared = lookup(constraint.metric)
+    if declared is not None and declared.shown:
+        return (f"judged at its 95% interval's {'upper' if constraint.max is not None else 'lower'} end: more "
+                "requests narrow it (a longer traffic, evaluation.limit)")
     if declared is not None and declared.role == "latency":
         return (f"loosen constraints.{constraint.metric} (max {limit:g}), or search faster settings (fewer "
                 "examples, a smaller num_predict or num_ctx)")
     side = "min" if constraint.min is not None else "max"
-    return f"loosen constraints.{constraint.metric} ({side} {limit:g}; the best trial reached {_shown(best)})"
+    return f"loosen constraints.{constraint.metric} ({side} {limit:g})"
 
 
 def front_explanation(trials: pd.DataFrame, front: pd.DataFrame, config: StudyConfig) -> list[str]:
@@ -50,15 +54,16 @@ def front_explanation(trials: pd.DataFrame, front: pd.DataFrame, config: StudyCo
              f"{int(trials['feasible'].sum())} of {len(trials)} measured trials met every constraint"]
     measured = trials[trials["infeasible_reason"].fillna("") == ""]
     for constraint in config.constraints:
-        if constraint.metric not in measured:
+        if constraint.metric not in measured or measured.empty:
             continue
-        values = measured[constraint.metric].astype(float)
+        values = measured.apply(lambda row: constraint.reading(row.dropna().to_dict()), axis=1).astype(float)
         broken = measured[values.map(constraint.breaks)]
         if broken.empty:
             continue
-        best = values.max() if constraint.min is not None else values.min()
-        lines.append(f"{constraint.describe()}: broken by {len(broken)} of {len(measured)} trials, the best reached "
-                     f"{_shown(best)}; {_fix(constraint, broken, best)}")
+        closest = values[broken.index]
+        best = closest.max() if constraint.min is not None else closest.min()
+        lines.append(f"{constraint.describe()}: broken by {len(broken)} of {len(measured)} trials, the closest "
+                     f"reached {_shown(best)}; {_fix(constraint, broken)}")
     unfit = trials[trials["infeasible_reason"].fillna("") != ""]
     if not unfit.empty:
         lines.append(f"{len(unfit)} trials could not run as set ({unfit['infeasible_reason'].iloc[0]}); raise "

@@ -32,7 +32,9 @@ def trial_values(trial: optuna.Trial, outcome: TrialOutcome, config: StudyConfig
     A trial stopped early has the metrics of the requests it ran; the constraint it cannot meet is set from
     the best value it could still have reached, which breaks it. A trial stopped by racing keeps the metrics of
     the requests it ran (honest estimates on fewer requests) and says why in the user attr ``raced``. Every
-    measured trial records its objectives' intervals at the study's error rate (``racing.bound_metrics``).
+    measured trial records its objectives' intervals at the study's error rate (``racing.bound_metrics``). A limit
+    is judged on its metric's value, or where the registry says so on its 95% interval's far end
+    (``Constraint.reading``: a false-hit limit is met only when the interval shows it).
 
     Raises:
         BackendError: every request of the trial failed.
@@ -56,7 +58,7 @@ def trial_values(trial: optuna.Trial, outcome: TrialOutcome, config: StudyConfig
             trial.set_user_attr(INFEASIBLE, truncation_reason(outcome.records))
         metrics.update(bound_metrics(outcome.records, config.objectives, config.evaluation.error_rate,
                                      seed=config.study.seed))
-        limits = {c.metric: metrics[c.metric] for c in config.constraints}
+        limits = {c.metric: c.reading(metrics) for c in config.constraints}
         if outcome.aborted:
             trial.set_user_attr(ABORTED, outcome.aborted.describe())
             limits[outcome.aborted.constraint.metric] = outcome.aborted.bound

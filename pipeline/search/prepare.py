@@ -15,6 +15,7 @@ from typing import Any
 import optuna
 
 from pipeline.cache.embedder import embedder_problem
+from pipeline.cache.served import ServerEmbedder
 from pipeline.engines.base import Backend, model_digest
 from pipeline.engines.registry import make_backend
 from pipeline.engines.serving import CONCURRENCY, SERVER_SETTINGS, combination_problem
@@ -48,6 +49,7 @@ class PreparedStudy:
     backend_choice: str
     tracking_uri: str
     storage_url: str
+    embedder: ServerEmbedder | None = None  # a semantic cache's server embedder (cache_embedder: server), checked
 
 
 def study_experiment(config: StudyConfig) -> Experiment:
@@ -88,8 +90,8 @@ def prepare_study(config: StudyConfig, *, tracking_uri: str | None = None,
     if config.baseline is not None:
         config = replace(config, baseline=_complete(config, config.baseline, f"{config.path} (baseline)"))
         check_point(config, experiment, prompts, config.baseline, f"{config.path} (baseline)", in_space=True)
-    cache = config.search_space.get("cache")
-    if cache is not None and "semantic" in cache.choices and (missing := embedder_problem()) is not None:
+    embedders = _cache_embedders(config)
+    if "minilm" in embedders and (missing := embedder_problem()) is not None:
         raise ConfigError(f"{config.path} (search_space.cache): semantic: {missing}")
     if backend is None:
         backend, choice = make_backend(config.engine, on_pull=on_pull)
@@ -106,7 +108,46 @@ def prepare_study(config: StudyConfig, *, tracking_uri: str | None = None,
         backend.close()
         raise ConfigError(f"{config.path}: {on_server[0]} is measured only against a server; "
                           f"the {backend.name} backend was chosen ({choice})")
-    return PreparedStudy(config, experiment, prompts, examples, warmup, backend, choice, uri, storage)
+    embedder = None
+    if "server" in embedders:
+        try:
+            embedder = server_embedder(config, backend)
+            embedder.check(f"{config.path} (engine.embed_model)")
+        except BaseException:
+            backend.close()
+            raise
+    return PreparedStudy(config, experiment, prompts, examples, warmup, backend, choice, uri, storage, embedder)
+
+
+def _cache_embedders(config: StudyConfig) -> set[str]:
+    """The embedders a semantic cache of the study may use (none without one), the baseline's included."""
+    points = [{name: spec.choices for name, spec in config.search_space.items()
+               if name in ("cache", "cache_embedder")}]
+    if config.baseline is not None:
+        points.append({name: (config.baseline[name],) for name in ("cache", "cache_embedder")
+                       if name in config.baseline})
+    return {embedder for point in points if "semantic" in point.get("cache", ())
+            for embedder in point.get("cache_embedder", ("minilm",))}
+
+
+def server_embedder(config: StudyConfig, backend: Backend) -> ServerEmbedder:
+    """The server embedder the config's engine section names: its ``embed_model`` at ``embed_url`` (default: the
+    engine's own server, for the ollama and openai backends), by ``embed_api`` (default: the backend's).
+
+    Raises:
+        ConfigError: no model named, or no server to embed at.
+    """
+    engine, where = config.engine, f"{config.path} (engine)"
+    if engine.embed_model is None:
+        raise ConfigError(f"{where}: cache_embedder server needs engine.embed_model, the model the server embeds "
+                          "with (e.g. all-minilm on Ollama)")
+    url = engine.embed_url or (getattr(backend, "host", None) if engine.backend in ("ollama", "openai") else None)
+    if url is None:
+        raise ConfigError(f"{where}: the {engine.backend} backend serves no embeddings; set engine.embed_url to an "
+                          "embedding server (e.g. llama-server --embeddings) or use cache_embedder: minilm")
+    api = engine.embed_api or ("ollama" if engine.backend == "ollama" and engine.embed_url is None else "openai")
+    return ServerEmbedder(url if "://" in url else f"http://{url}", engine.embed_model, api,
+                          timeout_s=engine.request_timeout_s)
 
 
 def racing_stages(config: StudyConfig, requests: int) -> tuple[int, ...]:

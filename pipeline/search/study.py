@@ -384,7 +384,7 @@ def trial_plan(prepared: PreparedStudy) -> TrialPlan:
                      warmup=prepared.warmup, warmup_requests=config.engine.warmup_requests,
                      repetitions=config.evaluation.repetitions, margin=config.engine.context_margin,
                      abort_on=config.constraints if config.evaluation.early_abort else (),
-                     never_cache=prepared.experiment.never_cache)
+                     never_cache=prepared.experiment.never_cache, server_embedder=prepared.embedder)
 
 
 def _finish(study: optuna.Study, tracker: StudyTracker, prepared: PreparedStudy, status: str, *, reason: str,

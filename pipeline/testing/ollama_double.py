@@ -49,6 +49,15 @@ Endpoints and fields:
   answer is a second request with the thinking as an assistant message and the format applied, and the final
   line reports that request's counts and durations alone (the structured-outputs state of ChatHandler).
   Thinking that uses up ``num_predict`` ends the reply there: no answer, ``done_reason: "length"``.
+- ``POST /api/embed`` with ``model`` and ``input`` (a string or a list of strings), as EmbedHandler answers it
+  (``server/routes.go``:795-1024 at fb30760): ``model``, ``embeddings`` (each L2-normalised, ``normalize``),
+  ``total_duration``, ``load_duration`` and ``prompt_eval_count`` (the tokens embedded). The embedding models are
+  the ones given as :attr:`OllamaDouble.embedders` (a name to what embeds a text: the project's all-MiniLM-L6-v2
+  stands in for Ollama's ``all-minilm``, the same model as a GGUF). In upstream's order: an input of another type
+  is 400 ``invalid input type``; a name the server lacks is 404 ``model '<name>' not found``; an empty input is
+  200 with no embeddings; a generative model (a GGUF without ``<arch>.pooling_type``, which Ollama starts
+  llama-server for without ``--embedding``: ``llm/llama_server.go``:865, :583) is llama-server's 501 relayed
+  with its message (``normalizeEmbeddingError``, routes.go:1003).
 - A prompt longer than ``num_ctx`` is no error: from the front, messages are dropped (the system ones kept, the
   last always) until the rest fits (``chatPrompt``, server/prompt.go), silently.
 
@@ -73,7 +82,8 @@ defaults (``num_ctx`` 4096, ``temperature`` 0.8, ``top_p`` 0.9, ``top_k`` 40) ex
 injected with :meth:`OllamaDouble.inject`: a slow answer, a connection dropped mid-stream, an error line
 mid-stream, an HTTP error status.
 
-Not simulated: ``/api/generate``, embeddings, tools, images, blobs, copy, delete and push; the context shift
+Not simulated: ``/api/generate``, the older ``/api/embeddings``, ``truncate`` and ``dimensions`` of
+``/api/embed`` (accepted and ignored), tools, images, blobs, copy, delete and push; the context shift
 that lets an answer run past ``num_ctx`` (here it ends there, ``length``); cutting the tokens of a prompt whose
 last message alone exceeds ``num_ctx`` (the engine refuses it: 400); parallel requests. Request bodies must
 carry ``Content-Length``.
@@ -88,7 +98,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -121,8 +131,11 @@ STATUS_ERRORS = {
     503: "server busy, please try again.  maximum pending requests exceeded",
 }
 PULL_ERROR = "pull model manifest: file does not exist"  # server/images.go:1025 of os.ErrNotExist (:1339)
-# ChatHandler (server/routes.go:2485), of the name as the request gave it.
+# ChatHandler (server/routes.go:2485), of the name as the request gave it; EmbedHandler says the same (:844).
 MODEL_NOT_FOUND = "model '{name}' not found"
+# llama-server's answer to /v1/embeddings when started without --embeddings, as Ollama relays it (routes.go:1003).
+NO_EMBEDDINGS_STATUS = 501
+NO_EMBEDDINGS = "This server does not support embeddings. Start it with `--embeddings`"
 # llm/llama_server.go:1594 and :2320 (%q of the raw JSON of `format`).
 FORMAT_ERROR = 'invalid format: {raw}; expected "json" or a valid JSON Schema object'
 # A schema llama-server cannot turn into a grammar: its error body (format_error_response, compact JSON),
@@ -515,9 +528,12 @@ class OllamaDouble:
     """
 
     def __init__(self, *, models: dict[str, Path | None] | None = None, engine: EmbeddedBackend | None = None,
-                 version: str = "0.12.0", threads: int | None = None, thinking: Iterable[str] = ()) -> None:
+                 version: str = "0.12.0", threads: int | None = None, thinking: Iterable[str] = (),
+                 embedders: Mapping[str, Any] | None = None) -> None:
         """Register ``models`` (name -> GGUF path; None is the bundled model; default ``tuned:latest``); those
-        named in ``thinking`` have the thinking capability (they think unless a request says ``think: false``).
+        named in ``thinking`` have the thinking capability (they think unless a request says ``think: false``);
+        ``embedders`` are embedding models (name -> an object whose ``embed(text)`` gives a vector and whose
+        ``count_tokens(text)`` its tokens: ``pipeline.cache.embedder.Embedder``).
 
         ``engine`` serves its own model file and is shared, never closed here; engines for other files are
         created when first needed, with ``threads``, and closed by :meth:`stop`.
@@ -531,6 +547,7 @@ class OllamaDouble:
         self.requests: list[dict[str, Any]] = []
         self.loads = 0
         self.pullable: set[str] = set()
+        self.embedders = {full_name(name): embedder for name, embedder in (embedders or {}).items()}
         # Extra seconds every (re)load takes, to stand in for a large model whose load takes that long.
         self.reload_delay_s = 0.0
         # What a request that finds its model loaded spends in lookup and scheduling before it generates, so in
@@ -569,6 +586,7 @@ class OllamaDouble:
             ("POST", "/api/create"): self._create,
             ("POST", "/api/pull"): self._pull,
             ("POST", "/api/chat"): self._chat,
+            ("POST", "/api/embed"): self._embed,
         }
 
     # -- lifecycle ---------------------------------------------------------------------------------------
@@ -804,6 +822,37 @@ class OllamaDouble:
         if model.messages:
             reply["messages"] = model.messages
         exchange.send_json(200, reply)
+
+    def _embed(self, exchange: _Exchange, body: dict[str, Any]) -> None:
+        """``/api/embed`` (see the module docstring), in EmbedHandler's order of checks."""
+        start = time.perf_counter()
+        name, raw = body.get("model"), body.get("input")
+        if isinstance(raw, str):
+            inputs = [raw] if raw else []
+        elif isinstance(raw, list) and all(isinstance(text, str) for text in raw):
+            inputs = list(raw)
+        elif raw is None:
+            inputs = []
+        else:
+            raise _Reply(400, "invalid input type")
+        embedder = self.embedders.get(full_name(name)) if isinstance(name, str) and name else None
+        if embedder is None and self._model(name) is None:
+            raise _Reply(404, MODEL_NOT_FOUND.format(name=name))
+        loaded = time.perf_counter()
+        if not inputs:
+            exchange.send_json(200, {"model": name, "embeddings": []})
+            return
+        if embedder is None:
+            raise _Reply(NO_EMBEDDINGS_STATUS, NO_EMBEDDINGS)
+        vectors = []
+        for text in inputs:
+            vector = [float(v) for v in embedder.embed(text)]
+            norm = max(sum(v * v for v in vector) ** 0.5, 1e-12)
+            vectors.append([v / norm for v in vector])
+        done = time.perf_counter()
+        exchange.send_json(200, {"model": name, "embeddings": vectors, "total_duration": _ns((done - start) * 1000),
+                                 "load_duration": _ns((loaded - start) * 1000),
+                                 "prompt_eval_count": sum(embedder.count_tokens(text) for text in inputs)})
 
     def _ps(self, exchange: _Exchange, body: dict[str, Any]) -> None:
         loaded = self._loaded  # read once: a request may swap it meanwhile, as Ollama's scheduler would
