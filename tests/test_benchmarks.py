@@ -204,3 +204,12 @@ def test_cache_smoke(tmp_path):
     long = result["long"]  # the long traffic's first arrivals, through the exact cache and the semantic grid
     assert long["arrivals"] == 24 and [row["guard"] for row in long["semantic"]] == ["on", "off"]
     assert all(long["hit_rate"] <= row["hit_rate"] and row["false_hit_high"] < 1 for row in long["semantic"])
+
+
+def test_memory_smoke(tmp_path):
+    result = bench(tmp_path, "memory")
+    rows = result["rows"]
+    assert [(r["num_ctx"], r["cache_type"]) for r in rows] == [(512, "f16"), (1024, "f16"), (512, "q8_0")]
+    for row in rows:  # computed as llama-server allocates it, and the server's peak holds it
+        assert abs(row["kv_cache_mb"] - row["kv_cache_mb_logged"]) < 0.01 and row["memory_mb"] > row["kv_cache_mb"]
+    assert rows[1]["kv_cache_mb"] == 2 * rows[0]["kv_cache_mb"] > rows[2]["kv_cache_mb"]

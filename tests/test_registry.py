@@ -56,10 +56,11 @@ def test_every_metric_a_trial_records_is_declared():
     full = [record(i, server_ms=80.0, thinking=4) for i in range(3)] + [record(3, failed=True)]
     full = [replace(r, cache_ms=0.1, prompt_tokens_engine=100, prompt_tokens_evaluated=40) for r in full]
     full += [replace(record(4), cache="exact", cache_ms=0.2)]
-    metrics = summarize(full, span_s=2.0, slos={"latency_ms": 150.0})
+    metrics = summarize(full, span_s=2.0, slos={"latency_ms": 150.0}, price_per_hour=0.9,
+                        resources={"memory_mb": 300.0, "kv_cache_mb": 22.5, "model_mb": 80.0})
     assert set(metrics) == set(REGISTRY) | {f"{FIELD_METRIC}/action"}
     groups = {m.group for m in REGISTRY.values()}
-    assert groups == {"trial", "label", "server", "prefix", "thinking", "cache", "load"}
+    assert groups == {"trial", "label", "server", "prefix", "thinking", "cache", "load", "memory", "cost"}
     # a trial without a label, server timings, thinking or a measured span has only the trial group
     bare = summarize([record(0, label=None)])
     assert set(bare) == {n for n, m in REGISTRY.items() if m.group == "trial"} | {f"{FIELD_METRIC}/action"}
@@ -179,3 +180,20 @@ def test_feasibility_direction_and_evidence_of_a_broken_limit_each_have_one_rule
     assert floor.breaks(0.8) and not floor.breaks(float("inf")) and not limit.breaks(float("-inf"))
     # the direction's sign: a value times it grows as it gets better
     assert Objective("field_accuracy", "maximize").sign == 1.0 and Objective("latency_p95_ms", "minimize").sign == -1.0
+
+
+def test_cost_spreads_the_price_of_the_measured_span_over_what_it_served():
+    # 3 completed requests, 10 output tokens each, in 12 s at 3.60 an hour: 0.012 for the span
+    metrics = summarize(RECORDS, span_s=12.0, price_per_hour=3.6)
+    assert metrics["cost_per_1k_answers"] == pytest.approx(0.012 / 3 * 1000)
+    assert metrics["cost_per_1m_output_tokens"] == pytest.approx(0.012 / 30 * 1e6)
+    # without a price, or without a measured span, there is no cost
+    assert not {"cost_per_1k_answers", "cost_per_1m_output_tokens"} & set(summarize(RECORDS, span_s=12.0))
+    assert "cost_per_1k_answers" not in summarize(RECORDS, price_per_hour=3.6)
+
+
+def test_what_an_engine_reports_it_held_is_one_metric_each():
+    held = {"memory_mb": 300.0, "kv_cache_mb": 22.5, "model_mb": 80.0}
+    metrics = summarize(RECORDS, resources=held)
+    assert {k: metrics[k] for k in held} == held and REGISTRY["memory_mb"].group == "memory"
+    assert not set(held) & set(summarize(RECORDS))  # an engine that cannot tell: no such metric

@@ -108,6 +108,10 @@ def run(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+# What serving costs, with the config's price (`cost`): printed dev against held-out, and baseline against promoted.
+HELD = ("cost_per_1k_answers", "cost_per_1m_output_tokens")
+
+
 def _measured(out: Console, report: PromotionReport, config: StudyConfig, policy: str) -> None:
     """How the point was chosen, the gain over the baseline, dev against held-out figures and the bundle check."""
     if report.finals is not None:
@@ -122,13 +126,17 @@ def _measured(out: Console, report: PromotionReport, config: StudyConfig, policy
         out.print(gain_table(report.gains, "the candidate against the baseline (held-out, side by side)"))
         out.print(slower(report.gains) or "the candidate is not slower than the baseline", markup=False)
     shown = dict.fromkeys([*(o.metric for o in config.objectives), *(c.metric for c in config.constraints),
-                           "schema_valid_rate", "latency_p95_ms"])
+                           "schema_valid_rate", "latency_p95_ms", "kv_cache_mb", "memory_mb", *HELD])
     for metric in (m for m in shown if m in report.holdout and m in report.dev):
         low, high = report.holdout.get(f"{metric}_ci95_low"), report.holdout.get(f"{metric}_ci95_high")
         band = (f" [{low:.4g}, {high:.4g}]" if low is not None and high is not None
                 and math.isfinite(low) and math.isfinite(high) else "")
         out.print(f"  {metric}: dev {report.dev[metric]:.4g}, held-out {report.holdout[metric]:.4g}{band}",
                   markup=False)
+    for metric in HELD:  # what the served setting costs against what is served today, as measured side by side
+        if report.baseline and metric in report.baseline and metric in report.holdout:
+            out.print(f"  {metric} ({config.cost.currency}, held-out, one request at a time): baseline "
+                      f"{report.baseline[metric]:.4g}, promoted {report.holdout[metric]:.4g}", markup=False)
     if report.check is not None:
         out.print(report.check.summary(), markup=False)
 

@@ -120,6 +120,17 @@ class Backend(Protocol):
         """What the current trial is served with, as tags of its run (none by default)."""
         return {}
 
+    def reset_peak_memory(self) -> None:
+        """Start measuring the engine's peak memory afresh: called when a trial's timed requests begin (after
+        its load and warm-up)."""
+
+    def resources(self, settings: InferenceSettings) -> dict[str, float]:
+        """What serving ``settings`` holds, by metric name (pipeline.measure.registry, group ``memory``): the
+        measured peak ``memory_mb`` since :meth:`reset_peak_memory`, the ``kv_cache_mb`` computed from the model's
+        metadata (pipeline.engines.memory), the weights' ``model_mb``; only what the engine can tell (none by
+        default). A new trial-level quantity is one key here and one declaration in the registry."""
+        return {}
+
     def close(self) -> None:
         """Release the engine."""
 

@@ -9,6 +9,7 @@ the engine's. Prefill and decode times are llama.cpp's own performance counters.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import json
@@ -21,6 +22,7 @@ from typing import Any
 
 from pipeline.engines._llama_cpp import context_handle, token_text, without_extra_buffers
 from pipeline.engines.base import Backend, Generation, Message, RequestFailed
+from pipeline.engines.memory import MIB, kv_cache_mib, peak_rss_mib, reset_peak_rss
 from pipeline.engines.settings import InferenceSettings
 from pipeline.errors import BackendError, ModelError
 
@@ -67,6 +69,19 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=8)
+def gguf_metadata(path: Path) -> dict[str, str]:
+    """A model file's GGUF metadata as llama.cpp reads it (its vocabulary only is loaded), for a backend that does
+    not load the model in process (llama-server); {} when llama-cpp-python is missing or cannot read it."""
+    try:
+        import llama_cpp
+
+        with without_extra_buffers(llama_cpp.llama_cpp), _quiet_stderr():
+            return dict(llama_cpp.Llama(str(path), vocab_only=True, verbose=False).metadata)
+    except (ImportError, ValueError, RuntimeError):
+        return {}
 
 
 @contextlib.contextmanager
@@ -129,6 +144,16 @@ class EmbeddedBackend(Backend):
         """The model file's GGUF metadata, as llama.cpp reads it (``general.file_type``, ``general.size_label``,
         ``tokenizer.chat_template`` ...)."""
         return dict(self._vocab.metadata)
+
+    def reset_peak_memory(self) -> None:
+        reset_peak_rss(os.getpid())
+
+    def resources(self, settings: InferenceSettings) -> dict[str, float]:
+        """The process's peak resident memory during the trial (the tool, Python and every context this backend
+        keeps loaded: ``keeps_contexts``), the KV cache of the trial's context, the weights' file."""
+        found = {"kv_cache_mb": kv_cache_mib(self.metadata, settings.num_ctx),
+                 "memory_mb": peak_rss_mib(os.getpid()), "model_mb": self.model_path.stat().st_size / MIB}
+        return {name: value for name, value in found.items() if value is not None}
 
     def file_type_name(self) -> str:
         """The file's quantization type (``general.file_type``) as the last part of llama.cpp's

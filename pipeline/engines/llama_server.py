@@ -21,7 +21,8 @@ from typing import Any
 import httpx
 
 from pipeline.engines.base import Backend, Generation, Message, RequestFailed
-from pipeline.engines.embedded import bundled_model_path, check_model_file, file_sha256
+from pipeline.engines.embedded import bundled_model_path, check_model_file, file_sha256, gguf_metadata
+from pipeline.engines.memory import MIB, kv_cache_mib, peak_rss_mib, reset_peak_rss
 from pipeline.engines.openai import OpenAIBackend
 from pipeline.engines.process import ServerProcess, ServerStartError, find_binary
 from pipeline.engines.serving import launch_args, load_key
@@ -132,6 +133,21 @@ class LlamaServerBackend(Backend):
                                f"{num_ctx}; command: {shlex.join(self.command)}")
         self._key = key
         return seconds
+
+    def reset_peak_memory(self) -> None:
+        if self._process is not None and self._process.pid is not None:
+            reset_peak_rss(self._process.pid)
+
+    def resources(self, settings: InferenceSettings) -> dict[str, float]:
+        """The server process's peak resident memory during the trial, the KV cache of its whole context
+        (``--ctx-size``: ``num_ctx`` times ``parallel``, in its cache types), the weights' file."""
+        server, metadata = settings.server, gguf_metadata(self.model_path)
+        found = {"kv_cache_mb": kv_cache_mib(metadata, settings.num_ctx * server.get("parallel", 1),
+                                             type_k=server.get("cache_type_k", "f16"),
+                                             type_v=server.get("cache_type_v", "f16")),
+                 "memory_mb": peak_rss_mib(self._process.pid) if self._process and self._process.pid else None,
+                 "model_mb": self.model_path.stat().st_size / MIB}
+        return {name: value for name, value in found.items() if value is not None}
 
     def count_prompt_tokens(self, messages: list[Message]) -> int | None:
         """The prompt's tokens as the running server renders (its chat template) and tokenizes them."""

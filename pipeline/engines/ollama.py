@@ -40,6 +40,7 @@ import ollama
 
 from pipeline.engines._ollama import http_client
 from pipeline.engines.base import Backend, Generation, Message, RequestFailed, http_failures
+from pipeline.engines.memory import MIB, kv_cache_mib
 from pipeline.engines.settings import InferenceSettings
 from pipeline.engines.tokens import estimate_tokens
 from pipeline.engines.truncation import PromptSizes
@@ -136,6 +137,7 @@ class OllamaBackend(Backend):
         self.context_limit = next((int(v) for k, v in (show.modelinfo or {}).items()
                                    if k.endswith(".context_length") and isinstance(v, int) and v > 0), None)
         self.can_think = "thinking" in (show.capabilities or [])
+        self._modelinfo = dict(show.modelinfo or {})  # the GGUF metadata: the KV cache is computed from it
         return {
             "model_capabilities": ",".join(show.capabilities or []) or "unknown",
             "model_context_length": str(self.context_limit or "unknown"),
@@ -172,6 +174,23 @@ class OllamaBackend(Backend):
         self._loaded_ctx = num_ctx
         self._after_load = True
         return time.perf_counter() - start
+
+    def resources(self, settings: InferenceSettings) -> dict[str, float]:
+        """The loaded model's ``size`` in ``/api/ps`` (what Ollama reserved for it: weights, KV cache and compute
+        buffers, by its own estimate; not a measured peak) and the KV cache of ``num_ctx`` computed from the
+        model's metadata (``OLLAMA_NUM_PARALLEL`` and ``OLLAMA_KV_CACHE_TYPE`` are the server's: taken as 1 and
+        f16)."""
+        found: dict[str, float] = {}
+        kv = kv_cache_mib(self._modelinfo, settings.num_ctx)
+        if kv is not None:
+            found["kv_cache_mb"] = kv
+        try:
+            loaded = [m for m in self.client.ps().models if _same_model(m.model, self.model)]
+        except (ollama.ResponseError, httpx.HTTPError, ConnectionError):
+            loaded = []
+        if loaded and loaded[0].size:
+            found["memory_mb"] = loaded[0].size / MIB
+        return found
 
     @property
     def reload_threshold(self) -> float:

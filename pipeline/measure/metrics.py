@@ -15,7 +15,7 @@ breaks cannot be met by the trial, whatever its remaining requests give.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -32,7 +32,9 @@ confidence_intervals = reported_intervals
 
 
 def summarize(records: Sequence[RequestRecord], *, model_loads: int = 0, model_load_ms: float = 0.0,
-              span_s: float | None = None, slos: dict[str, float] | None = None) -> dict[str, float]:
+              span_s: float | None = None, slos: dict[str, float] | None = None,
+              resources: Mapping[str, float] | None = None,
+              price_per_hour: float | None = None) -> dict[str, float]:
     """Aggregate the request records of one trial into its metrics (see :data:`pipeline.measure.registry.REGISTRY`).
 
     With ``span_s``, the seconds from the first request sent to the last answer, the load metrics are there too:
@@ -46,7 +48,7 @@ def summarize(records: Sequence[RequestRecord], *, model_loads: int = 0, model_l
     that completed; a trial with none reports NaN for them.
     """
     trial = Trial(list(records), model_loads=model_loads, model_load_ms=model_load_ms, span_s=span_s,
-                  slos=slos or {})
+                  slos=slos or {}, resources=resources or {}, price_per_hour=price_per_hour)
     metrics = {name: value for name, m in REGISTRY.items() if (value := m.value(trial)) is not None}
     metrics.update(_field_metrics(trial.records))
     return metrics
@@ -66,9 +68,12 @@ def _field_metrics(records: Sequence[RequestRecord]) -> dict[str, float]:
 
 def measured_metrics(records: Sequence[RequestRecord], *, seed: int = 0, model_loads: int = 0,
                      model_load_ms: float = 0.0, span_s: float | None = None,
-                     slos: dict[str, float] | None = None) -> dict[str, float]:
+                     slos: dict[str, float] | None = None,
+                     resources: Mapping[str, float] | None = None,
+                     price_per_hour: float | None = None) -> dict[str, float]:
     """A measured setting's metrics: :func:`summarize` and, beside each, its reported 95% interval."""
-    return {**summarize(records, model_loads=model_loads, model_load_ms=model_load_ms, span_s=span_s, slos=slos),
+    return {**summarize(records, model_loads=model_loads, model_load_ms=model_load_ms, span_s=span_s, slos=slos,
+                        resources=resources, price_per_hour=price_per_hour),
             **reported_intervals(records, seed=seed)}
 
 

@@ -54,6 +54,8 @@ class Trial:
     model_load_ms: float = 0.0
     span_s: float | None = None
     slos: dict[str, float] = field(default_factory=dict)
+    resources: Mapping[str, float] = field(default_factory=dict)  # what the engine said the setting held
+    price_per_hour: float | None = None  # what the machine costs an hour (the config's ``cost``); None: no cost
 
     @property
     def done(self) -> list[RequestRecord]:
@@ -176,6 +178,25 @@ def _thought(trial: Trial) -> list[RequestRecord]:
 
 def _when(present: Callable[[Trial], object], value: Callable[[Trial], float]) -> Callable[[Trial], float | None]:
     return lambda trial: value(trial) if present(trial) else None
+
+
+def _resource(name: str, header: str, description: str) -> Metric:
+    """A quantity the engine reports for the whole trial (``Trial.resources``), smaller better; absent where the
+    engine cannot tell."""
+    return Metric(name, "minimize", "MiB", lambda trial: trial.resources.get(name), header=header, group="memory",
+                  description=description)
+
+
+def _priced(name: str, header: str, served: Callable[[Trial], float], description: str) -> Metric:
+    """The price of the trial's measured span spread over what it served (``served``: in thousands of answers,
+    millions of tokens); only with a price and a span, in the price's currency."""
+    def value(trial: Trial) -> float | None:
+        count = served(trial)
+        if trial.price_per_hour is None or not trial.span_s or not count:
+            return None
+        return trial.price_per_hour * trial.span_s / 3600 / count
+
+    return Metric(name, "minimize", "currency", value, header=header, group="cost", description=description)
 
 
 def _per_span(value: Callable[[Trial], float]) -> Callable[[Trial], float | None]:
@@ -325,6 +346,21 @@ _DECLARED: tuple[Metric, ...] = (
     Metric("goodput_rps", "maximize", "requests/s", _per_span(_good), group="load",
            description=f"requests within every per-request latency limit of the config, {_SPAN} (`vllm bench "
                        "serve --goodput`)"),
+    # what the setting held, as the engine reports it (Backend.resources): one key there, one declaration here
+    _resource("memory_mb", "mem MiB",
+              "peak resident memory of what serves the trial, MiB: the llama-server process, the whole process in "
+              "process (every context it keeps loaded included), Ollama's own figure for the loaded model "
+              "(`/api/ps` size)"),
+    _resource("kv_cache_mb", "KV MiB",
+              "the KV cache of the trial's context, MiB, computed from the model's metadata: layers × cells × "
+              "KV heads × (key + value width) × the cache type's bytes (pipeline.engines.memory)"),
+    _resource("model_mb", "", "the model's weights file, MiB"),
+    # the config's price of the machine an hour, spread over what the trial served in its measured span
+    _priced("cost_per_1k_answers", "cost/1k", lambda t: len(t.done) / 1000,
+            "what 1,000 answers cost at the config's price per hour (`cost`), at the trial's measured throughput "
+            "(its concurrency: one request at a time unless `evaluation.concurrency` says more)"),
+    _priced("cost_per_1m_output_tokens", "cost/1M tok", lambda t: sum(r.output_tokens for r in t.done) / 1e6,
+            "what a million output tokens cost at the config's price per hour, at the trial's measured throughput"),
 )
 
 REGISTRY: dict[str, Metric] = {m.name: m for m in _DECLARED}

@@ -86,6 +86,7 @@ class TrialOutcome:
     raced: Race | None = None  # stopped by racing: a front point dominates it at the error rate
     span_s: float | None = None  # first request sent to last answer
     tags: dict[str, str] = field(default_factory=dict)  # what the backend served this trial with
+    resources: dict[str, float] = field(default_factory=dict)  # what the setting held (Backend.resources)
 
 
 def can_abort(constraint: Constraint) -> bool:
@@ -184,6 +185,7 @@ class SettingRun:
         if load_seconds is not None:
             self._loaded(load_seconds * 1000)
         self.outcome.tags.update(self.plan.backend.serving_tags())
+        self.plan.backend.reset_peak_memory()  # the peak of the timed requests, not of the load
 
     def measure(self, request: PreparedRequest) -> RequestRecord:
         """Time and score one request (through the trial's cache, when it has one); the record is also appended to
@@ -209,6 +211,11 @@ class SettingRun:
         with self._lock:
             self.outcome.records.append(record)
         return record
+
+    def held(self) -> None:
+        """Record what the setting held while its requests ran (its peak memory, its KV cache: the engine's
+        ``resources``) on the outcome."""
+        self.outcome.resources.update(self.plan.backend.resources(self.settings))
 
     def _cache(self) -> ExactCache | None:
         """The trial's own cache, empty (None: the setting has none); no answer of another trial is ever in it.
@@ -309,6 +316,7 @@ def run_trial(settings: InferenceSettings, examples: list[Example], plan: TrialP
             for thread in clients:
                 thread.join()
     run.outcome.span_s = time.perf_counter() - start
+    run.held()
     if errors:
         raise errors[0]
     return run.outcome

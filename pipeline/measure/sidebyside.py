@@ -72,6 +72,7 @@ def measure_side_by_side(first: Arm, second: Arm, examples: list[Example], *, re
         on_request()
     for run in runs:  # each arm served its own requests one at a time: its span is their time
         run.outcome.span_s = sum(r.latency_ms for r in run.outcome.records if not r.failed) / 1000.0
+        run.held()
     return result
 
 

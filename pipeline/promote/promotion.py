@@ -315,14 +315,16 @@ def _measure_held_out(prepared: PreparedStudy, settings: InferenceSettings, poli
         raise PromotionRefused(f"refused: on held-out data {truncation_reason(outcome.records)}")
     slos = request_slos(config.constraints)
     metrics = measured_metrics(outcome.records, seed=seed, model_loads=outcome.model_loads,
-                               model_load_ms=outcome.model_load_ms, span_s=outcome.span_s, slos=slos)
+                               model_load_ms=outcome.model_load_ms, span_s=outcome.span_s, slos=slos,
+                               resources=outcome.resources, price_per_hour=config.cost.per_hour)
     if side is None:
         return _HeldOut(outcome.records, metrics)
     served = side.outcomes[BASELINE]
     gains = paired_gain(served.records, outcome.records,
                         accuracy_metrics(config.objectives, labelled=prepared.experiment.label is not None), seed=seed)
     return _HeldOut(outcome.records, metrics, side,
-                    measured_metrics(served.records, seed=seed, span_s=served.span_s, slos=slos), gains)
+                    measured_metrics(served.records, seed=seed, span_s=served.span_s, slos=slos,
+                                     resources=served.resources, price_per_hour=config.cost.per_hour), gains)
 
 
 def _record(prepared: PreparedStudy, study: StudySnapshot, choice: Choice, settings: InferenceSettings,

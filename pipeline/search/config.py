@@ -144,6 +144,14 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class CostConfig:
+    """What the machine that serves costs: ``per_hour`` in ``currency`` (an ISO 4217 code); None: no cost."""
+
+    per_hour: float | None = None
+    currency: str = "USD"
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     path: Path
     experiment: Path
@@ -155,6 +163,7 @@ class StudyConfig:
     constraints: tuple[Constraint, ...] = ()
     search_space: dict[str, ParamSpec] = field(default_factory=dict)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    cost: CostConfig = field(default_factory=CostConfig)
     # The settings served today (every setting of the search space), or None: measured first by a study and
     # against the candidate by `promote`.
     baseline: dict[str, Any] | None = None
@@ -187,7 +196,7 @@ DEFAULT_OBJECTIVES = (
     Objective("latency_p95_ms", "minimize"),
 )
 
-_TOP_LEVEL = ("study", "experiment", "prompts", "engine", "evaluation", "objectives", "constraints",
+_TOP_LEVEL = ("study", "experiment", "prompts", "engine", "evaluation", "objectives", "constraints", "cost",
               "search_space", "baseline", "tracking")
 
 
@@ -245,6 +254,7 @@ def load_config(path: str | Path) -> StudyConfig:
         constraints=_constraints(raw.get("constraints"), where),
         search_space={**_search_space(raw.get("search_space"), where), **load},
         tracking=tracking,
+        cost=CostConfig(**_check_fields(raw.get("cost"), CostConfig, f"{where} (cost)")),
         baseline=settings_values(raw["baseline"], f"{where} (baseline)") if raw.get("baseline") is not None else None,
     )
 
@@ -341,6 +351,8 @@ _FIELD_RULES: dict[str, tuple[tuple[type, ...], str]] = {
     "drift_threshold": ((int, float), "positive"),
     "drift_remeasure": ((bool,), "any"),
     "tracking_uri": ((str, type(None)), "tracking_uri"),
+    "per_hour": ((int, float, type(None)), "positive"),
+    "currency": ((str,), "currency"),
     "experiment_name": ((str,), "name"),
 }
 
@@ -407,6 +419,9 @@ def _check_rule(key: str, value: Any, rule: str, where: str) -> None:
         return
     if rule == "error_rate" and not 0 < value <= 0.5:
         raise ConfigError(f"{where}: '{key}' must be in (0, 0.5], e.g. 0.05 for 95% intervals, got {_shown(value)}")
+    if rule == "currency" and not re.fullmatch(r"[A-Z]{3}", value):
+        raise ConfigError(f"{where}: '{key}' must be a three-letter currency code (ISO 4217) such as USD or EUR, "
+                          f"got {_shown(value)}")
     if rule == "storage":
         check_storage_url(value, where)
     elif rule == "tracking_uri":

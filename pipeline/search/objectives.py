@@ -51,7 +51,8 @@ def trial_values(trial: optuna.Trial, outcome: TrialOutcome, config: StudyConfig
             raise BackendError(f"all {len(outcome.records)} requests failed: {outcome.records[0].score.error}")
         metrics = measured_metrics(outcome.records, seed=config.study.seed, model_loads=outcome.model_loads,
                                    model_load_ms=outcome.model_load_ms, span_s=outcome.span_s,
-                                   slos=request_slos(config.constraints))
+                                   slos=request_slos(config.constraints), resources=outcome.resources,
+                                   price_per_hour=config.cost.per_hour)
         cut = metrics["truncated_inputs"]
         trial.set_constraint(CONTEXT_FIT, cut)
         if cut:

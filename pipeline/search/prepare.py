@@ -23,7 +23,7 @@ from pipeline.engines.settings import CORE_PARAMETERS, settings_of
 from pipeline.errors import ConfigError, DataError, did_you_mean
 from pipeline.job.experiment import Example, Experiment, load_experiment
 from pipeline.job.prompts import PromptLibrary, load_prompts
-from pipeline.measure.registry import FIELD_METRIC, field_metric, server_metrics
+from pipeline.measure.registry import FIELD_METRIC, REGISTRY, field_metric, server_metrics
 from pipeline.measure.runner import check_fit, prepare_requests
 from pipeline.search.config import MIN_RACED, OPTIONAL_PARAMETERS, RACING_STAGES, ParamSpec, StudyConfig
 from pipeline.search.trials import DEFINITION
@@ -311,6 +311,10 @@ def _metrics_used(config: StudyConfig) -> list[str]:
 
 def _check_metrics(config: StudyConfig, experiment: Experiment) -> None:
     for metric in _metrics_used(config):
+        declared = REGISTRY.get(metric)
+        if declared is not None and declared.group == "cost" and config.cost.per_hour is None:
+            raise ConfigError(f"{config.path}: {metric} needs the machine's price: add cost: {{per_hour: 0.90, "
+                              "currency: USD}} (what serving costs an hour)")
         if metric == "label_accuracy" and experiment.label is None:
             raise ConfigError(f"{config.path}: label_accuracy needs a label, and {experiment.manifest_path} sets no "
                               "'label'; add one (e.g. label: /category) or use field_accuracy")
