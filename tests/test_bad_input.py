@@ -350,6 +350,8 @@ CASES = [
     Case("config-cost-metric-without-price",
          config(objectives=[{"metric": "field_accuracy"}, {"metric": "cost_per_1k_answers"}]),
          "cost_per_1k_answers needs the machine's price: add cost: {per_hour: 0.90, currency: USD}"),
+    Case("cli-diagnose-without-settings", lambda folder, _: ["diagnose", "--config", SMOKE],
+         "no settings to diagnose: add a baseline (the settings served today) to the config, or pass --settings FILE"),
     Case("config-embed-api", config(engine={"embed_api": "grpc"}),
          "(engine): 'embed_api' is 'grpc', not one of ollama, openai."),
     Case("manifest-unknown-field-metric",

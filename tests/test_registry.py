@@ -14,6 +14,7 @@ from rich.console import Console
 
 from pipeline.job.experiment import load_experiment
 from pipeline.job.scoring import AnswerScore, FieldResult
+from pipeline.measure.bottleneck import verdict
 from pipeline.measure.intervals import interval, per_request, reported_intervals, wilson
 from pipeline.measure.metrics import optimistic_bound, summarize
 from pipeline.measure.records import RequestRecord
@@ -60,10 +61,13 @@ def test_every_metric_a_trial_records_is_declared():
                         resources={"memory_mb": 300.0, "kv_cache_mb": 22.5, "model_mb": 80.0})
     assert set(metrics) == set(REGISTRY) | {f"{FIELD_METRIC}/action"}
     groups = {m.group for m in REGISTRY.values()}
-    assert groups == {"trial", "label", "server", "prefix", "thinking", "cache", "load", "memory", "cost"}
-    # a trial without a label, server timings, thinking or a measured span has only the trial group
+    assert groups == {"trial", "label", "server", "prefix", "thinking", "cache", "load", "memory", "cost",
+                      "breakdown"}
+    # a trial without a label, server timings, thinking or a measured span has only the trial group, and where its
+    # time went (the engine's prefill and decode times)
     bare = summarize([record(0, label=None)])
-    assert set(bare) == {n for n, m in REGISTRY.items() if m.group == "trial"} | {f"{FIELD_METRIC}/action"}
+    assert set(bare) == ({n for n, m in REGISTRY.items() if m.group in ("trial", "breakdown")}
+                         | {f"{FIELD_METRIC}/action"})
 
 
 def test_declared_values_are_the_arithmetic_of_their_definitions():
@@ -197,3 +201,26 @@ def test_what_an_engine_reports_it_held_is_one_metric_each():
     metrics = summarize(RECORDS, resources=held)
     assert {k: metrics[k] for k in held} == held and REGISTRY["memory_mb"].group == "memory"
     assert not set(held) & set(summarize(RECORDS))  # an engine that cannot tell: no such metric
+
+
+def test_the_bottleneck_is_named_by_its_rules_with_its_figures_and_levers():
+    # record(): 100 ms, 5 ms prefill, 50 ms decode of 10 tokens: decode-bound
+    metrics = summarize([record(i) for i in range(4)])
+    assert metrics["prefill_share"] == 0.05 and metrics["decode_share"] == 0.5
+    assert metrics["other_share"] == pytest.approx(0.45)
+    found = verdict(metrics)
+    assert found.kind == "decode" and found.sentence.startswith(
+        "decode-bound: 50% of the time decodes 10 tokens at 200 tokens/s; the levers: fewer output tokens")
+    assert verdict({**metrics, "decode_share": 0.3, "other_share": 0.3, "prefill_share": 0.4}).kind == "mixed"
+    prefill = {**metrics, "decode_share": 0.1, "other_share": 0.2, "prefill_share": 0.7}
+    assert verdict({**prefill, "prompt_tokens_engine": 850.0}).sentence.startswith(
+        "prefill-bound: 70% of the time evaluates prompts of 850 tokens; the levers: a shorter prompt")
+    assert verdict({**metrics, "decode_share": 0.1, "other_share": 0.8, "prefill_share": 0.1}).kind == "overhead"
+    # more clients than slots and a long tail: requests wait for a slot
+    tail = {**metrics, "latency_p50_ms": 100.0, "latency_p95_ms": 400.0}
+    assert verdict(tail, concurrency=4, slots=1).sentence.startswith(
+        "queue-bound: p95 is 4.0x p50 at concurrency 4 with 1 slot; the levers: more slots")
+    assert verdict(tail, concurrency=4, slots=4).kind == "decode"  # a slot for each client: no queue
+    # an engine without its own timings: no split, no verdict
+    assert verdict(summarize([replace(record(0), prefill_ms=None, decode_ms=None)])).kind == "unknown"
+

@@ -73,6 +73,9 @@ def test_the_front_fits_the_terminal_without_cutting_or_wrapping(report, width):
         assert sum(setting in line for line in lines) == 1, (setting, text)
         assert f"{row['field_accuracy']:.3g}" in values[0]
     assert "base" in text and "[low, high]: the 95% interval" in text
+    # each point's bottleneck, by kind (the fake backend's prompts are long: prefill or decode)
+    where = text[text.index("where the time goes: "):]
+    assert all(f"{n} " in where for n in shown["number"].astype(str)) and "-bound" in where
 
 
 def test_the_setting_column_reads_as_the_settings_do():

@@ -13,7 +13,7 @@ from types import ModuleType
 from rich.console import Console
 from rich.text import Text
 
-from pipeline.commands import compare, compare_settings, import_calls, init, promote, study
+from pipeline.commands import compare, compare_settings, diagnose, import_calls, init, promote, study
 from pipeline.commands.options import Parser
 from pipeline.errors import PipelineError
 
@@ -22,7 +22,7 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 # Each subcommand is a module with ``add_parser(commands)`` and ``run(args, console) -> exit code``; a new one is
 # a module and a line here (the order is the help's).
 COMMANDS: dict[str, ModuleType] = {"study": study, "init": init, "import-calls": import_calls, "compare": compare,
-                                   "promote": promote, "compare-settings": compare_settings}
+                                   "promote": promote, "compare-settings": compare_settings, "diagnose": diagnose}
 
 
 def build_parser() -> argparse.ArgumentParser:

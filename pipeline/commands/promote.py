@@ -12,6 +12,7 @@ from rich.table import Table
 
 from pipeline.commands import options
 from pipeline.errors import ConfigError, InputError, redact_url
+from pipeline.measure.bottleneck import verdict
 from pipeline.measure.gain import slower
 from pipeline.promote.choose import MenuRow
 from pipeline.promote.policies import DEFAULT, REGISTRY, policy_named
@@ -133,6 +134,11 @@ def _measured(out: Console, report: PromotionReport, config: StudyConfig, policy
                 and math.isfinite(low) and math.isfinite(high) else "")
         out.print(f"  {metric}: dev {report.dev[metric]:.4g}, held-out {report.holdout[metric]:.4g}{band}",
                   markup=False)
+    slots = report.settings.server.get("parallel", 1)
+    out.print(f"  where the time goes (held-out): "
+              f"{verdict(report.holdout, concurrency=report.settings.concurrency, slots=slots)}", markup=False)
+    if report.baseline:  # measured beside it, one request at a time
+        out.print(f"  the baseline's: {verdict(report.baseline)}", markup=False)
     for metric in HELD:  # what the served setting costs against what is served today, as measured side by side
         if report.baseline and metric in report.baseline and metric in report.holdout:
             out.print(f"  {metric} ({config.cost.currency}, held-out, one request at a time): baseline "

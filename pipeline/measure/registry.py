@@ -180,6 +180,21 @@ def _when(present: Callable[[Trial], object], value: Callable[[Trial], float]) -
     return lambda trial: value(trial) if present(trial) else None
 
 
+def _timed_split(trial: Trial) -> list[RequestRecord]:
+    """The completed requests the engine answered with its own prefill and decode times."""
+    return [r for r in trial.done if not r.cache and r.prefill_ms is not None and r.decode_ms is not None]
+
+
+def _share(name: str, part: Callable[[RequestRecord], float], description: str) -> Metric:
+    """A part of the engine-answered requests' time over their whole latency; absent without the engine's split."""
+    def value(trial: Trial) -> float | None:
+        split = _timed_split(trial)
+        total = sum(r.latency_ms for r in split)
+        return min(sum(part(r) for r in split) / total, 1.0) if split and total > 0 else None
+
+    return Metric(name, "minimize", "share", value, group="breakdown", description=description)
+
+
 def _resource(name: str, header: str, description: str) -> Metric:
     """A quantity the engine reports for the whole trial (``Trial.resources``), smaller better; absent where the
     engine cannot tell."""
@@ -253,6 +268,14 @@ _DECLARED: tuple[Metric, ...] = (
            description="the engine's own time to generate the tokens after the first, mean over requests"),
     Metric("decode_tokens_per_s", "maximize", "tokens/s", _decode_rate, header="tok/s",
            description="decoded tokens over decode time"),
+    # where the time of the requests the engine answered goes (pipeline.measure.bottleneck names the bottleneck)
+    _share("prefill_share", lambda r: r.prefill_ms or 0.0,
+           "share of the engine-answered requests' time spent evaluating the prompt"),
+    _share("decode_share", lambda r: r.decode_ms or 0.0,
+           "share of the engine-answered requests' time spent generating after the first token"),
+    _share("other_share", lambda r: max(r.latency_ms - (r.prefill_ms or 0.0) - (r.decode_ms or 0.0), 0.0),
+           "share of the engine-answered requests' time outside prefill and decode: the client, HTTP, waiting for "
+           "a slot, the first token's sampling, the grammar, the cache lookup"),
     Metric("output_tokens_mean", "minimize", "tokens", lambda t: _mean([r.output_tokens for r in t.done]),
            bounded=True, description="answer length, mean over completed requests"),
     Metric("prompt_tokens_estimated", "minimize", "tokens",

@@ -289,4 +289,9 @@ def front_summary(front: pd.DataFrame, title: str, *, settings: Sequence[str], o
                 values.add_section()
         values.add_row(label, *(_with_range(row, m) for m in metrics))
         lines.add_row(f"{label}:", setting_text(row, varying))
-    return Group(_title(title), values, lines, legend)
+    bound = [(str(row["number"]) + (" base" if bool(row.get("baseline", False)) else ""), str(row.get("bottleneck")))
+             for _, row in rows.iterrows() if row.get("bottleneck") not in (None, "unknown")]
+    where = Text("where the time goes: " + ", ".join(f"{label} {kind}" + ("-bound" if kind != "mixed" else "")
+                                                     for label, kind in bound)
+                 + " (the sentence with its levers: each trial's bottleneck tag)", style="dim")
+    return Group(_title(title), values, lines, *([where] if bound else []), legend)

@@ -12,8 +12,10 @@ import numpy as np
 import optuna
 import pandas as pd
 
+from pipeline.engines.serving import CONCURRENCY
 from pipeline.engines.settings import CORE_PARAMETERS
 from pipeline.errors import PipelineError
+from pipeline.measure.bottleneck import verdict
 from pipeline.measure.intervals import ERROR_RATE
 from pipeline.measure.racing import bounds_of, tied_points
 from pipeline.measure.records import RequestRecord
@@ -24,6 +26,7 @@ from pipeline.search.config import OPTIONAL_PARAMETERS
 from pipeline.search.trials import (
     ABORTED,
     BASELINE,
+    BOTTLENECK,
     DRIFT,
     INFEASIBLE,
     METRICS,
@@ -71,7 +74,8 @@ def front_bounds(study: optuna.Study, objectives: tuple[Objective, ...]) -> list
 def trials_frame(study: optuna.Study, objectives: tuple[Objective, ...],
                  records: Callable[[optuna.trial.FrozenTrial], list[RequestRecord]] | None = None, *,
                  alpha: float = ERROR_RATE, seed: int = 0) -> pd.DataFrame:
-    """One row per measured setting (its latest trial): number, settings, every metric, feasibility (and why not:
+    """One row per measured setting (its latest trial): number, settings, every metric, where its time went
+    (``bottleneck``: pipeline.measure.bottleneck's kind), feasibility (and why not:
     the context does not fit, or the trial was stopped early), why racing stopped it, the trial it topped up,
     front membership, the front points it is tied with and how that was judged (``ties``: ``racing.tied_points``,
     paired on the requests two points share when ``records`` reads them, at error rate ``alpha``)."""
@@ -98,6 +102,8 @@ def trials_frame(study: optuna.Study, objectives: tuple[Objective, ...],
         row.update(trial.user_attrs.get(METRICS, {}))
         for objective, value in zip(objectives, trial.values):
             row[objective.metric] = value
+        row[BOTTLENECK] = verdict(row, concurrency=int(trial.params.get(CONCURRENCY, 1)),
+                                  slots=int(trial.params.get("parallel", 1))).kind
         rows.append(row)
     return pd.DataFrame(rows)
 

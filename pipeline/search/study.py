@@ -20,6 +20,7 @@ from rich.console import Console
 
 from pipeline.engines.settings import InferenceSettings
 from pipeline.errors import PipelineError, redact_url
+from pipeline.measure.bottleneck import verdict
 from pipeline.measure.racing import Racer
 from pipeline.measure.records import RequestRecord
 from pipeline.measure.registry import Objective, feasible
@@ -51,6 +52,7 @@ from pipeline.search.topup import (
 from pipeline.search.trials import (
     ABORTED,
     BASELINE,
+    BOTTLENECK,
     DEFINITION,
     INFEASIBLE,
     METRICS,
@@ -361,6 +363,9 @@ class StudyRun:
             tags[ABORTED] = outcome.aborted.describe()
         if outcome.raced:
             tags[RACED] = outcome.raced.describe()
+        if outcome.records:  # where its time went, in words (pipeline.measure.bottleneck)
+            tags[BOTTLENECK] = verdict(metrics, concurrency=settings.concurrency,
+                                       slots=settings.server.get("parallel", 1)).sentence
         exhausted = sum(r.thinking_exhausted for r in outcome.records)
         if exhausted:
             tags["thinking_exhausted"] = note = (

@@ -12,8 +12,9 @@ import optuna
 
 from pipeline.measure.registry import feasible
 
-__all__ = ["ABORTED", "BASELINE", "DEFINITION", "DRIFT", "FAILURE", "INFEASIBLE", "METRICS", "PARENT_RUN", "RACED",
-           "REFERENCE", "REMEASURES", "REUSED", "RUN_ID", "TARGET", "TOPS_UP", "RAN_BY", "TrialView", "failed_runs"]
+__all__ = ["ABORTED", "BASELINE", "BOTTLENECK", "DEFINITION", "DRIFT", "FAILURE", "INFEASIBLE", "METRICS",
+           "PARENT_RUN", "RACED", "REFERENCE", "REMEASURES", "REUSED", "RUN_ID", "TARGET", "TOPS_UP", "RAN_BY",
+           "TrialView", "failed_runs"]
 
 # User attr of a trial that was not measured: its settings had been, by the trial it names (see reuse.py).
 REUSED = "same_as"
@@ -35,6 +36,9 @@ METRICS = "metrics"
 INFEASIBLE = "infeasible"
 # User attr (and MLflow tag) of a trial that early abort stopped: why (pipeline.measure.runner.Abort).
 ABORTED = "aborted"
+# MLflow tag of a measured trial, and column of the trials' frame: where its time went (pipeline.measure.bottleneck;
+# the tag holds the sentence, the column the kind).
+BOTTLENECK = "bottleneck"
 # Study user attr: trial number (as text) -> why its latencies are suspect (pipeline.search.drift).
 DRIFT = "drift"
 # Trial user attr (and MLflow tag): the drift reference's latency (ms) measured last before the trial.
