@@ -9,7 +9,7 @@ from pathlib import Path
 from benchmarks.common import GRID_DATA, GRID_FULL_CONFIG, GRID_FULL_DATA, RESULTS
 
 NAMES = ("grid", "fidelity", "overhead", "search", "abort", "adaptive", "finals", "policies", "outcome", "serving",
-         "accepts", "cache", "memory")
+         "accepts", "cache", "memory", "diagnose")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -213,3 +213,11 @@ def test_memory_smoke(tmp_path):
     for row in rows:  # computed as llama-server allocates it, and the server's peak holds it
         assert abs(row["kv_cache_mb"] - row["kv_cache_mb_logged"]) < 0.01 and row["memory_mb"] > row["kv_cache_mb"]
     assert rows[1]["kv_cache_mb"] == 2 * rows[0]["kv_cache_mb"] > rows[2]["kv_cache_mb"]
+
+
+def test_diagnose_smoke(tmp_path):
+    result = bench(tmp_path, "diagnose")
+    (row,) = result["rows"]
+    assert row["job"] == "task_api" and row["requests"] == 3 and row["cost_per_1k_answers"] > 0
+    assert abs(row["prefill_share"] + row["decode_share"] + row["other_share"] - 1) < 0.01
+    assert row["verdict"].startswith(row["bottleneck"]) or row["bottleneck"] in ("mixed", "unknown")

@@ -22,10 +22,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     side.add_argument("second", type=Path, help="settings file of the setting to compare with it")
     options.engine_options(side)
     options.store_options(side)
-    side.add_argument("--split", choices=("dev", "holdout"), default="holdout", help="requests to measure on")
-    side.add_argument("--limit", type=options.positive_int,
-                      help="requests, taken in turn from each label (default: all)")
-    side.add_argument("--repetitions", type=options.positive_int, default=1, help="passes over the requests")
+    options.request_options(side, split="holdout", limit="all")
 
 
 def run(args: argparse.Namespace, console: Console) -> int:

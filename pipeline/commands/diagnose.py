@@ -22,10 +22,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                        help="settings file (YAML: every setting) to diagnose (default: the config's baseline)")
     options.engine_options(found)
     options.store_options(found)
-    found.add_argument("--split", choices=("dev", "holdout"), default="dev", help="requests to measure on")
-    found.add_argument("--limit", type=options.positive_int,
-                       help="requests, taken in turn from each label (default: the config's evaluation.limit)")
-    found.add_argument("--repetitions", type=options.positive_int, default=1, help="passes over the requests")
+    options.request_options(found, split="dev", limit="the config's evaluation.limit")
 
 
 def run(args: argparse.Namespace, console: Console) -> int:

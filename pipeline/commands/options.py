@@ -104,6 +104,15 @@ def wide_option(parser: argparse.ArgumentParser) -> None:
                         help="print the front with every setting and metric as its own column (wide terminals)")
 
 
+def request_options(parser: argparse.ArgumentParser, *, split: str, limit: str) -> None:
+    """Which requests a command outside a study measures: the split (default ``split``), how many (``limit``: what
+    none means) and how many passes."""
+    parser.add_argument("--split", choices=("dev", "holdout"), default=split, help="requests to measure on")
+    parser.add_argument("--limit", type=positive_int,
+                        help=f"requests, taken in turn from each label (default: {limit})")
+    parser.add_argument("--repetitions", type=positive_int, default=1, help="passes over the requests")
+
+
 def store_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", help="Optuna storage URL (default: sqlite optuna.db next to mlflow.db)")
     parser.add_argument("--tracking-uri",
